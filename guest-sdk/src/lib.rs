@@ -1,0 +1,490 @@
+//! # twill-guest: write Twill protocols in Rust
+//!
+//! This crate owns the guest side of the `twill:protocol@0.1.0` contract (see
+//! `wit/` in the Twill repository). It hides the generated wit-bindgen code
+//! behind three Twisted-shaped traits and one macro:
+//!
+//! - [`Protocol`]: one connection. Override [`Protocol::data_received`] and
+//!   friends; every method has a default that does nothing.
+//! - [`ServerFactory`] / [`ClientFactory`]: build a protocol per connection.
+//!   [`Factory<P>`] builds `P::default()`, like Twisted's
+//!   `factory.protocol = Echo`.
+//! - [`Transport`]: the connection's handle, with Twisted's `write`,
+//!   `writeSequence`, `loseConnection`, `abortConnection`, `getPeer` and
+//!   `getHost`.
+//! - [`export!`]: names the factories the component exports.
+//!
+//! ## Example: Twisted's `echoserv.py`
+//!
+//! ```ignore
+//! use twill_guest::{export, Factory, Protocol, Transport};
+//!
+//! #[derive(Default)]
+//! struct Echo;
+//!
+//! impl Protocol for Echo {
+//!     fn data_received(&mut self, transport: &Transport, data: &[u8]) {
+//!         transport.write(data);
+//!     }
+//! }
+//!
+//! export!(server: Factory<Echo>);
+//! ```
+//!
+//! Build it with `cargo build --release --target wasm32-wasip2`; the output
+//! `.wasm` is already a component that `twill run` can load.
+//!
+//! ## Where the transport lives
+//!
+//! Twisted's `BaseProtocol.makeConnection` stores `self.transport` and then
+//! calls `connectionMade`. Here the SDK stores the transport for you, next to
+//! your protocol, and passes `&Transport` to every callback that may use it.
+//! [`Protocol::make_connection`] is therefore a hook you rarely override: its
+//! default calls [`Protocol::connection_made`].
+//!
+//! ## Rules of the reactor
+//!
+//! Callbacks run inside the host's event loop. They must not block; the host
+//! interrupts a callback that runs past its CPU limit and aborts that
+//! connection. Output written through the transport is buffered by the host
+//! and sent, in order, when the callback returns.
+
+#![deny(unsafe_code)]
+
+use std::cell::RefCell;
+use std::fmt;
+
+#[doc(hidden)]
+pub mod __bindings {
+    #![allow(missing_docs, unsafe_code, unsafe_op_in_unsafe_fn)]
+    wit_bindgen::generate!({
+        world: "peer",
+        path: "../wit",
+        pub_export_macro: true,
+        export_macro_name: "__export_peer",
+        default_bindings_module: "::twill_guest::__bindings",
+    });
+}
+
+use __bindings::exports::twill::protocol::{client_factory, protocol as wit_protocol, server_factory};
+use __bindings::twill::protocol::{transport as wit_transport, types as wit_types};
+
+/// An IPv4 or IPv6 endpoint: Twisted's `IPv4Address` / `IPv6Address`.
+#[derive(Clone, Debug, PartialEq, Eq, Hash)]
+pub struct Address {
+    /// The numeric host, such as `127.0.0.1` or `::1`.
+    pub host: String,
+    /// The TCP port.
+    pub port: u16,
+}
+
+impl fmt::Display for Address {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        if self.host.contains(':') {
+            write!(f, "[{}]:{}", self.host, self.port)
+        } else {
+            write!(f, "{}:{}", self.host, self.port)
+        }
+    }
+}
+
+impl From<wit_types::Address> for Address {
+    fn from(a: wit_types::Address) -> Self {
+        Address { host: a.host, port: a.port }
+    }
+}
+
+/// Why a connection ended, or why an attempt never became one.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum Reason {
+    /// A clean close: Twisted's `ConnectionDone`.
+    Done,
+    /// An unclean loss, with the host's message: Twisted's `ConnectionLost`.
+    Lost(String),
+    /// A client connection attempt that failed (refused, unreachable, name
+    /// not found, timed out): Twisted's `ConnectError` family.
+    Failed(String),
+}
+
+impl Reason {
+    /// True for a clean close (`ConnectionDone`).
+    pub fn is_clean(&self) -> bool {
+        matches!(self, Reason::Done)
+    }
+}
+
+impl fmt::Display for Reason {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            Reason::Done => f.write_str("Connection was closed cleanly."),
+            Reason::Lost(m) => write!(f, "Connection was lost: {m}"),
+            Reason::Failed(m) => write!(f, "Connection failed: {m}"),
+        }
+    }
+}
+
+impl From<wit_types::Reason> for Reason {
+    fn from(r: wit_types::Reason) -> Self {
+        match r {
+            wit_types::Reason::Done => Reason::Done,
+            wit_types::Reason::Lost(m) => Reason::Lost(m),
+            wit_types::Reason::Failed(m) => Reason::Failed(m),
+        }
+    }
+}
+
+/// The connection a protocol talks through: Twisted's `ITransport`.
+///
+/// Every method returns at once. Writes are buffered by the host and flushed
+/// in order after the current callback returns; no data is ever lost,
+/// although the connection may close before it all gets through.
+pub struct Transport {
+    inner: wit_transport::Transport,
+}
+
+impl fmt::Debug for Transport {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("Transport").finish_non_exhaustive()
+    }
+}
+
+impl Transport {
+    /// Write some data to the connection, in sequence, without blocking.
+    /// Ignored after [`lose_connection`](Self::lose_connection).
+    pub fn write(&self, data: &[u8]) {
+        self.inner.write(data);
+    }
+
+    /// Write several buffers, as if by calling [`write`](Self::write) on each
+    /// in order; the host sends them with one vectored write where it can.
+    pub fn write_sequence<I, B>(&self, data: I)
+    where
+        I: IntoIterator<Item = B>,
+        B: AsRef<[u8]>,
+    {
+        let bufs: Vec<Vec<u8>> = data.into_iter().map(|b| b.as_ref().to_vec()).collect();
+        self.inner.write_sequence(&bufs);
+    }
+
+    /// Close the connection after writing all pending data. The protocol's
+    /// [`Protocol::connection_lost`] follows with [`Reason::Done`]; no more
+    /// data is delivered.
+    pub fn lose_connection(&self) {
+        self.inner.lose_connection();
+    }
+
+    /// Close the connection now, dropping pending data (a TCP reset).
+    /// [`Protocol::connection_lost`] follows with [`Reason::Lost`].
+    pub fn abort_connection(&self) {
+        self.inner.abort_connection();
+    }
+
+    /// The remote address: Twisted's `getPeer`.
+    pub fn peer(&self) -> Address {
+        self.inner.get_peer().into()
+    }
+
+    /// The local address: Twisted's `getHost`.
+    pub fn host(&self) -> Address {
+        self.inner.get_host().into()
+    }
+
+    /// Ask for [`Protocol::pause_producing`] / [`Protocol::resume_producing`]
+    /// as the host's output buffer crosses its high- and low-water marks:
+    /// Twisted's `registerProducer(self, streaming=True)`.
+    pub fn register_producer(&self) {
+        self.inner.register_producer();
+    }
+
+    /// Stop the producer notifications: Twisted's `unregisterProducer`.
+    pub fn unregister_producer(&self) {
+        self.inner.unregister_producer();
+    }
+}
+
+/// The protocol for one connection: Twisted's `Protocol`.
+///
+/// The host calls [`make_connection`](Self::make_connection) once, then
+/// [`data_received`](Self::data_received) any number of times, then
+/// [`connection_lost`](Self::connection_lost) once. Every method has a
+/// default that does nothing (beyond `make_connection` calling
+/// `connection_made`), so a protocol overrides only what it needs.
+pub trait Protocol: 'static {
+    /// Make a connection to a transport: Twisted's `makeConnection`.
+    ///
+    /// The SDK has already stored the transport, as
+    /// `BaseProtocol.makeConnection` does; the default then calls
+    /// [`connection_made`](Self::connection_made). Override
+    /// `connection_made` instead unless you need to wrap it.
+    fn make_connection(&mut self, transport: &Transport) {
+        self.connection_made(transport);
+    }
+
+    /// Called when a connection is made: Twisted's `connectionMade`.
+    ///
+    /// The place to send a greeting or set up per-connection state. The
+    /// protocol may write, or lose the connection, from here.
+    fn connection_made(&mut self, transport: &Transport) {
+        let _ = transport;
+    }
+
+    /// Called whenever data is received: Twisted's `dataReceived`.
+    ///
+    /// Data arrives in chunks of any size: a message may be split across
+    /// calls, down to one byte at a time, and several messages may arrive
+    /// together. Buffer as your framing requires.
+    fn data_received(&mut self, transport: &Transport, data: &[u8]) {
+        let _ = (transport, data);
+    }
+
+    /// Called when the connection is shut down: Twisted's `connectionLost`.
+    ///
+    /// [`Reason::Done`] for a clean close, [`Reason::Lost`] otherwise. The
+    /// transport is gone: there is nothing left to write to.
+    fn connection_lost(&mut self, reason: Reason) {
+        let _ = reason;
+    }
+
+    /// Stop writing for now: Twisted's `pauseProducing`. Called only after
+    /// [`Transport::register_producer`], when the host's output buffer for
+    /// this connection is above its high-water mark.
+    fn pause_producing(&mut self, transport: &Transport) {
+        let _ = transport;
+    }
+
+    /// Start writing again: Twisted's `resumeProducing`. Called after
+    /// [`pause_producing`](Self::pause_producing) once the buffer drained.
+    fn resume_producing(&mut self, transport: &Transport) {
+        let _ = transport;
+    }
+}
+
+/// Builds protocols for accepted connections: Twisted's `ServerFactory`.
+pub trait ServerFactory: 'static {
+    /// Create a protocol for a new connection from `addr`:
+    /// Twisted's `buildProtocol`. Return `None` to refuse the connection;
+    /// the host then closes it at once.
+    fn build_protocol(&self, addr: &Address) -> Option<Box<dyn Protocol>>;
+}
+
+/// Builds protocols for outgoing connections and hears how they ended:
+/// Twisted's `ClientFactory`.
+///
+/// The host calls [`started_connecting`](Self::started_connecting), then
+/// either [`client_connection_failed`](Self::client_connection_failed), or
+/// [`build_protocol`](Self::build_protocol) followed by the protocol's own
+/// callbacks and finally
+/// [`client_connection_lost`](Self::client_connection_lost).
+pub trait ClientFactory: 'static {
+    /// A connection attempt to `addr` has started: Twisted's
+    /// `startedConnecting`.
+    fn started_connecting(&self, addr: &Address) {
+        let _ = addr;
+    }
+
+    /// Create a protocol for the connection just made to `addr`. Return
+    /// `None` to drop the connection at once.
+    fn build_protocol(&self, addr: &Address) -> Option<Box<dyn Protocol>>;
+
+    /// The connection attempt failed: Twisted's `clientConnectionFailed`.
+    /// `reason` is a [`Reason::Failed`]. No protocol was built.
+    fn client_connection_failed(&self, reason: Reason) {
+        let _ = reason;
+    }
+
+    /// An established connection was lost, after the protocol's own
+    /// `connection_lost`: Twisted's `clientConnectionLost`.
+    fn client_connection_lost(&self, reason: Reason) {
+        let _ = reason;
+    }
+}
+
+/// A factory that builds `P::default()` for every connection, like
+/// Twisted's `Factory` with `factory.protocol = P`. It serves as both a
+/// [`ServerFactory`] and a [`ClientFactory`].
+pub struct Factory<P>(std::marker::PhantomData<fn() -> P>);
+
+impl<P> Default for Factory<P> {
+    fn default() -> Self {
+        Factory(std::marker::PhantomData)
+    }
+}
+
+impl<P> fmt::Debug for Factory<P> {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "Factory<{}>", std::any::type_name::<P>())
+    }
+}
+
+impl<P: Protocol + Default> ServerFactory for Factory<P> {
+    fn build_protocol(&self, _addr: &Address) -> Option<Box<dyn Protocol>> {
+        Some(Box::new(P::default()))
+    }
+}
+
+impl<P: Protocol + Default> ClientFactory for Factory<P> {
+    fn build_protocol(&self, _addr: &Address) -> Option<Box<dyn Protocol>> {
+        Some(Box::new(P::default()))
+    }
+}
+
+/// Export a component's factories.
+///
+/// Name a [`ServerFactory`] to accept connections, a [`ClientFactory`] to
+/// make them, or both. Each must implement `Default`; one instance is made
+/// per component instance. A role left out refuses every connection.
+///
+/// ```ignore
+/// twill_guest::export!(server: Factory<Echo>);
+/// twill_guest::export!(server: Factory<Echo>, client: EchoClientFactory);
+/// ```
+#[macro_export]
+macro_rules! export {
+    (server: $server:ty $(,)?) => {
+        $crate::export!(@glue $server, $crate::__private::NoFactory);
+    };
+    (client: $client:ty $(,)?) => {
+        $crate::export!(@glue $crate::__private::NoFactory, $client);
+    };
+    (server: $server:ty, client: $client:ty $(,)?) => {
+        $crate::export!(@glue $server, $client);
+    };
+    (@glue $server:ty, $client:ty) => {
+        #[doc(hidden)]
+        struct __TwillExports;
+        impl $crate::__private::Exports for __TwillExports {
+            fn with_server<R>(f: impl FnOnce(&dyn $crate::ServerFactory) -> R) -> R {
+                ::std::thread_local!(static FACTORY: $server = <$server as ::core::default::Default>::default());
+                FACTORY.with(|factory| f(factory))
+            }
+            fn with_client<R>(f: impl FnOnce(&dyn $crate::ClientFactory) -> R) -> R {
+                ::std::thread_local!(static FACTORY: $client = <$client as ::core::default::Default>::default());
+                FACTORY.with(|factory| f(factory))
+            }
+        }
+        #[doc(hidden)]
+        type __TwillGlue = $crate::__private::Glue<__TwillExports>;
+        $crate::__bindings::__export_peer!(__TwillGlue with_types_in $crate::__bindings);
+    };
+}
+
+#[doc(hidden)]
+pub mod __private {
+    //! Glue between the generated bindings and the public traits. Not API.
+    use super::*;
+
+    /// Reaches the factories named in [`export!`](crate::export!).
+    pub trait Exports: 'static {
+        fn with_server<R>(f: impl FnOnce(&dyn ServerFactory) -> R) -> R;
+        fn with_client<R>(f: impl FnOnce(&dyn ClientFactory) -> R) -> R;
+    }
+
+    /// The factory for a role the component does not play: it refuses.
+    #[derive(Default)]
+    pub struct NoFactory;
+
+    impl ServerFactory for NoFactory {
+        fn build_protocol(&self, _addr: &Address) -> Option<Box<dyn Protocol>> {
+            None
+        }
+    }
+
+    impl ClientFactory for NoFactory {
+        fn build_protocol(&self, _addr: &Address) -> Option<Box<dyn Protocol>> {
+            None
+        }
+    }
+
+    /// Implements the generated export traits for the factories in `E`.
+    pub struct Glue<E>(std::marker::PhantomData<E>);
+
+    /// The guest-side state of one exported `protocol` resource.
+    pub struct ProtocolBox {
+        state: RefCell<State>,
+    }
+
+    struct State {
+        protocol: Box<dyn Protocol>,
+        transport: Option<Transport>,
+    }
+
+    impl ProtocolBox {
+        fn new(protocol: Box<dyn Protocol>) -> Self {
+            ProtocolBox {
+                state: RefCell::new(State { protocol, transport: None }),
+            }
+        }
+
+        /// Runs `f` with the protocol and its transport, if it has one yet.
+        fn with_transport(&self, f: impl FnOnce(&mut dyn Protocol, &Transport)) {
+            let mut state = self.state.borrow_mut();
+            let State { protocol, transport } = &mut *state;
+            if let Some(transport) = transport {
+                f(protocol.as_mut(), transport);
+            }
+        }
+    }
+
+    impl wit_protocol::GuestProtocol for ProtocolBox {
+        fn make_connection(&self, transport: wit_transport::Transport) {
+            let mut state = self.state.borrow_mut();
+            let State { protocol, transport: slot } = &mut *state;
+            let transport = slot.insert(Transport { inner: transport });
+            protocol.make_connection(transport);
+        }
+
+        fn data_received(&self, data: Vec<u8>) {
+            self.with_transport(|p, t| p.data_received(t, &data));
+        }
+
+        fn connection_lost(&self, reason: wit_types::Reason) {
+            let mut state = self.state.borrow_mut();
+            // Twisted drops the transport reference in connectionLost.
+            state.transport = None;
+            state.protocol.connection_lost(reason.into());
+        }
+
+        fn pause_producing(&self) {
+            self.with_transport(|p, t| p.pause_producing(t));
+        }
+
+        fn resume_producing(&self) {
+            self.with_transport(|p, t| p.resume_producing(t));
+        }
+    }
+
+    impl<E: Exports> wit_protocol::Guest for Glue<E> {
+        type Protocol = ProtocolBox;
+    }
+
+    fn wrap(p: Option<Box<dyn Protocol>>) -> Option<wit_protocol::Protocol> {
+        p.map(|p| wit_protocol::Protocol::new(ProtocolBox::new(p)))
+    }
+
+    impl<E: Exports> server_factory::Guest for Glue<E> {
+        fn build_protocol(addr: wit_types::Address) -> Option<wit_protocol::Protocol> {
+            let addr = addr.into();
+            wrap(E::with_server(|f| f.build_protocol(&addr)))
+        }
+    }
+
+    impl<E: Exports> client_factory::Guest for Glue<E> {
+        fn started_connecting(addr: wit_types::Address) {
+            let addr = addr.into();
+            E::with_client(|f| f.started_connecting(&addr));
+        }
+
+        fn build_protocol(addr: wit_types::Address) -> Option<wit_protocol::Protocol> {
+            let addr = addr.into();
+            wrap(E::with_client(|f| f.build_protocol(&addr)))
+        }
+
+        fn client_connection_failed(reason: wit_types::Reason) {
+            E::with_client(|f| f.client_connection_failed(reason.into()));
+        }
+
+        fn client_connection_lost(reason: wit_types::Reason) {
+            E::with_client(|f| f.client_connection_lost(reason.into()));
+        }
+    }
+}
