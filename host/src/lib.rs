@@ -1,1 +1,42 @@
+//! # Twill: a Twisted-style reactor for WebAssembly protocols
+//!
+//! The host owns every socket; protocols are sandboxed WebAssembly
+//! components implementing `twill:protocol@0.1.0` (see `wit/`). For each
+//! connection the host builds a fresh instance, asks its factory for a
+//! protocol, and calls `make-connection`, `data-received` and
+//! `connection-lost`, exactly as Twisted's reactor drives a `Protocol`.
+//!
+//! # Layout
+//!
+//! | module | owns |
+//! |---|---|
+//! | [`config`] | `plugins.toml`: schema, strict validation, file:line errors |
+//! | [`reactor`] | start-up, the shutdown broadcast, "done when idle" |
+//! | [`listener`] | the accept loop: connection cap, EMFILE back-off |
+//! | [`connector`] | client connections: resolve, connect with timeout, client-factory callbacks |
+//! | [`connection`] | the per-socket driver: the whole data path |
+//! | [`shutdown`] | the shutdown signal and task tracking |
+//! | [`runtime`] | wasmtime: engine, linker, plugins, per-connection sessions |
+//! | [`runtime::bindings`] | the one `bindgen!` |
+//! | [`runtime::state`] | per-connection Store data and the output queue |
+//! | [`runtime::transport`] | host side of the `transport` resource (no I/O) |
+//! | [`runtime::limits`] | memory, CPU, backpressure limits; the pooling allocator |
+//! | [`runtime::output`] | guest stdout/stderr, attributed to the plugin |
+//! | [`testing`] | the StringTransport-style test transport for guest authors |
+//!
+//! The data path reads in three files: [`connection`] (socket ↔ buffer ↔
+//! guest call), [`runtime`] (`Session::data_received`) and
+//! [`runtime::transport`] (`write` queues bytes).
 
+pub mod config;
+pub mod connection;
+pub mod connector;
+pub mod listener;
+pub mod reactor;
+pub mod runtime;
+pub mod shutdown;
+pub mod testing;
+
+pub use config::Config;
+pub use reactor::{Reactor, RunEnd};
+pub use runtime::Runtime;

@@ -1,0 +1,217 @@
+//! The per-socket driver: the whole data path for one connection.
+//!
+//! socket → read buffer → guest `data-received` → `transport.write` (queued
+//! in [`TransportState`](crate::runtime::state::TransportState)) → vectored
+//! write → socket. One task owns the socket and the guest's Session; nothing
+//! else touches either, so callbacks never overlap.
+//!
+//! Twisted's semantics, as implemented here:
+//! - bytes are delivered in order; a chunk boundary means nothing;
+//! - `lose-connection`: stop reading, flush every queued byte, send FIN, then
+//!   `connection-lost(done)`;
+//! - `abort-connection`: drop queued bytes, reset, `connection-lost(lost)`;
+//! - the peer's FIN: flush what the guest already wrote, close, then
+//!   `connection-lost(done)`; a reset gives `connection-lost(lost(msg))`;
+//! - backpressure: above the high-water mark of unsent output the host stops
+//!   reading (and pauses a registered producer) until output drains to the
+//!   low-water mark.
+
+use std::io;
+use std::net::SocketAddr;
+use std::time::Duration;
+
+use tokio::io::{AsyncReadExt, AsyncWriteExt, Interest};
+use tokio::net::TcpStream;
+
+use crate::runtime::bindings::Reason;
+use crate::runtime::state::Closing;
+use crate::runtime::{GuestFault, Session};
+use crate::shutdown::Shutdown;
+
+/// Bytes read per `data-received` call, at most.
+pub const READ_CHUNK: usize = 64 << 10;
+
+/// How long a cleanly closing connection waits for the peer's FIN, so that
+/// closing with unread input does not reset the connection and destroy data
+/// the peer has not read yet.
+const LINGER: Duration = Duration::from_secs(2);
+
+/// How a connection ended, as the driver saw it.
+#[derive(Debug)]
+pub enum End {
+    /// The connection ended; `connection-lost` has been called with this.
+    Closed(Reason),
+    /// The guest faulted; the connection was aborted and the instance is
+    /// unusable.
+    Fault(GuestFault),
+}
+
+/// Runs one established connection to its end: `make-connection`, every
+/// `data-received`, the close, and `connection-lost`. The session must
+/// already hold a built protocol.
+pub async fn run(stream: TcpStream, session: &mut Session, shutdown: &mut Shutdown) -> End {
+    let peer = stream.peer_addr().unwrap_or_else(|_| SocketAddr::from(([0, 0, 0, 0], 0)));
+    let host = stream.local_addr().unwrap_or_else(|_| SocketAddr::from(([0, 0, 0, 0], 0)));
+    let mut conn = Conn { stream, eof: false, paused: false };
+    let reason = match session.make_connection(peer, host).await {
+        Ok(()) => conn.drive(session, shutdown).await,
+        Err(f) => Err(f),
+    };
+    match reason {
+        Ok(reason) => {
+            if let Err(f) = session.connection_lost(&reason).await {
+                tracing::warn!(plugin = %session.plugin().name, %peer, fault = %f, "guest faulted in connection-lost");
+            }
+            End::Closed(reason)
+        }
+        Err(fault) => {
+            conn.abort();
+            End::Fault(fault)
+        }
+    }
+}
+
+struct Conn {
+    stream: TcpStream,
+    eof: bool,
+    paused: bool,
+}
+
+impl Conn {
+    /// Closes with a reset.
+    fn abort(&self) {
+        let _ = socket2::SockRef::from(&self.stream).set_linger(Some(Duration::ZERO));
+    }
+
+    /// Writes as much queued output as the socket takes without blocking.
+    fn flush(&mut self, session: &mut Session) -> io::Result<()> {
+        let out = &mut session.transport().out;
+        while !out.is_empty() {
+            let n = {
+                let slices = out.slices();
+                match self.stream.try_write_vectored(&slices) {
+                    Ok(n) => n,
+                    Err(e) if e.kind() == io::ErrorKind::WouldBlock => return Ok(()),
+                    Err(e) if e.kind() == io::ErrorKind::Interrupted => continue,
+                    Err(e) => return Err(e),
+                }
+            };
+            if n == 0 {
+                return Err(io::ErrorKind::WriteZero.into());
+            }
+            out.advance(n);
+        }
+        Ok(())
+    }
+
+    /// Pauses or resumes a registered producer as output crosses the marks.
+    async fn producer(&mut self, session: &mut Session) -> Result<(), GuestFault> {
+        let limits = &session.plugin().limits;
+        let (high, low) = (limits.high_water, limits.low_water);
+        let t = session.transport();
+        let pending = t.out.len();
+        if !t.producer || t.closing != Closing::Open {
+            return Ok(());
+        }
+        if !self.paused && pending > high {
+            self.paused = true;
+            session.pause_producing().await?;
+        } else if self.paused && pending <= low {
+            self.paused = false;
+            session.resume_producing().await?;
+        }
+        Ok(())
+    }
+
+    async fn drive(&mut self, session: &mut Session, shutdown: &mut Shutdown) -> Result<Reason, GuestFault> {
+        let mut buf: Vec<u8> = Vec::new();
+        let (high, low) = (session.plugin().limits.high_water, session.plugin().limits.low_water);
+        let mut reading_paused = false;
+        loop {
+            if session.transport().closing == Closing::Abort {
+                self.abort();
+                return Ok(Reason::Lost("connection aborted".into()));
+            }
+            if let Err(e) = self.flush(session) {
+                return Ok(lost(&e));
+            }
+            self.producer(session).await?;
+            let closing = session.transport().closing;
+            let pending = session.transport().out.len();
+            if pending == 0 && (closing == Closing::Lose || self.eof) {
+                return Ok(self.close_cleanly().await);
+            }
+            // Read-side backpressure with hysteresis.
+            if reading_paused && pending <= low {
+                reading_paused = false;
+            } else if !reading_paused && pending > high {
+                reading_paused = true;
+            }
+            let want_read = closing == Closing::Open && !self.eof && !reading_paused;
+            let interest = match (want_read, pending > 0) {
+                (true, true) => Interest::READABLE | Interest::WRITABLE,
+                (true, false) => Interest::READABLE,
+                (false, true) => Interest::WRITABLE,
+                // Nothing to read or write: only a shutdown can move us on.
+                (false, false) => Interest::READABLE,
+            };
+            tokio::select! {
+                ready = self.stream.ready(interest) => {
+                    let ready = match ready {
+                        Ok(r) => r,
+                        Err(e) => return Ok(lost(&e)),
+                    };
+                    if want_read && (ready.is_readable() || ready.is_read_closed()) {
+                        if buf.capacity() == 0 {
+                            buf.reserve_exact(READ_CHUNK);
+                        }
+                        buf.clear();
+                        match self.stream.try_read_buf(&mut buf) {
+                            Ok(0) => self.eof = true,
+                            Ok(_) => session.data_received(&buf).await?,
+                            Err(e) if e.kind() == io::ErrorKind::WouldBlock => {}
+                            Err(e) if e.kind() == io::ErrorKind::Interrupted => {}
+                            Err(e) => return Ok(lost(&e)),
+                        }
+                    } else if !want_read && pending == 0 {
+                        // Idle while paused or closing: notice a reset.
+                        if ready.is_error() {
+                            return Ok(Reason::Lost("connection reset".into()));
+                        }
+                        tokio::task::yield_now().await;
+                    }
+                }
+                () = shutdown.recv(), if !shutdown.is_shutdown() => {
+                    // Graceful shutdown: as if the protocol called lose-connection.
+                    let t = session.transport();
+                    if t.closing == Closing::Open {
+                        t.closing = Closing::Lose;
+                    }
+                }
+            }
+        }
+    }
+
+    /// Sends FIN, waits briefly for the peer's FIN (discarding input), and
+    /// reports a clean close.
+    async fn close_cleanly(&mut self) -> Reason {
+        let _ = self.stream.shutdown().await;
+        if !self.eof {
+            let mut sink = [0u8; 4096];
+            let _ = tokio::time::timeout(LINGER, async {
+                loop {
+                    match self.stream.read(&mut sink).await {
+                        Ok(0) | Err(_) => break,
+                        Ok(_) => {}
+                    }
+                }
+            })
+            .await;
+        }
+        Reason::Done
+    }
+}
+
+fn lost(e: &io::Error) -> Reason {
+    Reason::Lost(e.to_string())
+}

@@ -1,0 +1,203 @@
+//! The accept loop: Twisted's `reactor.listenTCP(port, factory)`.
+//!
+//! It binds, accepts, caps live connections per listener (a connection over
+//! the cap is closed at once and counted), backs off when the process is out
+//! of file descriptors instead of spinning, and hands each socket to its own
+//! task: a fresh instance, `build-protocol`, then [`crate::connection::run`].
+
+use std::io;
+use std::net::SocketAddr;
+use std::sync::Arc;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::time::Duration;
+
+use tokio::net::{TcpListener, TcpSocket, TcpStream};
+use tokio::sync::{Semaphore, broadcast};
+use wasmtime::Engine;
+
+use crate::config::ListenConfig;
+use crate::connection::{self, End};
+use crate::runtime::Plugin;
+use crate::shutdown::{Shutdown, TaskGuard};
+
+/// Why a listener could not start.
+#[derive(Debug, thiserror::Error)]
+#[error("cannot listen on {addr} for plugin {plugin:?}: {source}{hint}", hint = bind_hint(source))]
+pub struct BindError {
+    /// The address that failed.
+    pub addr: SocketAddr,
+    /// The plugin it was for.
+    pub plugin: String,
+    /// The OS error.
+    #[source]
+    pub source: io::Error,
+}
+
+fn bind_hint(e: &io::Error) -> &'static str {
+    match e.kind() {
+        io::ErrorKind::AddrInUse => " (another process is using the port; pick another or stop it)",
+        io::ErrorKind::PermissionDenied => " (ports below 1024 need privileges)",
+        io::ErrorKind::AddrNotAvailable => " (no local interface has that address)",
+        _ => "",
+    }
+}
+
+/// Counters for one listener, readable while it runs.
+#[derive(Debug, Default)]
+pub struct ListenerStats {
+    /// Connections accepted and handed to a protocol.
+    pub accepted: AtomicU64,
+    /// Connections closed at once because the listener was at
+    /// `max-connections`.
+    pub rejected_over_limit: AtomicU64,
+    /// Connections the guest's factory refused (`build-protocol` gave none).
+    pub refused_by_factory: AtomicU64,
+    /// Connections that ended with a guest fault (trap or CPU limit).
+    pub faulted: AtomicU64,
+    /// Connections that could not get an instance (pool exhausted).
+    pub instantiation_failed: AtomicU64,
+}
+
+/// A bound listener, ready to serve.
+#[derive(Debug)]
+pub struct Listener {
+    listener: TcpListener,
+    plugin: Arc<Plugin>,
+    limit: Arc<Semaphore>,
+    stats: Arc<ListenerStats>,
+}
+
+impl Listener {
+    /// Binds the configured address. Binding happens before anything is
+    /// served, so a bad address fails the whole start.
+    pub fn bind(cfg: &ListenConfig, plugin: Arc<Plugin>) -> Result<Listener, BindError> {
+        let addr = SocketAddr::new(cfg.interface, cfg.port);
+        let err = |source| BindError { addr, plugin: cfg.plugin.clone(), source };
+        let socket = if addr.is_ipv4() { TcpSocket::new_v4() } else { TcpSocket::new_v6() }.map_err(err)?;
+        socket.set_reuseaddr(true).map_err(err)?;
+        socket.bind(addr).map_err(err)?;
+        let listener = socket.listen(cfg.backlog).map_err(err)?;
+        Ok(Listener {
+            listener,
+            plugin,
+            limit: Arc::new(Semaphore::new(cfg.max_connections)),
+            stats: Arc::default(),
+        })
+    }
+
+    /// The bound address (useful with port 0).
+    pub fn local_addr(&self) -> SocketAddr {
+        self.listener.local_addr().expect("bound listener has an address")
+    }
+
+    /// This listener's counters.
+    pub fn stats(&self) -> Arc<ListenerStats> {
+        self.stats.clone()
+    }
+
+    /// Accepts until shutdown. Each connection runs in its own task holding
+    /// a clone of `guard`, so the reactor can wait for them to finish.
+    pub async fn serve(self, engine: Engine, notify: broadcast::Sender<()>, guard: TaskGuard) {
+        let mut shutdown = Shutdown::new(notify.subscribe());
+        let addr = self.local_addr();
+        let plugin_name = self.plugin.name.clone();
+        tracing::info!(plugin = %plugin_name, %addr, "listening");
+        let mut backoff = Duration::from_millis(5);
+        loop {
+            let accepted = tokio::select! {
+                r = self.listener.accept() => r,
+                () = shutdown.recv() => break,
+            };
+            let (stream, peer) = match accepted {
+                Ok(x) => {
+                    backoff = Duration::from_millis(5);
+                    x
+                }
+                Err(e) if is_resource_exhaustion(&e) => {
+                    tracing::warn!(plugin = %plugin_name, %addr, error = %e, backoff_ms = backoff.as_millis() as u64, "accept failed: out of resources; backing off");
+                    tokio::select! {
+                        () = tokio::time::sleep(backoff) => {}
+                        () = shutdown.recv() => break,
+                    }
+                    backoff = (backoff * 2).min(Duration::from_secs(1));
+                    continue;
+                }
+                Err(e) => {
+                    tracing::debug!(plugin = %plugin_name, %addr, error = %e, "accept failed");
+                    continue;
+                }
+            };
+            let Ok(permit) = self.limit.clone().try_acquire_owned() else {
+                self.stats.rejected_over_limit.fetch_add(1, Ordering::Relaxed);
+                tracing::warn!(plugin = %plugin_name, %peer, "max-connections reached; closing new connection");
+                drop(stream);
+                continue;
+            };
+            let _ = stream.set_nodelay(true);
+            let task = ServerConnection {
+                plugin: self.plugin.clone(),
+                engine: engine.clone(),
+                stats: self.stats.clone(),
+                peer,
+            };
+            let mut conn_shutdown = Shutdown::new(notify.subscribe());
+            let conn_guard = guard.clone();
+            tokio::spawn(async move {
+                task.run(stream, &mut conn_shutdown).await;
+                drop(permit);
+                drop(conn_guard);
+            });
+        }
+        tracing::info!(plugin = %plugin_name, %addr, "stopped listening");
+    }
+}
+
+/// EMFILE, ENFILE, ENOBUFS, ENOMEM: retrying at once would spin.
+fn is_resource_exhaustion(e: &io::Error) -> bool {
+    matches!(e.raw_os_error(), Some(libc::EMFILE | libc::ENFILE | libc::ENOBUFS | libc::ENOMEM))
+}
+
+struct ServerConnection {
+    plugin: Arc<Plugin>,
+    engine: Engine,
+    stats: Arc<ListenerStats>,
+    peer: SocketAddr,
+}
+
+impl ServerConnection {
+    async fn run(self, stream: TcpStream, shutdown: &mut Shutdown) {
+        let Self { plugin, engine, stats, peer } = self;
+        let name = &plugin.name;
+        let mut session = match plugin.instantiate(&engine).await {
+            Ok(s) => s,
+            Err(e) => {
+                stats.instantiation_failed.fetch_add(1, Ordering::Relaxed);
+                tracing::error!(plugin = %name, %peer, error = %e, "cannot instantiate guest; closing connection");
+                return;
+            }
+        };
+        match session.build_server_protocol(peer).await {
+            Ok(true) => {}
+            Ok(false) => {
+                stats.refused_by_factory.fetch_add(1, Ordering::Relaxed);
+                tracing::info!(plugin = %name, %peer, "factory refused the connection");
+                return;
+            }
+            Err(fault) => {
+                stats.faulted.fetch_add(1, Ordering::Relaxed);
+                tracing::warn!(plugin = %name, %peer, %fault, "guest faulted in build-protocol; connection aborted");
+                let _ = socket2::SockRef::from(&stream).set_linger(Some(Duration::ZERO));
+                return;
+            }
+        }
+        stats.accepted.fetch_add(1, Ordering::Relaxed);
+        tracing::debug!(plugin = %name, %peer, "connection made");
+        match connection::run(stream, &mut session, shutdown).await {
+            End::Closed(reason) => tracing::debug!(plugin = %name, %peer, ?reason, "connection lost"),
+            End::Fault(fault) => {
+                stats.faulted.fetch_add(1, Ordering::Relaxed);
+                tracing::warn!(plugin = %name, %peer, %fault, "guest faulted; connection aborted");
+            }
+        }
+    }
+}

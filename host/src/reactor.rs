@@ -1,0 +1,108 @@
+//! The reactor: binds every listener, starts every connector, and runs until
+//! told to stop (or, with no listeners, until every connector has finished,
+//! as the seed's client stops its reactor when its connection ends). Then
+//! it shuts down gracefully within a deadline.
+
+use std::net::SocketAddr;
+use std::sync::Arc;
+
+use tokio::sync::mpsc;
+
+use crate::config::Config;
+use crate::listener::{BindError, Listener, ListenerStats};
+use crate::runtime::Runtime;
+use crate::shutdown::ShutdownController;
+
+/// How a run ended.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum RunEnd {
+    /// Everything finished: every connector ended, or a stop request was
+    /// followed by a clean shutdown within the deadline.
+    Clean,
+    /// Connections were still open when the shutdown deadline passed.
+    DeadlineExceeded,
+    /// A second stop request forced the exit.
+    Forced,
+}
+
+/// A reactor with its listeners bound.
+pub struct Reactor {
+    config: Config,
+    runtime: Arc<Runtime>,
+    listeners: Vec<Listener>,
+}
+
+impl std::fmt::Debug for Reactor {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Reactor").field("listeners", &self.listen_addrs()).finish_non_exhaustive()
+    }
+}
+
+impl Reactor {
+    /// Binds every `[[listen]]`. Nothing is served until [`run`](Self::run).
+    /// Fails on the first address that cannot be bound, having bound nothing
+    /// that stays open.
+    pub fn bind(config: Config, runtime: Runtime) -> Result<Reactor, BindError> {
+        let mut listeners = Vec::new();
+        for l in &config.listen {
+            let plugin = runtime.plugin(&l.plugin).expect("config validated plugin names");
+            listeners.push(Listener::bind(l, plugin)?);
+        }
+        Ok(Reactor { config, runtime: Arc::new(runtime), listeners })
+    }
+
+    /// The bound address of each listener, in config order.
+    pub fn listen_addrs(&self) -> Vec<SocketAddr> {
+        self.listeners.iter().map(Listener::local_addr).collect()
+    }
+
+    /// Each listener's counters, in config order.
+    pub fn stats(&self) -> Vec<Arc<ListenerStats>> {
+        self.listeners.iter().map(Listener::stats).collect()
+    }
+
+    /// Serves until the first message on `stop`, then shuts down: stops
+    /// accepting, tells every connection to lose-connection (flushing its
+    /// output), and waits up to `[host] shutdown-timeout`. A second message
+    /// on `stop` forces the end. With no listeners the run also ends once
+    /// every connector has finished.
+    pub async fn run(self, mut stop: mpsc::Receiver<()>) -> RunEnd {
+        let mut controller = ShutdownController::new();
+        let engine = self.runtime.engine().clone();
+        for l in self.listeners {
+            tokio::spawn(l.serve(engine.clone(), controller.sender(), controller.guard()));
+        }
+        for c in self.config.connect.iter().cloned() {
+            let plugin = self.runtime.plugin(&c.plugin).expect("config validated plugin names");
+            let shutdown = controller.subscribe();
+            let guard = controller.guard();
+            let engine = engine.clone();
+            tokio::spawn(async move {
+                crate::connector::run(c, plugin, engine, shutdown).await;
+                drop(guard);
+            });
+        }
+        let deadline = self.config.host.shutdown_timeout;
+        let stop_requested = tokio::select! {
+            () = controller.wait() => false,
+            r = stop.recv() => r.is_some(),
+        };
+        if !stop_requested {
+            return RunEnd::Clean;
+        }
+        tracing::info!(timeout = ?deadline, "shutting down: closing connections");
+        controller.signal();
+        tokio::select! {
+            () = controller.wait() => RunEnd::Clean,
+            () = tokio::time::sleep(deadline) => {
+                tracing::warn!(timeout = ?deadline, "shutdown deadline passed with connections still open");
+                RunEnd::DeadlineExceeded
+            }
+            Some(()) = stop.recv() => {
+                tracing::warn!("second stop request: exiting now");
+                RunEnd::Forced
+            }
+        }
+    }
+}
+

@@ -1,0 +1,87 @@
+//! Per-plugin resource limits, and how they become wasmtime settings.
+//!
+//! Everything that bounds what one guest can take lives here: its linear
+//! memory ([`StoreLimits`]), its CPU time per callback (epoch interruption),
+//! the write high- and low-water marks that drive backpressure, and the
+//! pooling allocator that sizes every instance slot to those limits.
+
+use std::time::Duration;
+
+use wasmtime::{InstanceAllocationStrategy, PoolingAllocationConfig, StoreLimits, StoreLimitsBuilder};
+
+/// How often the epoch ticks. A callback's CPU deadline is rounded up to
+/// whole ticks; a runaway guest yields to the reactor at every tick.
+pub const EPOCH_TICK: Duration = Duration::from_millis(10);
+
+/// The most core memories or tables one component may hold (a Rust guest
+/// built with std has one memory; interpreters such as componentize-py may
+/// have a few).
+const MAX_MEMORIES_PER_COMPONENT: u32 = 4;
+const MAX_TABLES_PER_COMPONENT: u32 = 8;
+const MAX_CORE_INSTANCES_PER_COMPONENT: u32 = 32;
+
+/// The limits for every instance of one plugin.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Limits {
+    /// The largest linear memory an instance may grow to, in bytes.
+    /// Default 16 MiB.
+    pub memory: usize,
+    /// The longest a single callback may run. Past it the guest traps and
+    /// its connection is aborted. Default 100 ms.
+    pub cpu: Duration,
+    /// When a connection's unsent output rises above this many bytes, the
+    /// host stops reading from it (and pauses a registered producer).
+    /// Default 1 MiB.
+    pub high_water: usize,
+    /// Reading (and the producer) resumes once unsent output falls to this.
+    /// Default 256 KiB.
+    pub low_water: usize,
+}
+
+impl Default for Limits {
+    fn default() -> Self {
+        Limits {
+            memory: 16 << 20,
+            cpu: Duration::from_millis(100),
+            high_water: 1 << 20,
+            low_water: 256 << 10,
+        }
+    }
+}
+
+impl Limits {
+    /// The [`StoreLimits`] for one instance of this plugin.
+    pub fn store_limits(&self) -> StoreLimits {
+        StoreLimitsBuilder::new()
+            .memory_size(self.memory)
+            .memories(MAX_MEMORIES_PER_COMPONENT as usize)
+            .tables(MAX_TABLES_PER_COMPONENT as usize)
+            .instances(MAX_CORE_INSTANCES_PER_COMPONENT as usize)
+            .build()
+    }
+
+    /// The CPU budget per callback in epoch ticks (at least one).
+    pub fn cpu_ticks(&self) -> u64 {
+        let ticks = self.cpu.as_nanos().div_ceil(EPOCH_TICK.as_nanos());
+        u64::try_from(ticks).unwrap_or(u64::MAX).max(1)
+    }
+}
+
+/// Builds the pooling allocator: `instances` slots, each sized for the
+/// largest memory any plugin may use.
+pub fn pooling(instances: u32, max_memory: usize) -> InstanceAllocationStrategy {
+    let mut pool = PoolingAllocationConfig::new();
+    pool.total_component_instances(instances)
+        .total_core_instances(instances.saturating_mul(MAX_CORE_INSTANCES_PER_COMPONENT / 4))
+        .total_memories(instances.saturating_mul(2))
+        .total_tables(instances.saturating_mul(4))
+        .total_stacks(instances)
+        .max_memories_per_component(MAX_MEMORIES_PER_COMPONENT)
+        .max_tables_per_component(MAX_TABLES_PER_COMPONENT)
+        .max_core_instances_per_component(MAX_CORE_INSTANCES_PER_COMPONENT)
+        .max_memory_size(max_memory)
+        // Keep a few warm slots per memory so reuse hits warm pages, but let
+        // idle slots be reclaimed.
+        .max_unused_warm_slots(64);
+    InstanceAllocationStrategy::Pooling(pool)
+}

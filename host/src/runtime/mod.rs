@@ -1,0 +1,535 @@
+//! The narrow core over wasmtime: one [`Engine`], one [`Linker`], one
+//! [`InstancePre`] per plugin, and a [`Session`] per connection.
+//!
+//! # Choices, and why
+//!
+//! - **Async calls with epoch interruption.** Guests run on a fiber via
+//!   `call_async`; the epoch ticks every [`limits::EPOCH_TICK`] and a running
+//!   guest yields to the reactor at each tick, so a runaway guest costs other
+//!   connections at most one tick of latency, and traps once it has used its
+//!   CPU budget. Sync calls are cheaper (about 1.3 µs per call and 6 KiB per
+//!   connection, measured in a prototype), but WASI p2's sync bindings
+//!   `block_on` the current tokio runtime, which panics inside the reactor;
+//!   and a sync runaway guest would hold a reactor thread for its whole
+//!   budget.
+//! - **An instance per connection**, from the pooling allocator, as Twisted
+//!   builds a protocol per connection. A fault in one instance cannot reach
+//!   another connection's state.
+//! - **Deny by default.** WASI p2 is linked so that guests built with std
+//!   load, but the context grants nothing: no files, no sockets, no name
+//!   lookups, no environment, no arguments, an empty stdin, and frozen clocks
+//!   unless the plugin is granted `clock = true`. Stdout and stderr go to the
+//!   host's output, prefixed with the plugin's name.
+
+pub mod bindings;
+pub mod limits;
+pub mod output;
+pub mod state;
+pub mod transport;
+
+use std::collections::HashMap;
+use std::net::SocketAddr;
+use std::path::Path;
+use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::time::Duration;
+
+use anyhow::Context as _;
+use wasmtime::component::{Component, InstancePre, Linker, ResourceAny};
+use wasmtime::{Config as EngineConfig, Engine, Store, UpdateDeadline};
+use wasmtime_wasi::{HostMonotonicClock, HostWallClock, WasiCtxBuilder};
+
+use crate::config::{Config, HostSettings};
+use bindings::{client_factory, protocol, server_factory};
+use limits::Limits;
+use output::{GuestOutput, Sink, Std};
+use state::{ConnState, CpuBudget, TransportState};
+use transport::TransportHandle;
+
+/// The interface names a component must export for each role.
+pub const SERVER_FACTORY: &str = "twill:protocol/server-factory@0.1.0";
+/// See [`SERVER_FACTORY`].
+pub const CLIENT_FACTORY: &str = "twill:protocol/client-factory@0.1.0";
+/// See [`SERVER_FACTORY`].
+pub const PROTOCOL: &str = "twill:protocol/protocol@0.1.0";
+
+/// A plugin that failed to load, or that cannot play the role it is used in.
+#[derive(Debug, Clone, thiserror::Error)]
+#[error("{file}:{line}: plugins.{plugin}.component: {component}: {message}")]
+pub struct LoadError {
+    /// The config file.
+    pub file: String,
+    /// Line of the plugin's table.
+    pub line: usize,
+    /// The plugin.
+    pub plugin: String,
+    /// The component path.
+    pub component: String,
+    /// What is wrong.
+    pub message: String,
+}
+
+/// Everything about one loaded plugin.
+pub struct Plugin {
+    /// The plugin's name in `plugins.toml`.
+    pub name: Arc<str>,
+    /// Its limits.
+    pub limits: Limits,
+    pre: InstancePre<ConnState>,
+    protocol: protocol::GuestIndices,
+    server: Option<server_factory::GuestIndices>,
+    client: Option<client_factory::GuestIndices>,
+    clock: bool,
+    capture: Option<Arc<std::sync::Mutex<Vec<u8>>>>,
+}
+
+impl std::fmt::Debug for Plugin {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Plugin")
+            .field("name", &self.name)
+            .field("server", &self.server.is_some())
+            .field("client", &self.client.is_some())
+            .finish_non_exhaustive()
+    }
+}
+
+/// The engine, the linker and every loaded plugin.
+pub struct Runtime {
+    engine: Engine,
+    linker: Linker<ConnState>,
+    plugins: HashMap<String, Arc<Plugin>>,
+    ticker: Arc<AtomicBool>,
+}
+
+impl std::fmt::Debug for Runtime {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Runtime").field("plugins", &self.plugins.keys()).finish_non_exhaustive()
+    }
+}
+
+impl Drop for Runtime {
+    fn drop(&mut self) {
+        self.ticker.store(true, Ordering::Relaxed);
+    }
+}
+
+/// Converts a wasmtime error into an anyhow error, keeping its message chain.
+pub fn wasm_err(e: wasmtime::Error) -> anyhow::Error {
+    anyhow::anyhow!("{e:?}")
+}
+
+impl Runtime {
+    /// Builds the engine (pooling allocator sized by `settings`, epoch
+    /// interruption, the compile cache) and the linker (WASI p2 and the
+    /// transport). `max_memory` is the largest memory limit of any plugin.
+    pub fn new(settings: &HostSettings, max_memory: usize) -> anyhow::Result<Runtime> {
+        let mut cfg = EngineConfig::new();
+        cfg.wasm_component_model(true)
+            .epoch_interruption(true)
+            .max_wasm_stack(512 << 10)
+            .async_stack_size(1 << 20)
+            .memory_reservation(max_memory as u64)
+            .memory_guard_size(64 << 10)
+            .memory_reservation_for_growth(0)
+            .allocation_strategy(limits::pooling(settings.max_instances, max_memory));
+        match wasmtime::Cache::from_file(None) {
+            Ok(cache) => {
+                cfg.cache(Some(cache));
+            }
+            Err(e) => tracing::warn!(error = %e, "compile cache unavailable; components will be compiled at every start"),
+        }
+        let engine = Engine::new(&cfg).map_err(wasm_err).context("cannot create the wasm engine")?;
+        let mut linker = Linker::new(&engine);
+        wasmtime_wasi::p2::add_to_linker_async(&mut linker).map_err(wasm_err)?;
+        bindings::twill::protocol::types::add_to_linker::<ConnState, wasmtime::component::HasSelf<ConnState>>(&mut linker, |s| s)
+            .map_err(wasm_err)?;
+        bindings::twill::protocol::transport::add_to_linker::<ConnState, wasmtime::component::HasSelf<ConnState>>(&mut linker, |s| s)
+            .map_err(wasm_err)?;
+
+        let ticker = Arc::new(AtomicBool::new(false));
+        let stop = ticker.clone();
+        let weak = engine.weak();
+        std::thread::Builder::new()
+            .name("twill-epoch".into())
+            .spawn(move || {
+                while !stop.load(Ordering::Relaxed) {
+                    std::thread::sleep(limits::EPOCH_TICK);
+                    match weak.upgrade() {
+                        Some(engine) => engine.increment_epoch(),
+                        None => break,
+                    }
+                }
+            })
+            .context("cannot start the epoch thread")?;
+        Ok(Runtime { engine, linker, plugins: HashMap::new(), ticker })
+    }
+
+    /// Builds a runtime and loads every plugin that `config` uses, checking
+    /// that each exports what its listeners and connectors need. Returns
+    /// every problem found, not just the first.
+    pub fn load(config: &Config) -> Result<Runtime, Vec<anyhow::Error>> {
+        let max_memory = config.plugins.values().map(|p| p.limits.memory).max().unwrap_or(Limits::default().memory);
+        let mut rt = Runtime::new(&config.host, max_memory).map_err(|e| vec![e])?;
+        let mut errors = Vec::new();
+        for (name, p) in &config.plugins {
+            let err = |message: String| LoadError {
+                file: config.path.display().to_string(),
+                line: p.line,
+                plugin: name.clone(),
+                component: p.component.display().to_string(),
+                message,
+            };
+            match rt.load_plugin(name, &p.component, p.limits.clone(), p.clock) {
+                Ok(plugin) => {
+                    let needs_server = config.listen.iter().any(|l| &l.plugin == name);
+                    let needs_client = config.connect.iter().any(|c| &c.plugin == name);
+                    if needs_server && plugin.server.is_none() {
+                        errors.push(err(missing_export(&rt.engine, &p.component, SERVER_FACTORY, "[[listen]]")).into());
+                    }
+                    if needs_client && plugin.client.is_none() {
+                        errors.push(err(missing_export(&rt.engine, &p.component, CLIENT_FACTORY, "[[connect]]")).into());
+                    }
+                    rt.plugins.insert(name.clone(), Arc::new(plugin));
+                }
+                Err(e) => errors.push(err(format!("{e:#}")).into()),
+            }
+        }
+        if errors.is_empty() { Ok(rt) } else { Err(errors) }
+    }
+
+    /// Compiles (or fetches from the cache) and pre-instantiates one
+    /// component.
+    pub fn load_plugin(&self, name: &str, path: &Path, limits: Limits, clock: bool) -> anyhow::Result<Plugin> {
+        let bytes = std::fs::read(path).with_context(|| format!("cannot read {}", path.display()))?;
+        match bytes.get(0..8) {
+            Some([0, b'a', b's', b'm', 1, 0, 0, 0]) => anyhow::bail!(
+                "this is a core wasm module, not a component: build for wasm32-wasip2, or wrap it with `wasm-tools component new`"
+            ),
+            Some([0, b'a', b's', b'm', _, _, 1, 0]) => {}
+            _ => anyhow::bail!("not a WebAssembly component (no `\\0asm` header with the component layer)"),
+        }
+        let component = Component::new(&self.engine, &bytes).map_err(wasm_err).context("invalid component")?;
+        let pre = self
+            .linker
+            .instantiate_pre(&component)
+            .map_err(wasm_err)
+            .context("the component imports something the host does not provide (guests get twill:protocol/transport and WASI p2 only)")?;
+        let protocol = protocol::GuestIndices::new(&pre)
+            .map_err(|_| anyhow::anyhow!("{}", missing_export(&self.engine, path, PROTOCOL, "every plugin")))?;
+        let server = server_factory::GuestIndices::new(&pre).ok();
+        let client = client_factory::GuestIndices::new(&pre).ok();
+        if server.is_none() && client.is_none() {
+            anyhow::bail!(
+                "exports neither `{SERVER_FACTORY}` nor `{CLIENT_FACTORY}`; {}",
+                export_list(&self.engine, &component)
+            );
+        }
+        Ok(Plugin { name: name.into(), limits, pre, protocol, server, client, clock, capture: None })
+    }
+
+    /// The plugin called `name`.
+    pub fn plugin(&self, name: &str) -> Option<Arc<Plugin>> {
+        self.plugins.get(name).cloned()
+    }
+
+    /// Adds a plugin under `name`, replacing one of the same name.
+    pub fn insert_plugin(&mut self, plugin: Plugin) -> Arc<Plugin> {
+        let p = Arc::new(plugin);
+        self.plugins.insert(p.name.to_string(), p.clone());
+        p
+    }
+
+    /// The engine.
+    pub fn engine(&self) -> &Engine {
+        &self.engine
+    }
+}
+
+fn export_list(engine: &Engine, component: &Component) -> String {
+    let names: Vec<String> = component.component_type().exports(engine).map(|(n, _)| format!("`{n}`")).collect();
+    if names.is_empty() { "it exports nothing".into() } else { format!("it exports {}", names.join(", ")) }
+}
+
+fn missing_export(engine: &Engine, path: &Path, export: &str, role: &str) -> String {
+    let exports = std::fs::read(path)
+        .ok()
+        .and_then(|b| Component::new(engine, &b).ok())
+        .map(|c| export_list(engine, &c))
+        .unwrap_or_default();
+    format!("does not export `{export}`, which {role} needs; {exports}")
+}
+
+/// Why a guest call failed. The connection is aborted either way; the
+/// instance is not called again.
+#[derive(Debug, Clone, thiserror::Error)]
+pub enum GuestFault {
+    /// The guest trapped: a panic, `unreachable`, an out-of-bounds access,
+    /// running out of memory, or a bad value across the boundary.
+    #[error("guest trapped: {0}")]
+    Trap(String),
+    /// The callback ran past the plugin's CPU limit.
+    #[error("guest exceeded its CPU limit of {0:?} in one callback")]
+    CpuLimit(Duration),
+    /// The instance already trapped earlier and cannot be entered.
+    #[error("guest instance is unusable after an earlier fault")]
+    Poisoned,
+}
+
+/// A frozen clock: time does not pass for a guest that was not granted one.
+struct FrozenClock;
+
+impl HostWallClock for FrozenClock {
+    fn resolution(&self) -> Duration {
+        Duration::from_secs(1)
+    }
+    fn now(&self) -> Duration {
+        Duration::ZERO
+    }
+}
+
+impl HostMonotonicClock for FrozenClock {
+    fn resolution(&self) -> u64 {
+        1_000_000_000
+    }
+    fn now(&self) -> u64 {
+        0
+    }
+}
+
+impl Plugin {
+    /// Sends this plugin's guest output to `buf` instead of the host's
+    /// stdout and stderr (the test transport uses this).
+    pub fn capture_output(&mut self, buf: Arc<std::sync::Mutex<Vec<u8>>>) {
+        self.capture = Some(buf);
+    }
+
+    /// Whether the component exports a server factory.
+    pub fn is_server(&self) -> bool {
+        self.server.is_some()
+    }
+
+    /// Whether the component exports a client factory.
+    pub fn is_client(&self) -> bool {
+        self.client.is_some()
+    }
+
+    fn wasi(&self) -> wasmtime_wasi::WasiCtx {
+        let sink = |std| match &self.capture {
+            Some(buf) => GuestOutput(Sink::Capture(buf.clone())),
+            None => GuestOutput(Sink::Host { plugin: self.name.clone(), std }),
+        };
+        let mut b = WasiCtxBuilder::new();
+        b.stdout(sink(Std::Out))
+            .stderr(sink(Std::Err))
+            .allow_tcp(false)
+            .allow_udp(false)
+            .allow_ip_name_lookup(false)
+            .socket_addr_check(|_, _| Box::pin(async { false }));
+        if !self.clock {
+            b.wall_clock(FrozenClock).monotonic_clock(FrozenClock);
+        }
+        b.build()
+    }
+
+    /// Instantiates the component in a fresh Store for one connection (or,
+    /// for a client, one connector).
+    pub async fn instantiate(self: &Arc<Self>, engine: &Engine) -> Result<Session, GuestFault> {
+        let state = ConnState {
+            wasi: self.wasi(),
+            table: wasmtime::component::ResourceTable::new(),
+            limits: self.limits.store_limits(),
+            transport: TransportState::default(),
+            cpu: CpuBudget { used: 0, max: self.limits.cpu_ticks(), exceeded: false },
+        };
+        let mut store = Store::new(engine, state);
+        store.limiter(|s| &mut s.limits);
+        store.epoch_deadline_callback(|mut ctx| {
+            let cpu = &mut ctx.data_mut().cpu;
+            cpu.used += 1;
+            if cpu.used >= cpu.max {
+                cpu.exceeded = true;
+                Err(wasmtime::format_err!("CPU limit exceeded"))
+            } else {
+                Ok(UpdateDeadline::Yield(1))
+            }
+        });
+        let mut session = Session {
+            plugin: self.clone(),
+            store,
+            api: None,
+            server: None,
+            client: None,
+            protocol: None,
+            poisoned: false,
+        };
+        session.arm();
+        let instance = self.pre.instantiate_async(&mut session.store).await;
+        let instance = session.check(instance)?;
+        let loaded = (|| {
+            let api = self.protocol.load(&mut session.store, &instance)?;
+            let server = self.server.as_ref().map(|i| i.load(&mut session.store, &instance)).transpose()?;
+            let client = self.client.as_ref().map(|i| i.load(&mut session.store, &instance)).transpose()?;
+            Ok::<_, wasmtime::Error>((api, server, client))
+        })();
+        let (api, server, client) = session.check(loaded)?;
+        session.api = Some(api);
+        session.server = server;
+        session.client = client;
+        Ok(session)
+    }
+}
+
+/// One live instance: a Store, the guest's exports, and (once built) the
+/// connection's protocol. Every method is one guest callback, run under the
+/// plugin's CPU and memory limits.
+pub struct Session {
+    plugin: Arc<Plugin>,
+    store: Store<ConnState>,
+    api: Option<protocol::Guest>,
+    server: Option<server_factory::Guest>,
+    client: Option<client_factory::Guest>,
+    protocol: Option<ResourceAny>,
+    poisoned: bool,
+}
+
+impl std::fmt::Debug for Session {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Session").field("plugin", &self.plugin.name).finish_non_exhaustive()
+    }
+}
+
+fn address(a: SocketAddr) -> bindings::Address {
+    bindings::Address { host: a.ip().to_canonical().to_string(), port: a.port() }
+}
+
+macro_rules! guest_call {
+    ($self:ident, |$store:ident| $call:expr) => {{
+        if $self.poisoned {
+            return Err(GuestFault::Poisoned);
+        }
+        $self.arm();
+        let $store = &mut $self.store;
+        let r = $call.await;
+        $self.check(r)
+    }};
+}
+
+impl Session {
+    /// The plugin this session runs.
+    pub fn plugin(&self) -> &Arc<Plugin> {
+        &self.plugin
+    }
+
+    /// The transport state the guest's calls have built up.
+    pub fn transport(&mut self) -> &mut TransportState {
+        &mut self.store.data_mut().transport
+    }
+
+    /// Whether a protocol has been built.
+    pub fn has_protocol(&self) -> bool {
+        self.protocol.is_some()
+    }
+
+    /// Whether the instance faulted.
+    pub fn is_poisoned(&self) -> bool {
+        self.poisoned
+    }
+
+    fn arm(&mut self) {
+        let cpu = &mut self.store.data_mut().cpu;
+        cpu.used = 0;
+        cpu.exceeded = false;
+        self.store.set_epoch_deadline(1);
+    }
+
+    fn check<R>(&mut self, r: wasmtime::Result<R>) -> Result<R, GuestFault> {
+        r.map_err(|e| {
+            self.poisoned = true;
+            if self.store.data().cpu.exceeded {
+                GuestFault::CpuLimit(self.plugin.limits.cpu)
+            } else if let Some(trap) = e.downcast_ref::<wasmtime::Trap>() {
+                GuestFault::Trap(trap.to_string())
+            } else {
+                GuestFault::Trap(format!("{e}"))
+            }
+        })
+    }
+
+    /// `server-factory.build-protocol(addr)`. Returns false if the guest
+    /// refused the connection.
+    pub async fn build_server_protocol(&mut self, peer: SocketAddr) -> Result<bool, GuestFault> {
+        let Some(server) = self.server.clone() else {
+            return Ok(false);
+        };
+        let addr = address(peer);
+        let p = guest_call!(self, |store| server.call_build_protocol(&mut *store, &addr))?;
+        self.protocol = p;
+        Ok(self.protocol.is_some())
+    }
+
+    /// `client-factory.started-connecting(addr)`.
+    pub async fn started_connecting(&mut self, host: &str, port: u16) -> Result<(), GuestFault> {
+        let Some(client) = self.client.clone() else { return Ok(()) };
+        let addr = bindings::Address { host: host.to_string(), port };
+        guest_call!(self, |store| client.call_started_connecting(&mut *store, &addr))
+    }
+
+    /// `client-factory.build-protocol(addr)`. Returns false if the guest
+    /// declined.
+    pub async fn build_client_protocol(&mut self, remote: SocketAddr) -> Result<bool, GuestFault> {
+        let Some(client) = self.client.clone() else { return Ok(false) };
+        let addr = address(remote);
+        let p = guest_call!(self, |store| client.call_build_protocol(&mut *store, &addr))?;
+        self.protocol = p;
+        Ok(self.protocol.is_some())
+    }
+
+    /// `client-factory.client-connection-failed(reason)`.
+    pub async fn client_connection_failed(&mut self, reason: &bindings::Reason) -> Result<(), GuestFault> {
+        let Some(client) = self.client.clone() else { return Ok(()) };
+        guest_call!(self, |store| client.call_client_connection_failed(&mut *store, reason))
+    }
+
+    /// `client-factory.client-connection-lost(reason)`.
+    pub async fn client_connection_lost(&mut self, reason: &bindings::Reason) -> Result<(), GuestFault> {
+        let Some(client) = self.client.clone() else { return Ok(()) };
+        guest_call!(self, |store| client.call_client_connection_lost(&mut *store, reason))
+    }
+
+    /// `protocol.make-connection(transport)`, with the connection's
+    /// addresses recorded for `get-peer` / `get-host`.
+    pub async fn make_connection(&mut self, peer: SocketAddr, host: SocketAddr) -> Result<(), GuestFault> {
+        let (Some(api), Some(p)) = (self.api.clone(), self.protocol) else { return Ok(()) };
+        let t = &mut self.store.data_mut().transport;
+        t.peer = Some(peer);
+        t.host = Some(host);
+        let handle = self.store.data_mut().table.push(TransportHandle).map_err(|e| GuestFault::Trap(e.to_string()))?;
+        guest_call!(self, |store| api.protocol().call_make_connection(&mut *store, p, handle))
+    }
+
+    /// `protocol.data-received(data)`.
+    pub async fn data_received(&mut self, data: &[u8]) -> Result<(), GuestFault> {
+        let (Some(api), Some(p)) = (self.api.clone(), self.protocol) else { return Ok(()) };
+        guest_call!(self, |store| api.protocol().call_data_received(&mut *store, p, data))
+    }
+
+    /// `protocol.connection-lost(reason)`. The transport stops accepting
+    /// writes first.
+    pub async fn connection_lost(&mut self, reason: &bindings::Reason) -> Result<(), GuestFault> {
+        self.transport().lost = true;
+        let (Some(api), Some(p)) = (self.api.clone(), self.protocol) else { return Ok(()) };
+        guest_call!(self, |store| api.protocol().call_connection_lost(&mut *store, p, reason))
+    }
+
+    /// `protocol.pause-producing()`.
+    pub async fn pause_producing(&mut self) -> Result<(), GuestFault> {
+        let (Some(api), Some(p)) = (self.api.clone(), self.protocol) else { return Ok(()) };
+        guest_call!(self, |store| api.protocol().call_pause_producing(&mut *store, p))
+    }
+
+    /// `protocol.resume-producing()`.
+    pub async fn resume_producing(&mut self) -> Result<(), GuestFault> {
+        let (Some(api), Some(p)) = (self.api.clone(), self.protocol) else { return Ok(()) };
+        guest_call!(self, |store| api.protocol().call_resume_producing(&mut *store, p))
+    }
+}

@@ -1,0 +1,196 @@
+//! Per-connection Store data: the WASI context, the resource table, the
+//! limits, and the transport's state (buffered output and close flags).
+//!
+//! The transport's host functions only touch [`TransportState`]; the
+//! connection driver (`crate::connection`) reads it after each callback and
+//! does the actual I/O.
+
+use std::collections::VecDeque;
+use std::io::IoSlice;
+use std::net::SocketAddr;
+
+use wasmtime::StoreLimits;
+use wasmtime::component::ResourceTable;
+use wasmtime_wasi::{WasiCtx, WasiCtxView, WasiView};
+
+/// Everything one Store owns.
+pub struct ConnState {
+    pub(crate) wasi: WasiCtx,
+    pub(crate) table: ResourceTable,
+    pub(crate) limits: StoreLimits,
+    pub(crate) transport: TransportState,
+    pub(crate) cpu: CpuBudget,
+}
+
+impl WasiView for ConnState {
+    fn ctx(&mut self) -> WasiCtxView<'_> {
+        WasiCtxView { ctx: &mut self.wasi, table: &mut self.table }
+    }
+}
+
+/// Epoch ticks a callback has used, against its budget.
+#[derive(Debug, Default)]
+pub(crate) struct CpuBudget {
+    pub(crate) used: u64,
+    pub(crate) max: u64,
+    pub(crate) exceeded: bool,
+}
+
+/// How the guest asked the connection to end.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub enum Closing {
+    /// Still open.
+    #[default]
+    Open,
+    /// `lose-connection`: flush, then close cleanly.
+    Lose,
+    /// `abort-connection`: drop pending output and reset.
+    Abort,
+}
+
+/// The host's side of one transport.
+#[derive(Debug, Default)]
+pub struct TransportState {
+    /// Bytes written by the guest and not yet sent.
+    pub out: OutBuf,
+    /// Whether the guest asked to close.
+    pub closing: Closing,
+    /// The connection is over; writes are ignored.
+    pub lost: bool,
+    /// The protocol registered itself as a streaming producer.
+    pub producer: bool,
+    /// The remote address.
+    pub peer: Option<SocketAddr>,
+    /// The local address.
+    pub host: Option<SocketAddr>,
+}
+
+impl TransportState {
+    /// Whether writes are accepted now (Twisted ignores writes once the
+    /// connection is closing or gone).
+    pub fn accepts_writes(&self) -> bool {
+        self.closing == Closing::Open && !self.lost
+    }
+}
+
+/// A queue of owned chunks, written with vectored I/O.
+#[derive(Debug, Default)]
+pub struct OutBuf {
+    chunks: VecDeque<Vec<u8>>,
+    /// Bytes of the front chunk already sent.
+    offset: usize,
+    len: usize,
+}
+
+/// At most this many chunks go into one `writev`.
+const MAX_IOVECS: usize = 64;
+
+impl OutBuf {
+    /// Queues a chunk; empty chunks are skipped.
+    pub fn push(&mut self, chunk: Vec<u8>) {
+        if chunk.is_empty() {
+            return;
+        }
+        self.len += chunk.len();
+        // Coalesce small writes so a chatty guest does not make long iovecs.
+        // (Never append to a front chunk that is partly sent.)
+        let appendable = self.chunks.len() > 1 || self.offset == 0;
+        if let Some(last) = self.chunks.back_mut()
+            && appendable
+            && chunk.len() <= 512
+            && last.len() + chunk.len() <= 16 << 10
+        {
+            last.extend_from_slice(&chunk);
+            return;
+        }
+        self.chunks.push_back(chunk);
+    }
+
+    /// Unsent bytes.
+    pub fn len(&self) -> usize {
+        self.len
+    }
+
+    /// Whether everything has been sent.
+    pub fn is_empty(&self) -> bool {
+        self.len == 0
+    }
+
+    /// Drops everything unsent.
+    pub fn clear(&mut self) {
+        self.chunks.clear();
+        self.offset = 0;
+        self.len = 0;
+    }
+
+    /// The next slices to write, in order.
+    pub fn slices(&self) -> Vec<IoSlice<'_>> {
+        self.chunks
+            .iter()
+            .take(MAX_IOVECS)
+            .enumerate()
+            .map(|(i, c)| IoSlice::new(if i == 0 { &c[self.offset..] } else { c }))
+            .collect()
+    }
+
+    /// Marks `n` bytes as sent.
+    pub fn advance(&mut self, mut n: usize) {
+        self.len -= n;
+        while n > 0 {
+            let front = self.chunks.front().expect("advance past end of OutBuf");
+            let left = front.len() - self.offset;
+            if n >= left {
+                n -= left;
+                self.offset = 0;
+                self.chunks.pop_front();
+            } else {
+                self.offset += n;
+                n = 0;
+            }
+        }
+    }
+
+    /// Everything unsent, concatenated (for the test transport).
+    pub fn take_all(&mut self) -> Vec<u8> {
+        let mut v = Vec::with_capacity(self.len);
+        for (i, c) in self.chunks.iter().enumerate() {
+            v.extend_from_slice(if i == 0 { &c[self.offset..] } else { c });
+        }
+        self.clear();
+        v
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn outbuf_keeps_order_across_partial_writes() {
+        let mut b = OutBuf::default();
+        let mut expected = Vec::new();
+        for i in 0..200u32 {
+            let chunk: Vec<u8> = (0..(i * 37 % 1000)).map(|j| (i + j) as u8).collect();
+            expected.extend_from_slice(&chunk);
+            b.push(chunk);
+        }
+        assert_eq!(b.len(), expected.len());
+        let mut sent = Vec::new();
+        let mut step = 1;
+        while !b.is_empty() {
+            let slices = b.slices();
+            let mut n = 0;
+            for s in &slices {
+                let take = (step - n).min(s.len());
+                sent.extend_from_slice(&s[..take]);
+                n += take;
+                if n == step {
+                    break;
+                }
+            }
+            b.advance(n);
+            step = step * 3 % 4097 + 1;
+        }
+        assert_eq!(sent, expected);
+    }
+}

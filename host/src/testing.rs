@@ -1,0 +1,151 @@
+//! A StringTransport-style test transport: drive a guest component's
+//! protocol with no sockets, as Twisted's `proto_helpers.StringTransport`
+//! drives a `Protocol`.
+//!
+//! ```no_run
+//! # async fn demo() -> anyhow::Result<()> {
+//! use twill::testing::TestComponent;
+//!
+//! let echo = TestComponent::load("guest-echo/echo.wasm")?;
+//! let mut conn = echo.server_connection().await?.expect("factory accepted");
+//! conn.data_received(b"hello").await?;
+//! assert_eq!(conn.value(), b"hello");
+//! # Ok(()) }
+//! ```
+//!
+//! Everything the guest writes is kept until [`TestConnection::value`]
+//! takes it; `lose-connection` and `abort-connection` only set flags that
+//! [`TestConnection::disconnecting`] and [`TestConnection::aborted`] report.
+//! What the guest prints is captured and returned by
+//! [`TestComponent::output`].
+
+use std::net::SocketAddr;
+use std::path::Path;
+use std::sync::{Arc, Mutex};
+
+use crate::config::HostSettings;
+use crate::runtime::bindings::Reason;
+use crate::runtime::limits::Limits;
+use crate::runtime::state::Closing;
+use crate::runtime::{GuestFault, Plugin, Runtime, Session};
+
+/// The default peer address a test connection reports.
+pub const PEER: &str = "192.0.2.7:40000";
+/// The default host address a test connection reports.
+pub const HOST: &str = "127.0.0.1:9000";
+
+/// A loaded component, ready to make test connections.
+pub struct TestComponent {
+    runtime: Runtime,
+    plugin: Arc<Plugin>,
+    output: Arc<Mutex<Vec<u8>>>,
+}
+
+impl std::fmt::Debug for TestComponent {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("TestComponent").field("plugin", &self.plugin).finish_non_exhaustive()
+    }
+}
+
+impl TestComponent {
+    /// Loads a component with the default limits.
+    pub fn load(path: impl AsRef<Path>) -> anyhow::Result<TestComponent> {
+        Self::load_with(path, Limits::default())
+    }
+
+    /// Loads a component with the given limits.
+    pub fn load_with(path: impl AsRef<Path>, limits: Limits) -> anyhow::Result<TestComponent> {
+        let settings = HostSettings { max_instances: 64, ..HostSettings::default() };
+        let mut runtime = Runtime::new(&settings, limits.memory)?;
+        let mut plugin = runtime.load_plugin("test", path.as_ref(), limits, false)?;
+        let output = Arc::new(Mutex::new(Vec::new()));
+        plugin.capture_output(output.clone());
+        let plugin = runtime.insert_plugin(plugin);
+        Ok(TestComponent { runtime, plugin, output })
+    }
+
+    /// Everything the component's instances have printed so far.
+    pub fn output(&self) -> String {
+        String::from_utf8_lossy(&self.output.lock().unwrap()).into_owned()
+    }
+
+    /// A fresh instance, as the listener makes for an accepted connection:
+    /// `build-protocol(PEER)`, then `make-connection`. `None` if the
+    /// factory refused.
+    pub async fn server_connection(&self) -> Result<Option<TestConnection>, GuestFault> {
+        let peer: SocketAddr = PEER.parse().unwrap();
+        let mut session = self.plugin.instantiate(self.runtime.engine()).await?;
+        if !session.build_server_protocol(peer).await? {
+            return Ok(None);
+        }
+        session.make_connection(peer, HOST.parse().unwrap()).await?;
+        Ok(Some(TestConnection { session, client: false }))
+    }
+
+    /// A fresh instance, as a connector makes: `started-connecting`,
+    /// `build-protocol(PEER)`, then `make-connection`. `None` if the factory
+    /// declined.
+    pub async fn client_connection(&self) -> Result<Option<TestConnection>, GuestFault> {
+        let peer: SocketAddr = PEER.parse().unwrap();
+        let mut session = self.plugin.instantiate(self.runtime.engine()).await?;
+        session.started_connecting(&peer.ip().to_string(), peer.port()).await?;
+        if !session.build_client_protocol(peer).await? {
+            return Ok(None);
+        }
+        session.make_connection(peer, HOST.parse().unwrap()).await?;
+        Ok(Some(TestConnection { session, client: true }))
+    }
+
+    /// A fresh client instance whose connection attempt failed:
+    /// `started-connecting`, then `client-connection-failed(reason)`.
+    pub async fn client_connection_failed(&self, message: &str) -> Result<(), GuestFault> {
+        let mut session = self.plugin.instantiate(self.runtime.engine()).await?;
+        session.started_connecting("192.0.2.7", 40000).await?;
+        session.client_connection_failed(&Reason::Failed(message.into())).await
+    }
+}
+
+/// One protocol instance on an in-memory transport.
+#[derive(Debug)]
+pub struct TestConnection {
+    session: Session,
+    client: bool,
+}
+
+impl TestConnection {
+    /// Delivers `data` to the protocol's `data-received`.
+    pub async fn data_received(&mut self, data: &[u8]) -> Result<(), GuestFault> {
+        self.session.data_received(data).await
+    }
+
+    /// Takes everything written so far: Twisted's `StringTransport.value()`
+    /// followed by `clear()`.
+    pub fn value(&mut self) -> Vec<u8> {
+        self.session.transport().out.take_all()
+    }
+
+    /// Whether the protocol called `lose-connection`.
+    pub fn disconnecting(&mut self) -> bool {
+        self.session.transport().closing == Closing::Lose
+    }
+
+    /// Whether the protocol called `abort-connection`.
+    pub fn aborted(&mut self) -> bool {
+        self.session.transport().closing == Closing::Abort
+    }
+
+    /// Whether the protocol registered itself as a producer.
+    pub fn producer_registered(&mut self) -> bool {
+        self.session.transport().producer
+    }
+
+    /// Ends the connection: the protocol's `connection-lost(reason)`; for a
+    /// client connection, then the factory's `client-connection-lost`.
+    pub async fn connection_lost(mut self, reason: Reason) -> Result<(), GuestFault> {
+        self.session.connection_lost(&reason).await?;
+        if self.client {
+            self.session.client_connection_lost(&reason).await?;
+        }
+        Ok(())
+    }
+}
