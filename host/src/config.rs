@@ -178,6 +178,7 @@ struct RawPlugin {
     cpu: Option<Spanned<String>>,
     high_water: Option<Spanned<SizeValue>>,
     low_water: Option<Spanned<SizeValue>>,
+    max_output: Option<Spanned<SizeValue>>,
     clock: Option<bool>,
 }
 
@@ -281,7 +282,12 @@ impl Locator<'_> {
         self.line_col(span.start).0
     }
 
-    fn error(&self, span: Option<Range<usize>>, key: impl Into<String>, message: impl Into<String>) -> ConfigError {
+    fn error(
+        &self,
+        span: Option<Range<usize>>,
+        key: impl Into<String>,
+        message: impl Into<String>,
+    ) -> ConfigError {
         let (line, column) = match span {
             Some(s) => {
                 let (l, c) = self.line_col(s.start);
@@ -321,7 +327,11 @@ impl Config {
     pub fn parse(path: &Path, text: &str) -> Result<Config, ConfigErrors> {
         let loc = Locator { path, text };
         let raw: RawConfig = toml::from_str(text).map_err(|e| {
-            ConfigErrors(vec![loc.error(e.span(), "", e.message().trim_end().to_string())])
+            ConfigErrors(vec![loc.error(
+                e.span(),
+                "",
+                e.message().trim_end().to_string(),
+            )])
         })?;
         let base = path.parent().map(Path::to_path_buf).unwrap_or_default();
         let mut errors = Vec::new();
@@ -356,24 +366,40 @@ impl Config {
             let p = plugin.into_inner();
             let component = base.join(p.component.get_ref());
             if p.component.get_ref().is_empty() {
-                errors.push(loc.error(Some(p.component.span()), format!("{key}.component"), "is empty: give the path of a .wasm component"));
+                errors.push(loc.error(
+                    Some(p.component.span()),
+                    format!("{key}.component"),
+                    "is empty: give the path of a .wasm component",
+                ));
             } else if !component.is_file() {
                 errors.push(loc.error(
                     Some(p.component.span()),
                     format!("{key}.component"),
-                    format!("component file {} does not exist (paths are relative to the config file)", component.display()),
+                    format!(
+                        "component file {} does not exist (paths are relative to the config file)",
+                        component.display()
+                    ),
                 ));
             }
             let mut limits = Limits::default();
-            let size = |v: &Option<Spanned<SizeValue>>, field: &str, errors: &mut Vec<ConfigError>| -> Option<u64> {
+            let size = |v: &Option<Spanned<SizeValue>>,
+                        field: &str,
+                        errors: &mut Vec<ConfigError>|
+             -> Option<u64> {
                 let v = v.as_ref()?;
                 let r = match v.get_ref() {
-                    SizeValue::Bytes(n) => u64::try_from(*n).map_err(|_| format!("size {n} is negative")),
+                    SizeValue::Bytes(n) => {
+                        u64::try_from(*n).map_err(|_| format!("size {n} is negative"))
+                    }
                     SizeValue::Text(s) => parse_size(s),
                 };
                 match r {
                     Ok(0) => {
-                        errors.push(loc.error(Some(v.span()), format!("{key}.{field}"), "must be greater than zero"));
+                        errors.push(loc.error(
+                            Some(v.span()),
+                            format!("{key}.{field}"),
+                            "must be greater than zero",
+                        ));
                         None
                     }
                     Ok(n) => Some(n),
@@ -385,7 +411,11 @@ impl Config {
             };
             if let Some(m) = size(&p.memory, "memory", &mut errors) {
                 if m > 4 << 30 {
-                    errors.push(loc.error(p.memory.as_ref().map(|s| s.span()), format!("{key}.memory"), "must be at most 4GiB (a 32-bit linear memory)"));
+                    errors.push(loc.error(
+                        p.memory.as_ref().map(|s| s.span()),
+                        format!("{key}.memory"),
+                        "must be at most 4GiB (a 32-bit linear memory)",
+                    ));
                 } else {
                     limits.memory = m as usize;
                 }
@@ -397,23 +427,59 @@ impl Config {
             if let Some(l) = size(&p.low_water, "low-water", &mut errors) {
                 limits.low_water = l as usize;
             }
+            if let Some(m) = size(&p.max_output, "max-output", &mut errors) {
+                limits.max_output = m as usize;
+            }
+            if limits.max_output < limits.high_water {
+                errors.push(
+                    loc.error(
+                        p.max_output
+                            .as_ref()
+                            .or(p.high_water.as_ref())
+                            .map(|s| s.span()),
+                        format!("{key}.max-output"),
+                        format!(
+                            "max-output ({}) must be at least high-water ({})",
+                            limits.max_output, limits.high_water
+                        ),
+                    ),
+                );
+            }
             if limits.low_water >= limits.high_water {
-                errors.push(loc.error(
-                    p.low_water.as_ref().or(p.high_water.as_ref()).map(|s| s.span()),
-                    format!("{key}.low-water"),
-                    format!("low-water ({}) must be below high-water ({})", limits.low_water, limits.high_water),
-                ));
+                errors.push(
+                    loc.error(
+                        p.low_water
+                            .as_ref()
+                            .or(p.high_water.as_ref())
+                            .map(|s| s.span()),
+                        format!("{key}.low-water"),
+                        format!(
+                            "low-water ({}) must be below high-water ({})",
+                            limits.low_water, limits.high_water
+                        ),
+                    ),
+                );
             }
             if let Some(c) = &p.cpu {
                 match parse_duration(c.get_ref()) {
                     Ok(d) if d >= Duration::from_millis(1) => limits.cpu = d,
-                    Ok(_) => errors.push(loc.error(Some(c.span()), format!("{key}.cpu"), "must be at least 1ms")),
+                    Ok(_) => errors.push(loc.error(
+                        Some(c.span()),
+                        format!("{key}.cpu"),
+                        "must be at least 1ms",
+                    )),
                     Err(m) => errors.push(loc.error(Some(c.span()), format!("{key}.cpu"), m)),
                 }
             }
             plugins.insert(
                 name.get_ref().clone(),
-                PluginConfig { name: name.into_inner(), component, limits, clock: p.clock.unwrap_or(false), line },
+                PluginConfig {
+                    name: name.into_inner(),
+                    component,
+                    limits,
+                    clock: p.clock.unwrap_or(false),
+                    line,
+                },
             );
         }
 
@@ -424,9 +490,17 @@ impl Config {
                     Some(p.span()),
                     key,
                     if known.is_empty() {
-                        format!("plugin {:?} is not defined: add a [plugins.{}] table", p.get_ref(), p.get_ref())
+                        format!(
+                            "plugin {:?} is not defined: add a [plugins.{}] table",
+                            p.get_ref(),
+                            p.get_ref()
+                        )
                     } else {
-                        format!("plugin {:?} is not defined (defined: {})", p.get_ref(), known.join(", "))
+                        format!(
+                            "plugin {:?} is not defined (defined: {})",
+                            p.get_ref(),
+                            known.join(", ")
+                        )
                     },
                 ));
             }
@@ -435,7 +509,11 @@ impl Config {
             match u16::try_from(*p.get_ref()) {
                 Ok(v) => v,
                 Err(_) => {
-                    errors.push(loc.error(Some(p.span()), key, format!("port must be between 0 and 65535, got {}", p.get_ref())));
+                    errors.push(loc.error(
+                        Some(p.span()),
+                        key,
+                        format!("port must be between 0 and 65535, got {}", p.get_ref()),
+                    ));
                     0
                 }
             }
@@ -466,7 +544,8 @@ impl Config {
             };
             if port_v != 0 {
                 let clash = seen.iter().find(|(ip, p, _)| {
-                    *p == port_v && (*ip == interface || ip.is_unspecified() || interface.is_unspecified())
+                    *p == port_v
+                        && (*ip == interface || ip.is_unspecified() || interface.is_unspecified())
                 });
                 if let Some((_, _, other)) = clash {
                     errors.push(loc.error(
@@ -482,7 +561,11 @@ impl Config {
                 Some(n) => match usize::try_from(*n.get_ref()) {
                     Ok(v) if v > 0 => v,
                     _ => {
-                        errors.push(loc.error(Some(n.span()), format!("{key}.max-connections"), format!("must be at least 1, got {}", n.get_ref())));
+                        errors.push(loc.error(
+                            Some(n.span()),
+                            format!("{key}.max-connections"),
+                            format!("must be at least 1, got {}", n.get_ref()),
+                        ));
                         1
                     }
                 },
@@ -492,7 +575,11 @@ impl Config {
                 Some(n) => match u32::try_from(*n.get_ref()) {
                     Ok(v) if v > 0 => v,
                     _ => {
-                        errors.push(loc.error(Some(n.span()), format!("{key}.backlog"), format!("must be at least 1, got {}", n.get_ref())));
+                        errors.push(loc.error(
+                            Some(n.span()),
+                            format!("{key}.backlog"),
+                            format!("must be at least 1, got {}", n.get_ref()),
+                        ));
                         1
                     }
                 },
@@ -516,17 +603,29 @@ impl Config {
             plugin_ref(&c.plugin, format!("{key}.plugin"), &mut errors);
             let port_v = port(&c.port, format!("{key}.port"), &mut errors);
             if port_v == 0 {
-                errors.push(loc.error(Some(c.port.span()), format!("{key}.port"), "cannot connect to port 0"));
+                errors.push(loc.error(
+                    Some(c.port.span()),
+                    format!("{key}.port"),
+                    "cannot connect to port 0",
+                ));
             }
             if c.host.get_ref().trim().is_empty() {
-                errors.push(loc.error(Some(c.host.span()), format!("{key}.host"), "is empty: give a host name or address"));
+                errors.push(loc.error(
+                    Some(c.host.span()),
+                    format!("{key}.host"),
+                    "is empty: give a host name or address",
+                ));
             }
             let timeout = match &c.timeout {
                 None => Duration::from_secs(30),
                 Some(t) => match parse_duration(t.get_ref()) {
                     Ok(d) if !d.is_zero() => d,
                     Ok(_) => {
-                        errors.push(loc.error(Some(t.span()), format!("{key}.timeout"), "must be greater than zero"));
+                        errors.push(loc.error(
+                            Some(t.span()),
+                            format!("{key}.timeout"),
+                            "must be greater than zero",
+                        ));
                         Duration::from_secs(30)
                     }
                     Err(m) => {
@@ -545,11 +644,21 @@ impl Config {
         }
 
         if listen.is_empty() && connect.is_empty() && errors.is_empty() {
-            errors.push(loc.error(None, "", "nothing to run: add a [[listen]] or [[connect]] entry"));
+            errors.push(loc.error(
+                None,
+                "",
+                "nothing to run: add a [[listen]] or [[connect]] entry",
+            ));
         }
 
         if errors.is_empty() {
-            Ok(Config { path: path.to_path_buf(), host, plugins, listen, connect })
+            Ok(Config {
+                path: path.to_path_buf(),
+                host,
+                plugins,
+                listen,
+                connect,
+            })
         } else {
             Err(ConfigErrors(errors))
         }
@@ -567,7 +676,11 @@ mod tests {
         assert_eq!(parse_duration("1.5s").unwrap(), Duration::from_millis(1500));
         assert_eq!(parse_duration("2m").unwrap(), Duration::from_secs(120));
         assert!(parse_duration("5").unwrap_err().contains("no unit"));
-        assert!(parse_duration("5 parsecs").unwrap_err().contains("unknown unit"));
+        assert!(
+            parse_duration("5 parsecs")
+                .unwrap_err()
+                .contains("unknown unit")
+        );
         assert!(parse_duration("s").is_err());
     }
 
@@ -578,7 +691,11 @@ mod tests {
         assert_eq!(parse_size("4096").unwrap(), 4096);
         assert_eq!(parse_size("1MB").unwrap(), 1_000_000);
         assert!(parse_size("lots").is_err());
-        assert!(parse_size("3 furlongs").unwrap_err().contains("unknown unit"));
+        assert!(
+            parse_size("3 furlongs")
+                .unwrap_err()
+                .contains("unknown unit")
+        );
         assert!(parse_size("99999999999999999999GiB").is_err());
     }
 
@@ -586,10 +703,23 @@ mod tests {
     fn error_lines_point_at_the_key() {
         let text = "[plugins.echo]\ncomponent = \"x.wasm\"\n\n[[listen]]\nport = 9000\nplugin = \"ech0\"\n";
         let errs = Config::parse(Path::new("/nonexistent/plugins.toml"), text).unwrap_err();
-        let plugin_err = errs.0.iter().find(|e| e.key.as_deref() == Some("listen[0].plugin")).unwrap();
+        let plugin_err = errs
+            .0
+            .iter()
+            .find(|e| e.key.as_deref() == Some("listen[0].plugin"))
+            .unwrap();
         assert_eq!(plugin_err.line, Some(6));
-        assert!(plugin_err.message.contains("\"ech0\" is not defined (defined: echo)"), "{plugin_err}");
-        let missing = errs.0.iter().find(|e| e.key.as_deref() == Some("plugins.echo.component")).unwrap();
+        assert!(
+            plugin_err
+                .message
+                .contains("\"ech0\" is not defined (defined: echo)"),
+            "{plugin_err}"
+        );
+        let missing = errs
+            .0
+            .iter()
+            .find(|e| e.key.as_deref() == Some("plugins.echo.component"))
+            .unwrap();
         assert_eq!(missing.line, Some(2));
     }
 
@@ -599,6 +729,10 @@ mod tests {
         let errs = Config::parse(Path::new("p.toml"), text).unwrap_err();
         assert_eq!(errs.0.len(), 1);
         assert_eq!(errs.0[0].line, Some(4));
-        assert!(errs.0[0].message.contains("unknown field `prot`"), "{}", errs.0[0]);
+        assert!(
+            errs.0[0].message.contains("unknown field `prot`"),
+            "{}",
+            errs.0[0]
+        );
     }
 }

@@ -50,9 +50,17 @@ pub enum End {
 /// `data-received`, the close, and `connection-lost`. The session must
 /// already hold a built protocol.
 pub async fn run(stream: TcpStream, session: &mut Session, shutdown: &mut Shutdown) -> End {
-    let peer = stream.peer_addr().unwrap_or_else(|_| SocketAddr::from(([0, 0, 0, 0], 0)));
-    let host = stream.local_addr().unwrap_or_else(|_| SocketAddr::from(([0, 0, 0, 0], 0)));
-    let mut conn = Conn { stream, eof: false, paused: false };
+    let peer = stream
+        .peer_addr()
+        .unwrap_or_else(|_| SocketAddr::from(([0, 0, 0, 0], 0)));
+    let host = stream
+        .local_addr()
+        .unwrap_or_else(|_| SocketAddr::from(([0, 0, 0, 0], 0)));
+    let mut conn = Conn {
+        stream,
+        eof: false,
+        paused: false,
+    };
     let reason = match session.make_connection(peer, host).await {
         Ok(()) => conn.drive(session, shutdown).await,
         Err(f) => Err(f),
@@ -123,9 +131,16 @@ impl Conn {
         Ok(())
     }
 
-    async fn drive(&mut self, session: &mut Session, shutdown: &mut Shutdown) -> Result<Reason, GuestFault> {
+    async fn drive(
+        &mut self,
+        session: &mut Session,
+        shutdown: &mut Shutdown,
+    ) -> Result<Reason, GuestFault> {
         let mut buf: Vec<u8> = Vec::new();
-        let (high, low) = (session.plugin().limits.high_water, session.plugin().limits.low_water);
+        let (high, low) = (
+            session.plugin().limits.high_water,
+            session.plugin().limits.low_water,
+        );
         let mut reading_paused = false;
         loop {
             if session.transport().closing == Closing::Abort {

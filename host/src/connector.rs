@@ -32,7 +32,12 @@ pub enum ConnectorEnd {
 }
 
 /// Runs one `[[connect]]` entry to its end.
-pub async fn run(cfg: ConnectConfig, plugin: Arc<Plugin>, engine: Engine, mut shutdown: Shutdown) -> ConnectorEnd {
+pub async fn run(
+    cfg: ConnectConfig,
+    plugin: Arc<Plugin>,
+    engine: Engine,
+    mut shutdown: Shutdown,
+) -> ConnectorEnd {
     let name = plugin.name.clone();
     let target = format!("{}:{}", cfg.host, cfg.port);
     let mut session = match plugin.instantiate(&engine).await {
@@ -58,7 +63,10 @@ pub async fn run(cfg: ConnectConfig, plugin: Arc<Plugin>, engine: Engine, mut sh
         Ok(s) => s,
         Err(msg) => {
             tracing::info!(plugin = %name, %target, error = %msg, "connection failed");
-            if let Err(fault) = session.client_connection_failed(&Reason::Failed(msg.clone())).await {
+            if let Err(fault) = session
+                .client_connection_failed(&Reason::Failed(msg.clone()))
+                .await
+            {
                 tracing::warn!(plugin = %name, %target, %fault, "guest faulted in client-connection-failed");
                 return ConnectorEnd::Fault(fault);
             }
@@ -66,7 +74,9 @@ pub async fn run(cfg: ConnectConfig, plugin: Arc<Plugin>, engine: Engine, mut sh
         }
     };
     let _ = stream.set_nodelay(true);
-    let peer = stream.peer_addr().unwrap_or_else(|_| SocketAddr::from(([0, 0, 0, 0], 0)));
+    let peer = stream
+        .peer_addr()
+        .unwrap_or_else(|_| SocketAddr::from(([0, 0, 0, 0], 0)));
     tracing::debug!(plugin = %name, %peer, "connected");
     let reason = match session.build_client_protocol(peer).await {
         Ok(true) => match connection::run(stream, &mut session, &mut shutdown).await {

@@ -72,8 +72,17 @@ impl Listener {
     /// served, so a bad address fails the whole start.
     pub fn bind(cfg: &ListenConfig, plugin: Arc<Plugin>) -> Result<Listener, BindError> {
         let addr = SocketAddr::new(cfg.interface, cfg.port);
-        let err = |source| BindError { addr, plugin: cfg.plugin.clone(), source };
-        let socket = if addr.is_ipv4() { TcpSocket::new_v4() } else { TcpSocket::new_v6() }.map_err(err)?;
+        let err = |source| BindError {
+            addr,
+            plugin: cfg.plugin.clone(),
+            source,
+        };
+        let socket = if addr.is_ipv4() {
+            TcpSocket::new_v4()
+        } else {
+            TcpSocket::new_v6()
+        }
+        .map_err(err)?;
         socket.set_reuseaddr(true).map_err(err)?;
         socket.bind(addr).map_err(err)?;
         let listener = socket.listen(cfg.backlog).map_err(err)?;
@@ -87,7 +96,9 @@ impl Listener {
 
     /// The bound address (useful with port 0).
     pub fn local_addr(&self) -> SocketAddr {
-        self.listener.local_addr().expect("bound listener has an address")
+        self.listener
+            .local_addr()
+            .expect("bound listener has an address")
     }
 
     /// This listener's counters.
@@ -128,7 +139,9 @@ impl Listener {
                 }
             };
             let Ok(permit) = self.limit.clone().try_acquire_owned() else {
-                self.stats.rejected_over_limit.fetch_add(1, Ordering::Relaxed);
+                self.stats
+                    .rejected_over_limit
+                    .fetch_add(1, Ordering::Relaxed);
                 tracing::warn!(plugin = %plugin_name, %peer, "max-connections reached; closing new connection");
                 drop(stream);
                 continue;
@@ -154,7 +167,10 @@ impl Listener {
 
 /// EMFILE, ENFILE, ENOBUFS, ENOMEM: retrying at once would spin.
 fn is_resource_exhaustion(e: &io::Error) -> bool {
-    matches!(e.raw_os_error(), Some(libc::EMFILE | libc::ENFILE | libc::ENOBUFS | libc::ENOMEM))
+    matches!(
+        e.raw_os_error(),
+        Some(libc::EMFILE | libc::ENFILE | libc::ENOBUFS | libc::ENOMEM)
+    )
 }
 
 struct ServerConnection {
@@ -166,7 +182,12 @@ struct ServerConnection {
 
 impl ServerConnection {
     async fn run(self, stream: TcpStream, shutdown: &mut Shutdown) {
-        let Self { plugin, engine, stats, peer } = self;
+        let Self {
+            plugin,
+            engine,
+            stats,
+            peer,
+        } = self;
         let name = &plugin.name;
         let mut session = match plugin.instantiate(&engine).await {
             Ok(s) => s,
@@ -193,7 +214,9 @@ impl ServerConnection {
         stats.accepted.fetch_add(1, Ordering::Relaxed);
         tracing::debug!(plugin = %name, %peer, "connection made");
         match connection::run(stream, &mut session, shutdown).await {
-            End::Closed(reason) => tracing::debug!(plugin = %name, %peer, ?reason, "connection lost"),
+            End::Closed(reason) => {
+                tracing::debug!(plugin = %name, %peer, ?reason, "connection lost")
+            }
             End::Fault(fault) => {
                 stats.faulted.fetch_add(1, Ordering::Relaxed);
                 tracing::warn!(plugin = %name, %peer, %fault, "guest faulted; connection aborted");

@@ -59,10 +59,18 @@ fn init_tracing(cli: &Cli) {
         (false, _) => "trace",
     };
     let filter = EnvFilter::try_from_default_env().unwrap_or_else(|_| {
-        let spec = if default == "info" { "info,wasmtime=warn,cranelift=warn".to_string() } else { default.to_string() };
+        let spec = if default == "info" {
+            "info,wasmtime=warn,cranelift=warn".to_string()
+        } else {
+            default.to_string()
+        };
         EnvFilter::new(spec)
     });
-    tracing_subscriber::fmt().with_env_filter(filter).with_writer(std::io::stderr).with_target(false).init();
+    tracing_subscriber::fmt()
+        .with_env_filter(filter)
+        .with_writer(std::io::stderr)
+        .with_target(false)
+        .init();
 }
 
 /// Loads and validates the config and its components, printing every error.
@@ -83,7 +91,10 @@ fn load(path: &std::path::Path) -> Result<(Config, Runtime), ExitCode> {
 fn main() -> ExitCode {
     let cli = Cli::parse();
     init_tracing(&cli);
-    let rt = match tokio::runtime::Builder::new_multi_thread().enable_all().build() {
+    let rt = match tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .build()
+    {
         Ok(rt) => rt,
         Err(e) => {
             eprintln!("twill: cannot start the tokio runtime: {e}");
@@ -126,7 +137,10 @@ async fn run(path: PathBuf) -> ExitCode {
     let (stop_tx, stop_rx) = tokio::sync::mpsc::channel(2);
     tokio::spawn(async move {
         use tokio::signal::unix::{SignalKind, signal};
-        let (Ok(mut term), Ok(mut int)) = (signal(SignalKind::terminate()), signal(SignalKind::interrupt())) else {
+        let (Ok(mut term), Ok(mut int)) = (
+            signal(SignalKind::terminate()),
+            signal(SignalKind::interrupt()),
+        ) else {
             tracing::error!("cannot install signal handlers");
             return;
         };

@@ -34,7 +34,9 @@ pub struct Reactor {
 
 impl std::fmt::Debug for Reactor {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.debug_struct("Reactor").field("listeners", &self.listen_addrs()).finish_non_exhaustive()
+        f.debug_struct("Reactor")
+            .field("listeners", &self.listen_addrs())
+            .finish_non_exhaustive()
     }
 }
 
@@ -45,10 +47,16 @@ impl Reactor {
     pub fn bind(config: Config, runtime: Runtime) -> Result<Reactor, BindError> {
         let mut listeners = Vec::new();
         for l in &config.listen {
-            let plugin = runtime.plugin(&l.plugin).expect("config validated plugin names");
+            let plugin = runtime
+                .plugin(&l.plugin)
+                .expect("config validated plugin names");
             listeners.push(Listener::bind(l, plugin)?);
         }
-        Ok(Reactor { config, runtime: Arc::new(runtime), listeners })
+        Ok(Reactor {
+            config,
+            runtime: Arc::new(runtime),
+            listeners,
+        })
     }
 
     /// The bound address of each listener, in config order.
@@ -73,7 +81,10 @@ impl Reactor {
             tokio::spawn(l.serve(engine.clone(), controller.sender(), controller.guard()));
         }
         for c in self.config.connect.iter().cloned() {
-            let plugin = self.runtime.plugin(&c.plugin).expect("config validated plugin names");
+            let plugin = self
+                .runtime
+                .plugin(&c.plugin)
+                .expect("config validated plugin names");
             let shutdown = controller.subscribe();
             let guard = controller.guard();
             let engine = engine.clone();
@@ -105,4 +116,3 @@ impl Reactor {
         }
     }
 }
-

@@ -14,7 +14,10 @@ pub struct Shutdown {
 impl Shutdown {
     /// Wraps a receiver of the reactor's shutdown broadcast.
     pub fn new(notify: broadcast::Receiver<()>) -> Shutdown {
-        Shutdown { is_shutdown: false, notify }
+        Shutdown {
+            is_shutdown: false,
+            notify,
+        }
     }
 
     /// Whether shutdown has been signalled.
@@ -57,7 +60,11 @@ impl ShutdownController {
     pub fn new() -> Self {
         let (notify, _) = broadcast::channel(1);
         let (done_tx, done_rx) = mpsc::channel(1);
-        ShutdownController { notify, done_tx: Some(done_tx), done_rx }
+        ShutdownController {
+            notify,
+            done_tx: Some(done_tx),
+            done_rx,
+        }
     }
 
     /// A new listener for the signal.

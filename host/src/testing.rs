@@ -43,7 +43,9 @@ pub struct TestComponent {
 
 impl std::fmt::Debug for TestComponent {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.debug_struct("TestComponent").field("plugin", &self.plugin).finish_non_exhaustive()
+        f.debug_struct("TestComponent")
+            .field("plugin", &self.plugin)
+            .finish_non_exhaustive()
     }
 }
 
@@ -55,13 +57,20 @@ impl TestComponent {
 
     /// Loads a component with the given limits.
     pub fn load_with(path: impl AsRef<Path>, limits: Limits) -> anyhow::Result<TestComponent> {
-        let settings = HostSettings { max_instances: 64, ..HostSettings::default() };
+        let settings = HostSettings {
+            max_instances: 64,
+            ..HostSettings::default()
+        };
         let mut runtime = Runtime::new(&settings, limits.memory)?;
         let mut plugin = runtime.load_plugin("test", path.as_ref(), limits, false)?;
         let output = Arc::new(Mutex::new(Vec::new()));
         plugin.capture_output(output.clone());
         let plugin = runtime.insert_plugin(plugin);
-        Ok(TestComponent { runtime, plugin, output })
+        Ok(TestComponent {
+            runtime,
+            plugin,
+            output,
+        })
     }
 
     /// Everything the component's instances have printed so far.
@@ -79,7 +88,10 @@ impl TestComponent {
             return Ok(None);
         }
         session.make_connection(peer, HOST.parse().unwrap()).await?;
-        Ok(Some(TestConnection { session, client: false }))
+        Ok(Some(TestConnection {
+            session,
+            client: false,
+        }))
     }
 
     /// A fresh instance, as a connector makes: `started-connecting`,
@@ -88,12 +100,17 @@ impl TestComponent {
     pub async fn client_connection(&self) -> Result<Option<TestConnection>, GuestFault> {
         let peer: SocketAddr = PEER.parse().unwrap();
         let mut session = self.plugin.instantiate(self.runtime.engine()).await?;
-        session.started_connecting(&peer.ip().to_string(), peer.port()).await?;
+        session
+            .started_connecting(&peer.ip().to_string(), peer.port())
+            .await?;
         if !session.build_client_protocol(peer).await? {
             return Ok(None);
         }
         session.make_connection(peer, HOST.parse().unwrap()).await?;
-        Ok(Some(TestConnection { session, client: true }))
+        Ok(Some(TestConnection {
+            session,
+            client: true,
+        }))
     }
 
     /// A fresh client instance whose connection attempt failed:
@@ -101,7 +118,9 @@ impl TestComponent {
     pub async fn client_connection_failed(&self, message: &str) -> Result<(), GuestFault> {
         let mut session = self.plugin.instantiate(self.runtime.engine()).await?;
         session.started_connecting("192.0.2.7", 40000).await?;
-        session.client_connection_failed(&Reason::Failed(message.into())).await
+        session
+            .client_connection_failed(&Reason::Failed(message.into()))
+            .await
     }
 }
 

@@ -7,7 +7,9 @@
 
 use std::time::Duration;
 
-use wasmtime::{InstanceAllocationStrategy, PoolingAllocationConfig, StoreLimits, StoreLimitsBuilder};
+use wasmtime::{
+    InstanceAllocationStrategy, PoolingAllocationConfig, StoreLimits, StoreLimitsBuilder,
+};
 
 /// How often the epoch ticks. A callback's CPU deadline is rounded up to
 /// whole ticks; a runaway guest yields to the reactor at every tick.
@@ -36,6 +38,10 @@ pub struct Limits {
     /// Reading (and the producer) resumes once unsent output falls to this.
     /// Default 256 KiB.
     pub low_water: usize,
+    /// The most unsent output a connection may hold. A guest whose write
+    /// would pass it traps, and its connection is aborted: this bounds a
+    /// guest that writes without end inside one callback. Default 16 MiB.
+    pub max_output: usize,
 }
 
 impl Default for Limits {
@@ -45,6 +51,7 @@ impl Default for Limits {
             cpu: Duration::from_millis(100),
             high_water: 1 << 20,
             low_water: 256 << 10,
+            max_output: 16 << 20,
         }
     }
 }

@@ -103,7 +103,9 @@ pub struct Runtime {
 
 impl std::fmt::Debug for Runtime {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.debug_struct("Runtime").field("plugins", &self.plugins.keys()).finish_non_exhaustive()
+        f.debug_struct("Runtime")
+            .field("plugins", &self.plugins.keys())
+            .finish_non_exhaustive()
     }
 }
 
@@ -136,15 +138,25 @@ impl Runtime {
             Ok(cache) => {
                 cfg.cache(Some(cache));
             }
-            Err(e) => tracing::warn!(error = %e, "compile cache unavailable; components will be compiled at every start"),
+            Err(e) => {
+                tracing::warn!(error = %e, "compile cache unavailable; components will be compiled at every start")
+            }
         }
-        let engine = Engine::new(&cfg).map_err(wasm_err).context("cannot create the wasm engine")?;
+        let engine = Engine::new(&cfg)
+            .map_err(wasm_err)
+            .context("cannot create the wasm engine")?;
         let mut linker = Linker::new(&engine);
         wasmtime_wasi::p2::add_to_linker_async(&mut linker).map_err(wasm_err)?;
-        bindings::twill::protocol::types::add_to_linker::<ConnState, wasmtime::component::HasSelf<ConnState>>(&mut linker, |s| s)
-            .map_err(wasm_err)?;
-        bindings::twill::protocol::transport::add_to_linker::<ConnState, wasmtime::component::HasSelf<ConnState>>(&mut linker, |s| s)
-            .map_err(wasm_err)?;
+        bindings::twill::protocol::types::add_to_linker::<
+            ConnState,
+            wasmtime::component::HasSelf<ConnState>,
+        >(&mut linker, |s| s)
+        .map_err(wasm_err)?;
+        bindings::twill::protocol::transport::add_to_linker::<
+            ConnState,
+            wasmtime::component::HasSelf<ConnState>,
+        >(&mut linker, |s| s)
+        .map_err(wasm_err)?;
 
         let ticker = Arc::new(AtomicBool::new(false));
         let stop = ticker.clone();
@@ -161,14 +173,24 @@ impl Runtime {
                 }
             })
             .context("cannot start the epoch thread")?;
-        Ok(Runtime { engine, linker, plugins: HashMap::new(), ticker })
+        Ok(Runtime {
+            engine,
+            linker,
+            plugins: HashMap::new(),
+            ticker,
+        })
     }
 
     /// Builds a runtime and loads every plugin that `config` uses, checking
     /// that each exports what its listeners and connectors need. Returns
     /// every problem found, not just the first.
     pub fn load(config: &Config) -> Result<Runtime, Vec<anyhow::Error>> {
-        let max_memory = config.plugins.values().map(|p| p.limits.memory).max().unwrap_or(Limits::default().memory);
+        let max_memory = config
+            .plugins
+            .values()
+            .map(|p| p.limits.memory)
+            .max()
+            .unwrap_or(Limits::default().memory);
         let mut rt = Runtime::new(&config.host, max_memory).map_err(|e| vec![e])?;
         let mut errors = Vec::new();
         for (name, p) in &config.plugins {
@@ -184,38 +206,73 @@ impl Runtime {
                     let needs_server = config.listen.iter().any(|l| &l.plugin == name);
                     let needs_client = config.connect.iter().any(|c| &c.plugin == name);
                     if needs_server && plugin.server.is_none() {
-                        errors.push(err(missing_export(&rt.engine, &p.component, SERVER_FACTORY, "[[listen]]")).into());
+                        errors.push(
+                            err(missing_export(
+                                &rt.engine,
+                                &p.component,
+                                SERVER_FACTORY,
+                                "[[listen]]",
+                            ))
+                            .into(),
+                        );
                     }
                     if needs_client && plugin.client.is_none() {
-                        errors.push(err(missing_export(&rt.engine, &p.component, CLIENT_FACTORY, "[[connect]]")).into());
+                        errors.push(
+                            err(missing_export(
+                                &rt.engine,
+                                &p.component,
+                                CLIENT_FACTORY,
+                                "[[connect]]",
+                            ))
+                            .into(),
+                        );
                     }
                     rt.plugins.insert(name.clone(), Arc::new(plugin));
                 }
                 Err(e) => errors.push(err(format!("{e:#}")).into()),
             }
         }
-        if errors.is_empty() { Ok(rt) } else { Err(errors) }
+        if errors.is_empty() {
+            Ok(rt)
+        } else {
+            Err(errors)
+        }
     }
 
     /// Compiles (or fetches from the cache) and pre-instantiates one
     /// component.
-    pub fn load_plugin(&self, name: &str, path: &Path, limits: Limits, clock: bool) -> anyhow::Result<Plugin> {
-        let bytes = std::fs::read(path).with_context(|| format!("cannot read {}", path.display()))?;
+    pub fn load_plugin(
+        &self,
+        name: &str,
+        path: &Path,
+        limits: Limits,
+        clock: bool,
+    ) -> anyhow::Result<Plugin> {
+        let bytes =
+            std::fs::read(path).with_context(|| format!("cannot read {}", path.display()))?;
         match bytes.get(0..8) {
             Some([0, b'a', b's', b'm', 1, 0, 0, 0]) => anyhow::bail!(
                 "this is a core wasm module, not a component: build for wasm32-wasip2, or wrap it with `wasm-tools component new`"
             ),
             Some([0, b'a', b's', b'm', _, _, 1, 0]) => {}
-            _ => anyhow::bail!("not a WebAssembly component (no `\\0asm` header with the component layer)"),
+            _ => anyhow::bail!(
+                "not a WebAssembly component (no `\\0asm` header with the component layer)"
+            ),
         }
-        let component = Component::new(&self.engine, &bytes).map_err(wasm_err).context("invalid component")?;
+        let component = Component::new(&self.engine, &bytes)
+            .map_err(wasm_err)
+            .context("invalid component")?;
         let pre = self
             .linker
             .instantiate_pre(&component)
             .map_err(wasm_err)
             .context("the component imports something the host does not provide (guests get twill:protocol/transport and WASI p2 only)")?;
-        let protocol = protocol::GuestIndices::new(&pre)
-            .map_err(|_| anyhow::anyhow!("{}", missing_export(&self.engine, path, PROTOCOL, "every plugin")))?;
+        let protocol = protocol::GuestIndices::new(&pre).map_err(|_| {
+            anyhow::anyhow!(
+                "{}",
+                missing_export(&self.engine, path, PROTOCOL, "every plugin")
+            )
+        })?;
         let server = server_factory::GuestIndices::new(&pre).ok();
         let client = client_factory::GuestIndices::new(&pre).ok();
         if server.is_none() && client.is_none() {
@@ -224,7 +281,16 @@ impl Runtime {
                 export_list(&self.engine, &component)
             );
         }
-        Ok(Plugin { name: name.into(), limits, pre, protocol, server, client, clock, capture: None })
+        Ok(Plugin {
+            name: name.into(),
+            limits,
+            pre,
+            protocol,
+            server,
+            client,
+            clock,
+            capture: None,
+        })
     }
 
     /// The plugin called `name`.
@@ -246,8 +312,16 @@ impl Runtime {
 }
 
 fn export_list(engine: &Engine, component: &Component) -> String {
-    let names: Vec<String> = component.component_type().exports(engine).map(|(n, _)| format!("`{n}`")).collect();
-    if names.is_empty() { "it exports nothing".into() } else { format!("it exports {}", names.join(", ")) }
+    let names: Vec<String> = component
+        .component_type()
+        .exports(engine)
+        .map(|(n, _)| format!("`{n}`"))
+        .collect();
+    if names.is_empty() {
+        "it exports nothing".into()
+    } else {
+        format!("it exports {}", names.join(", "))
+    }
 }
 
 fn missing_export(engine: &Engine, path: &Path, export: &str, role: &str) -> String {
@@ -316,7 +390,10 @@ impl Plugin {
     fn wasi(&self) -> wasmtime_wasi::WasiCtx {
         let sink = |std| match &self.capture {
             Some(buf) => GuestOutput(Sink::Capture(buf.clone())),
-            None => GuestOutput(Sink::Host { plugin: self.name.clone(), std }),
+            None => GuestOutput(Sink::Host {
+                plugin: self.name.clone(),
+                std,
+            }),
         };
         let mut b = WasiCtxBuilder::new();
         b.stdout(sink(Std::Out))
@@ -338,8 +415,15 @@ impl Plugin {
             wasi: self.wasi(),
             table: wasmtime::component::ResourceTable::new(),
             limits: self.limits.store_limits(),
-            transport: TransportState::default(),
-            cpu: CpuBudget { used: 0, max: self.limits.cpu_ticks(), exceeded: false },
+            transport: TransportState {
+                max_output: self.limits.max_output,
+                ..TransportState::default()
+            },
+            cpu: CpuBudget {
+                used: 0,
+                max: self.limits.cpu_ticks(),
+                exceeded: false,
+            },
         };
         let mut store = Store::new(engine, state);
         store.limiter(|s| &mut s.limits);
@@ -367,8 +451,16 @@ impl Plugin {
         let instance = session.check(instance)?;
         let loaded = (|| {
             let api = self.protocol.load(&mut session.store, &instance)?;
-            let server = self.server.as_ref().map(|i| i.load(&mut session.store, &instance)).transpose()?;
-            let client = self.client.as_ref().map(|i| i.load(&mut session.store, &instance)).transpose()?;
+            let server = self
+                .server
+                .as_ref()
+                .map(|i| i.load(&mut session.store, &instance))
+                .transpose()?;
+            let client = self
+                .client
+                .as_ref()
+                .map(|i| i.load(&mut session.store, &instance))
+                .transpose()?;
             Ok::<_, wasmtime::Error>((api, server, client))
         })();
         let (api, server, client) = session.check(loaded)?;
@@ -394,12 +486,17 @@ pub struct Session {
 
 impl std::fmt::Debug for Session {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.debug_struct("Session").field("plugin", &self.plugin.name).finish_non_exhaustive()
+        f.debug_struct("Session")
+            .field("plugin", &self.plugin.name)
+            .finish_non_exhaustive()
     }
 }
 
 fn address(a: SocketAddr) -> bindings::Address {
-    bindings::Address { host: a.ip().to_canonical().to_string(), port: a.port() }
+    bindings::Address {
+        host: a.ip().to_canonical().to_string(),
+        port: a.port(),
+    }
 }
 
 macro_rules! guest_call {
@@ -469,15 +566,23 @@ impl Session {
 
     /// `client-factory.started-connecting(addr)`.
     pub async fn started_connecting(&mut self, host: &str, port: u16) -> Result<(), GuestFault> {
-        let Some(client) = self.client.clone() else { return Ok(()) };
-        let addr = bindings::Address { host: host.to_string(), port };
-        guest_call!(self, |store| client.call_started_connecting(&mut *store, &addr))
+        let Some(client) = self.client.clone() else {
+            return Ok(());
+        };
+        let addr = bindings::Address {
+            host: host.to_string(),
+            port,
+        };
+        guest_call!(self, |store| client
+            .call_started_connecting(&mut *store, &addr))
     }
 
     /// `client-factory.build-protocol(addr)`. Returns false if the guest
     /// declined.
     pub async fn build_client_protocol(&mut self, remote: SocketAddr) -> Result<bool, GuestFault> {
-        let Some(client) = self.client.clone() else { return Ok(false) };
+        let Some(client) = self.client.clone() else {
+            return Ok(false);
+        };
         let addr = address(remote);
         let p = guest_call!(self, |store| client.call_build_protocol(&mut *store, &addr))?;
         self.protocol = p;
@@ -485,51 +590,98 @@ impl Session {
     }
 
     /// `client-factory.client-connection-failed(reason)`.
-    pub async fn client_connection_failed(&mut self, reason: &bindings::Reason) -> Result<(), GuestFault> {
-        let Some(client) = self.client.clone() else { return Ok(()) };
-        guest_call!(self, |store| client.call_client_connection_failed(&mut *store, reason))
+    pub async fn client_connection_failed(
+        &mut self,
+        reason: &bindings::Reason,
+    ) -> Result<(), GuestFault> {
+        let Some(client) = self.client.clone() else {
+            return Ok(());
+        };
+        guest_call!(self, |store| client
+            .call_client_connection_failed(&mut *store, reason))
     }
 
     /// `client-factory.client-connection-lost(reason)`.
-    pub async fn client_connection_lost(&mut self, reason: &bindings::Reason) -> Result<(), GuestFault> {
-        let Some(client) = self.client.clone() else { return Ok(()) };
-        guest_call!(self, |store| client.call_client_connection_lost(&mut *store, reason))
+    pub async fn client_connection_lost(
+        &mut self,
+        reason: &bindings::Reason,
+    ) -> Result<(), GuestFault> {
+        let Some(client) = self.client.clone() else {
+            return Ok(());
+        };
+        guest_call!(self, |store| client
+            .call_client_connection_lost(&mut *store, reason))
     }
 
     /// `protocol.make-connection(transport)`, with the connection's
     /// addresses recorded for `get-peer` / `get-host`.
-    pub async fn make_connection(&mut self, peer: SocketAddr, host: SocketAddr) -> Result<(), GuestFault> {
-        let (Some(api), Some(p)) = (self.api.clone(), self.protocol) else { return Ok(()) };
+    pub async fn make_connection(
+        &mut self,
+        peer: SocketAddr,
+        host: SocketAddr,
+    ) -> Result<(), GuestFault> {
+        let (Some(api), Some(p)) = (self.api.clone(), self.protocol) else {
+            return Ok(());
+        };
         let t = &mut self.store.data_mut().transport;
         t.peer = Some(peer);
         t.host = Some(host);
-        let handle = self.store.data_mut().table.push(TransportHandle).map_err(|e| GuestFault::Trap(e.to_string()))?;
-        guest_call!(self, |store| api.protocol().call_make_connection(&mut *store, p, handle))
+        let handle = self
+            .store
+            .data_mut()
+            .table
+            .push(TransportHandle)
+            .map_err(|e| GuestFault::Trap(e.to_string()))?;
+        guest_call!(self, |store| api.protocol().call_make_connection(
+            &mut *store,
+            p,
+            handle
+        ))
     }
 
     /// `protocol.data-received(data)`.
     pub async fn data_received(&mut self, data: &[u8]) -> Result<(), GuestFault> {
-        let (Some(api), Some(p)) = (self.api.clone(), self.protocol) else { return Ok(()) };
-        guest_call!(self, |store| api.protocol().call_data_received(&mut *store, p, data))
+        let (Some(api), Some(p)) = (self.api.clone(), self.protocol) else {
+            return Ok(());
+        };
+        guest_call!(self, |store| api.protocol().call_data_received(
+            &mut *store,
+            p,
+            data
+        ))
     }
 
     /// `protocol.connection-lost(reason)`. The transport stops accepting
     /// writes first.
     pub async fn connection_lost(&mut self, reason: &bindings::Reason) -> Result<(), GuestFault> {
         self.transport().lost = true;
-        let (Some(api), Some(p)) = (self.api.clone(), self.protocol) else { return Ok(()) };
-        guest_call!(self, |store| api.protocol().call_connection_lost(&mut *store, p, reason))
+        let (Some(api), Some(p)) = (self.api.clone(), self.protocol) else {
+            return Ok(());
+        };
+        guest_call!(self, |store| api.protocol().call_connection_lost(
+            &mut *store,
+            p,
+            reason
+        ))
     }
 
     /// `protocol.pause-producing()`.
     pub async fn pause_producing(&mut self) -> Result<(), GuestFault> {
-        let (Some(api), Some(p)) = (self.api.clone(), self.protocol) else { return Ok(()) };
-        guest_call!(self, |store| api.protocol().call_pause_producing(&mut *store, p))
+        let (Some(api), Some(p)) = (self.api.clone(), self.protocol) else {
+            return Ok(());
+        };
+        guest_call!(self, |store| api
+            .protocol()
+            .call_pause_producing(&mut *store, p))
     }
 
     /// `protocol.resume-producing()`.
     pub async fn resume_producing(&mut self) -> Result<(), GuestFault> {
-        let (Some(api), Some(p)) = (self.api.clone(), self.protocol) else { return Ok(()) };
-        guest_call!(self, |store| api.protocol().call_resume_producing(&mut *store, p))
+        let (Some(api), Some(p)) = (self.api.clone(), self.protocol) else {
+            return Ok(());
+        };
+        guest_call!(self, |store| api
+            .protocol()
+            .call_resume_producing(&mut *store, p))
     }
 }

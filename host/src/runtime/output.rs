@@ -76,11 +76,17 @@ impl IsTerminal for GuestOutput {
 
 impl StdoutStream for GuestOutput {
     fn p2_stream(&self) -> Box<dyn OutputStream> {
-        Box::new(LineStream { sink: self.0.clone(), partial: Vec::new() })
+        Box::new(LineStream {
+            sink: self.0.clone(),
+            partial: Vec::new(),
+        })
     }
 
     fn async_stream(&self) -> Box<dyn tokio::io::AsyncWrite + Send + Sync> {
-        Box::new(LineStream { sink: self.0.clone(), partial: Vec::new() })
+        Box::new(LineStream {
+            sink: self.0.clone(),
+            partial: Vec::new(),
+        })
     }
 }
 
@@ -139,7 +145,11 @@ impl OutputStream for LineStream {
 }
 
 impl tokio::io::AsyncWrite for LineStream {
-    fn poll_write(self: Pin<&mut Self>, _cx: &mut Context<'_>, buf: &[u8]) -> Poll<std::io::Result<usize>> {
+    fn poll_write(
+        self: Pin<&mut Self>,
+        _cx: &mut Context<'_>,
+        buf: &[u8],
+    ) -> Poll<std::io::Result<usize>> {
         self.get_mut().push(buf);
         Poll::Ready(Ok(buf.len()))
     }

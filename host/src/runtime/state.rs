@@ -24,7 +24,10 @@ pub struct ConnState {
 
 impl WasiView for ConnState {
     fn ctx(&mut self) -> WasiCtxView<'_> {
-        WasiCtxView { ctx: &mut self.wasi, table: &mut self.table }
+        WasiCtxView {
+            ctx: &mut self.wasi,
+            table: &mut self.table,
+        }
     }
 }
 
@@ -63,6 +66,8 @@ pub struct TransportState {
     pub peer: Option<SocketAddr>,
     /// The local address.
     pub host: Option<SocketAddr>,
+    /// The cap on unsent output (see `Limits::max_output`).
+    pub max_output: usize,
 }
 
 impl TransportState {

@@ -19,8 +19,39 @@ pub struct TransportHandle;
 
 fn address(a: Option<SocketAddr>) -> types::Address {
     match a {
-        Some(a) => types::Address { host: a.ip().to_canonical().to_string(), port: a.port() },
-        None => types::Address { host: String::new(), port: 0 },
+        Some(a) => types::Address {
+            host: a.ip().to_canonical().to_string(),
+            port: a.port(),
+        },
+        None => types::Address {
+            host: String::new(),
+            port: 0,
+        },
+    }
+}
+
+impl ConnState {
+    /// Queues output, trapping the guest if it would pass its output limit.
+    fn queue(
+        &mut self,
+        len: usize,
+        chunks: impl IntoIterator<Item = Vec<u8>>,
+    ) -> wasmtime::Result<()> {
+        let t = &mut self.transport;
+        if !t.accepts_writes() {
+            return Ok(());
+        }
+        if t.out.len().saturating_add(len) > t.max_output {
+            return Err(wasmtime::format_err!(
+                "output limit exceeded: {} bytes unsent, max-output is {}",
+                t.out.len() + len,
+                t.max_output
+            ));
+        }
+        for c in chunks {
+            t.out.push(c);
+        }
+        Ok(())
     }
 }
 
@@ -29,19 +60,16 @@ impl transport::Host for ConnState {}
 
 impl transport::HostTransport for ConnState {
     fn write(&mut self, _self: Resource<TransportHandle>, data: Vec<u8>) -> wasmtime::Result<()> {
-        if self.transport.accepts_writes() {
-            self.transport.out.push(data);
-        }
-        Ok(())
+        self.queue(data.len(), [data])
     }
 
-    fn write_sequence(&mut self, _self: Resource<TransportHandle>, data: Vec<Vec<u8>>) -> wasmtime::Result<()> {
-        if self.transport.accepts_writes() {
-            for chunk in data {
-                self.transport.out.push(chunk);
-            }
-        }
-        Ok(())
+    fn write_sequence(
+        &mut self,
+        _self: Resource<TransportHandle>,
+        data: Vec<Vec<u8>>,
+    ) -> wasmtime::Result<()> {
+        let len = data.iter().map(Vec::len).sum();
+        self.queue(len, data)
     }
 
     fn lose_connection(&mut self, _self: Resource<TransportHandle>) -> wasmtime::Result<()> {

@@ -1,0 +1,185 @@
+//! # guest-testkit: a component that misbehaves on command
+//!
+//! The host's tests drive it to prove that each fault stays contained. Its
+//! server protocol reads newline-terminated commands (so any chunking of the
+//! input gives the same result) and answers each:
+//!
+//! | command | what the guest does |
+//! |---|---|
+//! | `echo TEXT` | writes `TEXT\n` |
+//! | `addr` | writes `peer=IP:PORT host=IP:PORT\n` from `get-peer` / `get-host` |
+//! | `big N` | writes N bytes (byte i is `i % 251`) in 64 KiB writes, then `lose-connection` |
+//! | `seq N K` | writes K chunks of N bytes with one `write-sequence` |
+//! | `lose` | `lose-connection` |
+//! | `abort` | writes `x`, then `abort-connection` |
+//! | `after-lose` | `lose-connection`, then calls every transport method again |
+//! | `panic` | panics (a trap) |
+//! | `loop` | loops forever (the CPU limit must stop it) |
+//! | `alloc` | allocates without bound (the memory limit must stop it) |
+//! | `flood` | writes without bound in one callback (the output limit must stop it) |
+//! | `produce N` | registers as a producer and writes N bytes per resume |
+//! | `env` / `file` / `net` / `clock` / `stdin` | tries the capability and writes `denied` or `allowed: ...` |
+//! | `print TEXT` | prints TEXT to stdout |
+//!
+//! Its factory refuses (returns none for) every peer whose address is
+//! `127.0.0.66`.
+
+use std::cell::Cell;
+
+use twill_guest::{Address, Protocol, Reason, ServerFactory, Transport, export};
+
+/// Builds [`Kit`], refusing peers from 127.0.0.66.
+#[derive(Default)]
+pub struct KitFactory;
+
+impl ServerFactory for KitFactory {
+    fn build_protocol(&self, addr: &Address) -> Option<Box<dyn Protocol>> {
+        if addr.host == "127.0.0.66" {
+            return None;
+        }
+        Some(Box::new(Kit::default()))
+    }
+}
+
+/// The command interpreter.
+#[derive(Default)]
+pub struct Kit {
+    line: Vec<u8>,
+    produce: Cell<usize>,
+}
+
+fn pattern(n: usize, offset: usize) -> Vec<u8> {
+    (0..n).map(|i| ((offset + i) % 251) as u8).collect()
+}
+
+impl Kit {
+    fn command(&mut self, t: &Transport, cmd: &str) {
+        let (word, rest) = cmd.split_once(' ').unwrap_or((cmd, ""));
+        match word {
+            "echo" => t.write(format!("{rest}\n").as_bytes()),
+            "print" => println!("{rest}"),
+            "addr" => t.write(format!("peer={} host={}\n", t.peer(), t.host()).as_bytes()),
+            "big" => {
+                let n: usize = rest.trim().parse().unwrap_or(0);
+                let mut sent = 0;
+                while sent < n {
+                    let k = (n - sent).min(64 << 10);
+                    t.write(&pattern(k, sent));
+                    sent += k;
+                }
+                t.lose_connection();
+            }
+            "seq" => {
+                let mut it = rest.split_whitespace().map(|x| x.parse::<usize>().unwrap_or(0));
+                let (n, k) = (it.next().unwrap_or(0), it.next().unwrap_or(0));
+                let chunks: Vec<Vec<u8>> = (0..k).map(|j| pattern(n, j * n)).collect();
+                t.write_sequence(&chunks);
+            }
+            "lose" => t.lose_connection(),
+            "abort" => {
+                t.write(b"x");
+                t.abort_connection();
+            }
+            "after-lose" => {
+                t.write(b"before\n");
+                t.lose_connection();
+                t.write(b"after\n");
+                t.write_sequence([b"after".as_slice(), b"-seq\n".as_slice()]);
+                t.lose_connection();
+                let _ = (t.peer(), t.host());
+                t.register_producer();
+                t.unregister_producer();
+            }
+            "panic" => panic!("testkit was told to panic"),
+            "loop" => {
+                let mut x: u64 = 1;
+                loop {
+                    x = std::hint::black_box(x.wrapping_mul(6364136223846793005).wrapping_add(1));
+                }
+            }
+            "alloc" => {
+                let mut hoard: Vec<Vec<u8>> = Vec::new();
+                loop {
+                    let mut block = vec![0u8; 1 << 20];
+                    block[0] = 1;
+                    hoard.push(std::hint::black_box(block));
+                }
+            }
+            "flood" => {
+                let block = vec![b'f'; 1 << 20];
+                loop {
+                    t.write(&block);
+                }
+            }
+            "produce" => {
+                let n: usize = rest.trim().parse().unwrap_or(0);
+                self.produce.set(n);
+                t.register_producer();
+                t.write(&pattern(n, 0));
+            }
+            "env" => {
+                let vars: Vec<(String, String)> = std::env::vars().collect();
+                let args: Vec<String> = std::env::args().collect();
+                if vars.is_empty() && args.is_empty() {
+                    t.write(b"denied\n");
+                } else {
+                    t.write(format!("allowed: {} vars, {} args\n", vars.len(), args.len()).as_bytes());
+                }
+            }
+            "file" => match std::fs::read("/etc/passwd").or_else(|_| std::fs::read("passwd")) {
+                Ok(b) => t.write(format!("allowed: read {} bytes\n", b.len()).as_bytes()),
+                Err(_) => t.write(b"denied\n"),
+            },
+            "net" => match std::net::TcpStream::connect(("127.0.0.1", 9)) {
+                Ok(_) => t.write(b"allowed: connected\n"),
+                Err(e) if e.kind() == std::io::ErrorKind::ConnectionRefused => t.write(b"allowed: refused by peer\n"),
+                Err(_) => t.write(b"denied\n"),
+            },
+            "clock" => {
+                let now = std::time::SystemTime::now()
+                    .duration_since(std::time::UNIX_EPOCH)
+                    .map(|d| d.as_secs())
+                    .unwrap_or(0);
+                if now == 0 {
+                    t.write(b"denied\n");
+                } else {
+                    t.write(format!("allowed: {now}\n").as_bytes());
+                }
+            }
+            "stdin" => {
+                let mut s = String::new();
+                match std::io::stdin().read_line(&mut s) {
+                    Ok(0) | Err(_) => t.write(b"denied\n"),
+                    Ok(n) => t.write(format!("allowed: {n} bytes\n").as_bytes()),
+                }
+            }
+            other => t.write(format!("unknown command {other:?}\n").as_bytes()),
+        }
+    }
+}
+
+impl Protocol for Kit {
+    fn data_received(&mut self, transport: &Transport, data: &[u8]) {
+        for &b in data {
+            if b == b'\n' {
+                let line = std::mem::take(&mut self.line);
+                let cmd = String::from_utf8_lossy(&line).trim_end_matches('\r').to_string();
+                self.command(transport, &cmd);
+            } else {
+                self.line.push(b);
+            }
+        }
+    }
+
+    fn connection_lost(&mut self, reason: Reason) {
+        if let Reason::Lost(m) = &reason {
+            eprintln!("testkit: connection lost uncleanly: {m}");
+        }
+    }
+
+    fn resume_producing(&mut self, transport: &Transport) {
+        transport.write(&pattern(self.produce.get(), 0));
+    }
+}
+
+export!(server: KitFactory);

@@ -1,0 +1,137 @@
+//! The bundled echo component driven through the in-memory test transport:
+//! no sockets, every chunking.
+
+mod support;
+
+use twill::runtime::bindings::Reason;
+use twill::testing::TestComponent;
+
+fn payload(n: usize) -> Vec<u8> {
+    (0..n).map(|i| (i * 7 + i / 251) as u8).collect()
+}
+
+#[tokio::test]
+async fn echo_is_byte_exact_for_every_chunking() {
+    let echo = TestComponent::load(support::echo_wasm()).unwrap();
+    let data = payload(97);
+    // Every chunk size from one byte at a time to the whole payload at once.
+    for chunk in 1..=data.len() {
+        let mut conn = echo
+            .server_connection()
+            .await
+            .unwrap()
+            .expect("factory builds Echo");
+        let mut got = Vec::new();
+        for piece in data.chunks(chunk) {
+            conn.data_received(piece).await.unwrap();
+            // Echo answers each chunk with exactly that chunk.
+            let v = conn.value();
+            assert_eq!(v, piece, "chunk size {chunk}");
+            got.extend_from_slice(&v);
+        }
+        assert_eq!(got, data, "chunk size {chunk}");
+        assert!(!conn.disconnecting());
+        conn.connection_lost(Reason::Done).await.unwrap();
+    }
+    // Irregular chunkings too: every split of a 12-byte payload into pieces.
+    let small = payload(12);
+    for mask in 0u32..(1 << 11) {
+        let mut conn = echo.server_connection().await.unwrap().unwrap();
+        let mut start = 0;
+        let mut got = Vec::new();
+        for i in 1..=small.len() {
+            if i == small.len() || mask & (1 << (i - 1)) != 0 {
+                conn.data_received(&small[start..i]).await.unwrap();
+                got.extend(conn.value());
+                start = i;
+            }
+        }
+        assert_eq!(got, small, "split mask {mask:#b}");
+    }
+    assert_eq!(echo.output(), "", "the server protocol prints nothing");
+}
+
+#[tokio::test]
+async fn echo_handles_empty_and_large_chunks() {
+    let echo = TestComponent::load(support::echo_wasm()).unwrap();
+    let mut conn = echo.server_connection().await.unwrap().unwrap();
+    conn.data_received(b"").await.unwrap();
+    assert_eq!(conn.value(), b"");
+    let big = payload(1 << 20);
+    conn.data_received(&big).await.unwrap();
+    assert_eq!(conn.value(), big);
+}
+
+#[tokio::test]
+async fn echo_client_says_hello_prints_the_echo_and_loses_the_connection() {
+    let echo = TestComponent::load(support::echo_wasm()).unwrap();
+    let mut conn = echo
+        .client_connection()
+        .await
+        .unwrap()
+        .expect("client factory builds EchoClient");
+    // connectionMade: the seed's client writes "hello world".
+    assert_eq!(conn.value(), b"hello world");
+    assert!(!conn.disconnecting());
+    // The echo may arrive in pieces; the seed's client prints the first
+    // piece and hangs up.
+    conn.data_received(b"hello world").await.unwrap();
+    assert!(
+        conn.disconnecting(),
+        "EchoClient calls lose-connection after the first data"
+    );
+    assert_eq!(conn.value(), b"", "it writes nothing more");
+    conn.connection_lost(Reason::Done).await.unwrap();
+    assert_eq!(
+        echo.output(),
+        "Server said: hello world\nConnection lost\nConnection lost - goodbye\n"
+    );
+}
+
+#[tokio::test]
+async fn echo_client_factory_reports_a_failed_connection() {
+    let echo = TestComponent::load(support::echo_wasm()).unwrap();
+    echo.client_connection_failed("connection refused")
+        .await
+        .unwrap();
+    assert_eq!(echo.output(), "Connection failed - goodbye\n");
+}
+
+#[tokio::test]
+async fn committed_component_exports_what_wit_declares() {
+    // Parse wit/ with wasmtime's own bindgen expectations: the component must
+    // export the protocol and both factories at version 0.1.0.
+    let engine = wasmtime::Engine::default();
+    let bytes = std::fs::read(support::echo_wasm()).unwrap();
+    let component = wasmtime::component::Component::new(&engine, &bytes).unwrap();
+    let ty = component.component_type();
+    let exports: Vec<String> = ty.exports(&engine).map(|(n, _)| n.to_string()).collect();
+    let imports: Vec<String> = ty.imports(&engine).map(|(n, _)| n.to_string()).collect();
+    let wit = std::fs::read_to_string(support::repo().join("wit/world.wit")).unwrap();
+    let version = wit
+        .lines()
+        .find_map(|l| l.strip_prefix("package twill:protocol@"))
+        .map(|v| v.trim_end_matches(';').to_string())
+        .expect("world.wit declares the package");
+    for name in ["protocol", "server-factory", "client-factory"] {
+        let want = format!("twill:protocol/{name}@{version}");
+        assert!(
+            exports.contains(&want),
+            "missing export {want}; exports: {exports:?}"
+        );
+    }
+    let transport = format!("twill:protocol/transport@{version}");
+    assert!(imports.contains(&transport), "imports: {imports:?}");
+    // Deny by default: nothing beyond the transport and WASI's cli/io/clocks/
+    // random/filesystem plumbing that std pulls in.
+    for i in &imports {
+        assert!(
+            i.starts_with("twill:protocol/") || i.starts_with("wasi:"),
+            "unexpected import {i}"
+        );
+        assert!(
+            !i.starts_with("wasi:sockets"),
+            "echo must not import sockets: {i}"
+        );
+    }
+}

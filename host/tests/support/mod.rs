@@ -1,0 +1,230 @@
+//! Shared helpers for the integration tests: component paths, an in-process
+//! reactor on ephemeral loopback ports, and the `twill` binary as a child
+//! process.
+#![allow(dead_code)]
+
+use std::net::SocketAddr;
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Stdio};
+use std::sync::atomic::{AtomicUsize, Ordering};
+use std::time::{Duration, Instant};
+
+use tokio::sync::mpsc;
+use tokio::task::JoinHandle;
+use twill::{Config, Reactor, RunEnd, Runtime};
+
+/// The repository root.
+pub fn repo() -> PathBuf {
+    Path::new(env!("CARGO_MANIFEST_DIR"))
+        .parent()
+        .unwrap()
+        .to_path_buf()
+}
+
+/// The echo component under test.
+pub fn echo_wasm() -> PathBuf {
+    std::env::var_os("TWILL_ECHO_WASM")
+        .map(PathBuf::from)
+        .unwrap_or_else(|| repo().join("guest-echo/echo.wasm"))
+}
+
+/// The fault/test-kit component.
+pub fn testkit_wasm() -> PathBuf {
+    std::env::var_os("TWILL_TESTKIT_WASM")
+        .map(PathBuf::from)
+        .unwrap_or_else(|| repo().join("guests/testkit/testkit.wasm"))
+}
+
+/// A fresh scratch directory under the system temp dir.
+pub fn scratch() -> PathBuf {
+    static N: AtomicUsize = AtomicUsize::new(0);
+    let dir = std::env::temp_dir().join(format!(
+        "twill-test-{}-{}",
+        std::process::id(),
+        N.fetch_add(1, Ordering::Relaxed)
+    ));
+    std::fs::create_dir_all(&dir).unwrap();
+    dir
+}
+
+/// Writes `text` as a config file in a scratch dir and returns its path.
+pub fn write_config(text: &str) -> PathBuf {
+    let path = scratch().join("plugins.toml");
+    std::fs::write(&path, text).unwrap();
+    path
+}
+
+/// A config that serves `wasm` on an ephemeral loopback port.
+pub fn server_config(wasm: &Path, extra_plugin: &str) -> String {
+    format!(
+        "[plugins.p]\ncomponent = {:?}\n{extra_plugin}\n\n[[listen]]\nport = 0\nplugin = \"p\"\n",
+        wasm.display().to_string()
+    )
+}
+
+/// An in-process reactor.
+pub struct Running {
+    pub addrs: Vec<SocketAddr>,
+    pub stop: mpsc::Sender<()>,
+    pub task: JoinHandle<RunEnd>,
+    pub stats: Vec<std::sync::Arc<twill::listener::ListenerStats>>,
+}
+
+impl Running {
+    pub fn addr(&self) -> SocketAddr {
+        self.addrs[0]
+    }
+
+    /// Stops it and returns how the run ended.
+    pub async fn shutdown(self) -> RunEnd {
+        self.stop.send(()).await.unwrap();
+        tokio::time::timeout(Duration::from_secs(20), self.task)
+            .await
+            .expect("reactor stops")
+            .unwrap()
+    }
+}
+
+/// Starts a reactor from config text.
+pub async fn start(config_text: &str) -> Running {
+    let path = write_config(config_text);
+    let config = Config::load(&path).unwrap_or_else(|e| panic!("config: {e}"));
+    let runtime = Runtime::load(&config).unwrap_or_else(|e| panic!("runtime: {e:?}"));
+    let reactor = Reactor::bind(config, runtime).unwrap();
+    let addrs = reactor.listen_addrs();
+    let stats = reactor.stats();
+    let (stop, rx) = mpsc::channel(2);
+    let task = tokio::spawn(reactor.run(rx));
+    Running {
+        addrs,
+        stop,
+        task,
+        stats,
+    }
+}
+
+/// The `twill` binary built for this test run.
+pub fn twill() -> Command {
+    let mut c = Command::new(env!("CARGO_BIN_EXE_twill"));
+    c.env_remove("RUST_LOG");
+    c
+}
+
+/// A running `twill run` child whose listeners' addresses were read from its
+/// log.
+pub struct Child2 {
+    pub child: Child,
+    pub addrs: Vec<SocketAddr>,
+    pub stderr: std::sync::Arc<std::sync::Mutex<String>>,
+    pub stdout: std::sync::Arc<std::sync::Mutex<String>>,
+}
+
+fn pump(r: impl std::io::Read + Send + 'static, into: std::sync::Arc<std::sync::Mutex<String>>) {
+    std::thread::spawn(move || {
+        use std::io::BufRead;
+        for line in std::io::BufReader::new(r).lines().map_while(Result::ok) {
+            let mut s = into.lock().unwrap();
+            s.push_str(&line);
+            s.push('\n');
+        }
+    });
+}
+
+/// Starts `twill run CONFIG` and waits until `listeners` listeners are up.
+pub fn spawn_run(config: &Path, listeners: usize) -> Child2 {
+    let mut child = twill()
+        .args(["run"])
+        .arg(config)
+        .env("NO_COLOR", "1")
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap();
+    let stderr = std::sync::Arc::new(std::sync::Mutex::new(String::new()));
+    let stdout = std::sync::Arc::new(std::sync::Mutex::new(String::new()));
+    pump(child.stderr.take().unwrap(), stderr.clone());
+    pump(child.stdout.take().unwrap(), stdout.clone());
+    let start = Instant::now();
+    loop {
+        let addrs: Vec<SocketAddr> = stderr
+            .lock()
+            .unwrap()
+            .lines()
+            .filter(|l| l.contains("listening"))
+            .filter_map(|l| l.split("addr=").nth(1))
+            .filter_map(|a| {
+                strip_ansi(a)
+                    .split_whitespace()
+                    .next()
+                    .and_then(|a| a.parse().ok())
+            })
+            .collect();
+        if addrs.len() >= listeners {
+            return Child2 {
+                child,
+                addrs,
+                stderr,
+                stdout,
+            };
+        }
+        if let Ok(Some(status)) = child.try_wait() {
+            panic!(
+                "twill exited early with {status}: {}",
+                stderr.lock().unwrap()
+            );
+        }
+        assert!(
+            start.elapsed() < Duration::from_secs(30),
+            "twill did not start: {}",
+            stderr.lock().unwrap()
+        );
+        std::thread::sleep(Duration::from_millis(20));
+    }
+}
+
+/// Removes ANSI colour codes.
+pub fn strip_ansi(s: &str) -> String {
+    let mut out = String::new();
+    let mut chars = s.chars();
+    while let Some(c) = chars.next() {
+        if c == '\u{1b}' {
+            for c2 in chars.by_ref() {
+                if c2.is_ascii_alphabetic() {
+                    break;
+                }
+            }
+        } else {
+            out.push(c);
+        }
+    }
+    out
+}
+
+/// Sends a signal to a child.
+pub fn signal(child: &Child, sig: libc::c_int) {
+    // SAFETY: kill(2) on our own child's pid.
+    unsafe {
+        libc::kill(child.id() as libc::pid_t, sig);
+    }
+}
+
+/// Waits for a child to exit, up to `limit`.
+pub fn wait_exit(child: &mut Child, limit: Duration) -> std::process::ExitStatus {
+    let start = Instant::now();
+    loop {
+        if let Some(s) = child.try_wait().unwrap() {
+            return s;
+        }
+        if start.elapsed() > limit {
+            let _ = child.kill();
+            panic!("child did not exit within {limit:?}");
+        }
+        std::thread::sleep(Duration::from_millis(20));
+    }
+}
+
+/// A free loopback port nobody listens on (bound, then released).
+pub fn closed_port() -> u16 {
+    let l = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+    l.local_addr().unwrap().port()
+}

@@ -1,0 +1,60 @@
+#!/usr/bin/env bash
+# Rebuilds every bundled guest component from source into its committed path,
+# validates it, and prints its world.
+#
+#   scripts/build-guests.sh            # build with rustup's wasm32-wasip2 target
+#   TWILL_GUEST_TOOLCHAIN=debian scripts/build-guests.sh   # force the fallback
+#
+# Standard path: `rustup target add wasm32-wasip2` + cargo. Fallback, when the
+# rustup target cannot be installed: Debian's Rust (rustc-web) with build-std.
+# All guests share one target dir, so std is built once.
+set -euo pipefail
+cd "$(dirname "$0")/.."
+ROOT=$PWD
+TARGET_DIR=${CARGO_TARGET_DIR:-/var/tmp/twill-target}/guests
+# name = crate dir : committed output path
+GUESTS=(
+  "guest-echo:guest-echo/echo.wasm"
+  "guests/testkit:guests/testkit/testkit.wasm"
+)
+
+mode=${TWILL_GUEST_TOOLCHAIN:-auto}
+if [[ $mode == auto ]]; then
+  if command -v rustup >/dev/null && rustup target add wasm32-wasip2 >/dev/null 2>&1; then
+    mode=rustup
+  else
+    mode=debian
+  fi
+fi
+
+build() {
+  local dir=$1
+  if [[ $mode == rustup ]]; then
+    (cd "$dir" && CARGO_TARGET_DIR=$TARGET_DIR cargo build --quiet --release --target wasm32-wasip2)
+  else
+    if [[ ! -x /usr/bin/cargo ]] || ! dpkg -s rust-web-src >/dev/null 2>&1; then
+      apt-get update -qq && apt-get install -y -qq rustc-web cargo-web rust-web-src lld-22 wasi-libc >/dev/null
+    fi
+    (cd "$dir" && PATH=/usr/lib/llvm-22/bin:$PATH RUSTC=/usr/bin/rustc RUSTC_BOOTSTRAP=1 \
+      RUSTFLAGS="-L /usr/lib/wasm32-wasi" CARGO_TARGET_DIR=$TARGET_DIR-debian \
+      /usr/bin/cargo build --quiet --release --target wasm32-wasip2 -Zbuild-std=std,panic_abort)
+  fi
+}
+
+out_dir() { if [[ $mode == rustup ]]; then echo "$TARGET_DIR"; else echo "$TARGET_DIR-debian"; fi; }
+
+echo "building guests with the $mode toolchain"
+for entry in "${GUESTS[@]}"; do
+  dir=${entry%%:*}; dest=${entry#*:}
+  crate=$(sed -n 's/^name = "\(.*\)"/\1/p' "$dir/Cargo.toml" | head -1 | tr - _)
+  build "$dir"
+  cp "$(out_dir)/wasm32-wasip2/release/$crate.wasm" "$ROOT/$dest"
+  size=$(stat -c %s "$ROOT/$dest")
+  if command -v wasm-tools >/dev/null; then
+    wasm-tools validate --features all "$ROOT/$dest"
+    echo "== $dest ($size bytes): valid component; world:"
+    wasm-tools component wit "$ROOT/$dest" | grep -E '^\s*(import|export) ' | sed 's/^/   /'
+  else
+    echo "== $dest ($size bytes) (install wasm-tools to validate and print its world)"
+  fi
+done
