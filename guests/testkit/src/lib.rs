@@ -48,8 +48,27 @@ pub struct Kit {
     produce: Cell<usize>,
 }
 
+/// One cycle of the test pattern: byte i of a stream is `i % 251`.
+const CYCLE: [u8; 251] = {
+    let mut c = [0u8; 251];
+    let mut i = 0;
+    while i < 251 {
+        c[i] = i as u8;
+        i += 1;
+    }
+    c
+};
+
+/// `n` bytes of the pattern, starting at stream offset `offset`.
 fn pattern(n: usize, offset: usize) -> Vec<u8> {
-    (0..n).map(|i| ((offset + i) % 251) as u8).collect()
+    let mut v = Vec::with_capacity(n);
+    let mut i = offset % 251;
+    while v.len() < n {
+        let take = (251 - i).min(n - v.len());
+        v.extend_from_slice(&CYCLE[i..i + take]);
+        i = 0;
+    }
+    v
 }
 
 impl Kit {

@@ -54,8 +54,17 @@ pub fn write_config(text: &str) -> PathBuf {
     path
 }
 
-/// A config that serves `wasm` on an ephemeral loopback port.
+/// A config that serves `wasm` on an ephemeral loopback port. Unless
+/// `extra_plugin` sets one, the CPU limit is raised to 2s: the limit counts
+/// wall-clock ticks while the guest runs, and a debug build under a parallel
+/// test load is slow.
 pub fn server_config(wasm: &Path, extra_plugin: &str) -> String {
+    let extra = if extra_plugin.contains("cpu") {
+        extra_plugin.to_string()
+    } else {
+        format!("cpu = \"2s\"\n{extra_plugin}")
+    };
+    let extra_plugin = extra.as_str();
     format!(
         "[plugins.p]\ncomponent = {:?}\n{extra_plugin}\n\n[[listen]]\nport = 0\nplugin = \"p\"\n",
         wasm.display().to_string()
@@ -85,8 +94,17 @@ impl Running {
     }
 }
 
+/// Routes the library's logs to the test's captured output.
+pub fn logs() {
+    let _ = tracing_subscriber::fmt()
+        .with_env_filter(std::env::var("RUST_LOG").unwrap_or_else(|_| "twill=debug".into()))
+        .with_test_writer()
+        .try_init();
+}
+
 /// Starts a reactor from config text.
 pub async fn start(config_text: &str) -> Running {
+    logs();
     let path = write_config(config_text);
     let config = Config::load(&path).unwrap_or_else(|e| panic!("config: {e}"));
     let runtime = Runtime::load(&config).unwrap_or_else(|e| panic!("runtime: {e:?}"));
