@@ -278,6 +278,46 @@ impl Locator<'_> {
         (line, col)
     }
 
+    /// The dotted key at `offset`, worked out from the table headers above
+    /// it (`[[listen]]` → `listen[N]`) and the `key =` on its line. Used for
+    /// errors serde reports with only a span.
+    fn key_at(&self, offset: usize) -> String {
+        let offset = offset.min(self.text.len());
+        let mut counts: BTreeMap<String, usize> = BTreeMap::new();
+        let mut table = String::new();
+        let line_start = self.text[..offset].rfind('\n').map_or(0, |i| i + 1);
+        for line in self.text[..line_start]
+            .lines()
+            .chain(self.text[line_start..].lines().take(1))
+        {
+            let t = line.trim();
+            if let Some(name) = t.strip_prefix("[[").and_then(|r| r.strip_suffix("]]")) {
+                let name = name.trim().to_string();
+                let n = counts
+                    .entry(name.clone())
+                    .and_modify(|n| *n += 1)
+                    .or_insert(0);
+                table = format!("{name}[{n}]");
+            } else if let Some(name) = t
+                .strip_prefix('[')
+                .and_then(|r| r.strip_suffix(']'))
+                .filter(|n| !n.contains('['))
+            {
+                table = name.trim().to_string();
+            }
+        }
+        let here = self.text[line_start..].lines().next().unwrap_or("");
+        let field = here
+            .split_once('=')
+            .map(|(k, _)| k.trim())
+            .filter(|k| !k.is_empty() && !k.starts_with('[') && !k.starts_with('#'));
+        match (table.is_empty(), field) {
+            (true, Some(f)) => f.to_string(),
+            (false, Some(f)) => format!("{table}.{f}"),
+            (_, None) => table,
+        }
+    }
+
     fn line(&self, span: Range<usize>) -> usize {
         self.line_col(span.start).0
     }
@@ -327,9 +367,10 @@ impl Config {
     pub fn parse(path: &Path, text: &str) -> Result<Config, ConfigErrors> {
         let loc = Locator { path, text };
         let raw: RawConfig = toml::from_str(text).map_err(|e| {
+            let key = e.span().map(|s| loc.key_at(s.start)).unwrap_or_default();
             ConfigErrors(vec![loc.error(
                 e.span(),
-                "",
+                key,
                 e.message().trim_end().to_string(),
             )])
         })?;

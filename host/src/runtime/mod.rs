@@ -115,9 +115,10 @@ impl Drop for Runtime {
     }
 }
 
-/// Converts a wasmtime error into an anyhow error, keeping its message chain.
+/// Converts a wasmtime error into an anyhow error, keeping its message
+/// chain (`wasmtime::Error` is its own type in 48.x, not `anyhow::Error`).
 pub fn wasm_err(e: wasmtime::Error) -> anyhow::Error {
-    anyhow::anyhow!("{e:?}")
+    anyhow::anyhow!("{e:#}")
 }
 
 impl Runtime {

@@ -1,0 +1,276 @@
+//! The `twill` binary as a user runs it: real processes, real signals, real
+//! sockets.
+
+mod support;
+
+use std::io::{Read, Write};
+use std::net::{TcpListener, TcpStream};
+use std::path::Path;
+use std::time::{Duration, Instant};
+
+use support::{closed_port, echo_wasm, spawn_run, testkit_wasm, twill, wait_exit, write_config};
+
+fn run_to_end(args: &[&str], config: &Path) -> (i32, String, String) {
+    let out = twill()
+        .args(args)
+        .arg(config)
+        .env("NO_COLOR", "1")
+        .output()
+        .unwrap();
+    (
+        out.status.code().unwrap_or(-1),
+        String::from_utf8_lossy(&out.stdout).into_owned(),
+        String::from_utf8_lossy(&out.stderr).into_owned(),
+    )
+}
+
+#[test]
+fn help_shows_examples() {
+    let out = twill().arg("--help").output().unwrap();
+    let text = String::from_utf8_lossy(&out.stdout);
+    assert!(out.status.success());
+    assert!(
+        text.contains("twill run") && text.contains("twill check"),
+        "{text}"
+    );
+}
+
+#[test]
+fn check_accepts_the_shipped_config() {
+    let (code, stdout, stderr) = run_to_end(&["check"], &support::repo().join("plugins.toml"));
+    assert_eq!(code, 0, "{stderr}");
+    assert!(
+        stdout.contains("ok (1 plugin(s), 1 listener(s), 1 connector(s))"),
+        "{stdout}"
+    );
+}
+
+/// Every file in tests/configs is broken in one way; `# expect:` lines say
+/// what the error must mention (file, line, column, key, message).
+#[test]
+fn broken_configs_are_rejected_with_file_line_and_key() {
+    let dir = support::repo().join("host/tests/configs");
+    let mut n = 0;
+    for entry in std::fs::read_dir(&dir).unwrap() {
+        let path = entry.unwrap().path();
+        if path.extension().is_none_or(|e| e != "toml") {
+            continue;
+        }
+        let text = std::fs::read_to_string(&path).unwrap();
+        let expects: Vec<&str> = text
+            .lines()
+            .filter_map(|l| l.strip_prefix("# expect: "))
+            .collect();
+        assert!(
+            !expects.is_empty(),
+            "{} has no # expect: line",
+            path.display()
+        );
+        for cmd in ["check", "run"] {
+            let (code, stdout, stderr) = run_to_end(&[cmd], &path);
+            assert_eq!(
+                code,
+                2,
+                "twill {cmd} {}: exit {code}\n{stderr}",
+                path.display()
+            );
+            assert!(
+                !stderr.contains("listening"),
+                "twill {cmd} bound a port: {stderr}"
+            );
+            assert!(stdout.is_empty(), "{stdout}");
+            for e in &expects {
+                assert!(
+                    stderr.contains(e),
+                    "twill {cmd} {}: expected {e:?} in:\n{stderr}",
+                    path.display()
+                );
+            }
+        }
+        n += 1;
+    }
+    assert!(n >= 15, "the corpus has {n} broken configs");
+}
+
+#[test]
+fn missing_config_file_is_exit_2() {
+    let (code, _, stderr) = run_to_end(&["run"], Path::new("/nonexistent/plugins.toml"));
+    assert_eq!(code, 2);
+    assert!(
+        stderr.contains("/nonexistent/plugins.toml: cannot read config file"),
+        "{stderr}"
+    );
+}
+
+#[test]
+fn port_in_use_is_a_clear_error_and_exit_2() {
+    let holder = TcpListener::bind("127.0.0.1:0").unwrap();
+    let port = holder.local_addr().unwrap().port();
+    let cfg = write_config(&format!(
+        "[plugins.echo]\ncomponent = {:?}\n[[listen]]\nport = {port}\nplugin = \"echo\"\n",
+        echo_wasm().display().to_string()
+    ));
+    let (code, _, stderr) = run_to_end(&["run"], &cfg);
+    assert_eq!(code, 2, "{stderr}");
+    assert!(
+        stderr.contains(&format!(
+            "cannot listen on 127.0.0.1:{port} for plugin \"echo\""
+        )),
+        "{stderr}"
+    );
+    assert!(
+        stderr.contains("another process is using the port"),
+        "{stderr}"
+    );
+}
+
+fn client_config(port: u16) -> std::path::PathBuf {
+    write_config(&format!(
+        "[plugins.echo]\ncomponent = {:?}\n[[connect]]\nhost = \"localhost\"\nport = {port}\nplugin = \"echo\"\ntimeout = \"5s\"\n",
+        echo_wasm().display().to_string()
+    ))
+}
+
+#[test]
+fn the_seed_client_talks_to_a_twill_listener_and_exits_0() {
+    let server_cfg = write_config(&support::server_config(&echo_wasm(), ""));
+    let mut server = spawn_run(&server_cfg, 1);
+    let port = server.addrs[0].port();
+    let (code, stdout, stderr) = run_to_end(&["run"], &client_config(port));
+    assert_eq!(code, 0, "{stderr}");
+    assert_eq!(
+        stdout,
+        "[echo] Server said: hello world\n[echo] Connection lost\n[echo] Connection lost - goodbye\n",
+        "{stderr}"
+    );
+    support::signal(&server.child, libc::SIGTERM);
+    assert!(wait_exit(&mut server.child, Duration::from_secs(10)).success());
+}
+
+#[test]
+fn the_seed_client_against_a_closed_port_says_goodbye_and_exits_0() {
+    let (code, stdout, stderr) = run_to_end(&["run"], &client_config(closed_port()));
+    assert_eq!(code, 0, "{stderr}");
+    assert_eq!(stdout, "[echo] Connection failed - goodbye\n", "{stderr}");
+    assert!(
+        stderr.contains("Connection refused"),
+        "the log says why: {stderr}"
+    );
+}
+
+#[test]
+fn an_unresolvable_name_fails_the_connection() {
+    let cfg = write_config(&format!(
+        "[plugins.echo]\ncomponent = {:?}\n[[connect]]\nhost = \"no-such-host.invalid\"\nport = 9\nplugin = \"echo\"\ntimeout = \"5s\"\n",
+        echo_wasm().display().to_string()
+    ));
+    let (code, stdout, stderr) = run_to_end(&["run"], &cfg);
+    assert_eq!(code, 0, "{stderr}");
+    assert_eq!(stdout, "[echo] Connection failed - goodbye\n", "{stderr}");
+    assert!(stderr.contains("cannot resolve"), "{stderr}");
+}
+
+#[test]
+fn sigterm_closes_open_connections_cleanly_and_exits_0() {
+    let cfg = write_config(&support::server_config(&echo_wasm(), ""));
+    let mut server = spawn_run(&cfg, 1);
+    let mut conns = Vec::new();
+    for i in 0..5 {
+        let mut s = TcpStream::connect(server.addrs[0]).unwrap();
+        s.set_read_timeout(Some(Duration::from_secs(10))).unwrap();
+        let msg = format!("hello {i}\n");
+        s.write_all(msg.as_bytes()).unwrap();
+        let mut back = vec![0u8; msg.len()];
+        s.read_exact(&mut back).unwrap();
+        assert_eq!(back, msg.as_bytes());
+        conns.push(s);
+    }
+    let t0 = Instant::now();
+    support::signal(&server.child, libc::SIGTERM);
+    for mut s in conns {
+        let mut rest = Vec::new();
+        s.read_to_end(&mut rest).expect("a clean FIN, not a reset");
+        assert!(rest.is_empty());
+    }
+    let status = wait_exit(&mut server.child, Duration::from_secs(10));
+    assert_eq!(status.code(), Some(0), "{}", server.stderr.lock().unwrap());
+    assert!(t0.elapsed() < Duration::from_secs(5));
+    // Nothing listens any more.
+    assert!(TcpStream::connect(server.addrs[0]).is_err());
+}
+
+/// A connection whose peer never reads cannot finish its flush: the shutdown
+/// deadline ends the run (exit 1), and a second signal ends it sooner
+/// (exit 130).
+#[test]
+fn shutdown_deadline_and_second_signal() {
+    for (second_signal, want) in [(false, 1), (true, 130)] {
+        let cfg = write_config(&format!(
+            "[host]\nshutdown-timeout = \"{}\"\n{}",
+            if second_signal { "30s" } else { "1s" },
+            support::server_config(&testkit_wasm(), "")
+        ));
+        let mut server = spawn_run(&cfg, 1);
+        let mut s = TcpStream::connect(server.addrs[0]).unwrap();
+        s.write_all(b"big 12000000\n").unwrap();
+        std::thread::sleep(Duration::from_millis(300));
+        let t0 = Instant::now();
+        support::signal(&server.child, libc::SIGTERM);
+        if second_signal {
+            std::thread::sleep(Duration::from_millis(300));
+            support::signal(&server.child, libc::SIGINT);
+        }
+        let status = wait_exit(&mut server.child, Duration::from_secs(15));
+        assert_eq!(
+            status.code(),
+            Some(want),
+            "{}",
+            server.stderr.lock().unwrap()
+        );
+        assert!(
+            t0.elapsed() < Duration::from_secs(5),
+            "took {:?}",
+            t0.elapsed()
+        );
+        drop(s);
+    }
+}
+
+/// The shipped plugins.toml shows both halves of the seed from one command.
+#[test]
+fn shipped_plugins_toml_runs_both_halves_of_the_seed() {
+    if TcpListener::bind("127.0.0.1:9000").is_err() {
+        eprintln!("port 9000 is busy here; skipping the shipped-config demo");
+        return;
+    }
+    let mut run = spawn_run(&support::repo().join("plugins.toml"), 1);
+    let t0 = Instant::now();
+    while !run
+        .stdout
+        .lock()
+        .unwrap()
+        .contains("Connection lost - goodbye")
+    {
+        assert!(
+            t0.elapsed() < Duration::from_secs(20),
+            "no goodbye: {}",
+            run.stderr.lock().unwrap()
+        );
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    // The server half keeps serving after the client half is done.
+    let mut s = TcpStream::connect("127.0.0.1:9000").unwrap();
+    s.write_all(b"still here").unwrap();
+    let mut back = [0u8; 10];
+    s.read_exact(&mut back).unwrap();
+    assert_eq!(&back, b"still here");
+    support::signal(&run.child, libc::SIGINT);
+    assert_eq!(
+        wait_exit(&mut run.child, Duration::from_secs(10)).code(),
+        Some(0)
+    );
+    assert_eq!(
+        *run.stdout.lock().unwrap(),
+        "[echo] Server said: hello world\n[echo] Connection lost\n[echo] Connection lost - goodbye\n"
+    );
+}
