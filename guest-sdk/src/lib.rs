@@ -66,7 +66,9 @@ pub mod __bindings {
     });
 }
 
-use __bindings::exports::twill::protocol::{client_factory, protocol as wit_protocol, server_factory};
+use __bindings::exports::twill::protocol::{
+    client_factory, protocol as wit_protocol, server_factory,
+};
 use __bindings::twill::protocol::{transport as wit_transport, types as wit_types};
 
 /// An IPv4 or IPv6 endpoint: Twisted's `IPv4Address` / `IPv6Address`.
@@ -90,7 +92,10 @@ impl fmt::Display for Address {
 
 impl From<wit_types::Address> for Address {
     fn from(a: wit_types::Address) -> Self {
-        Address { host: a.host, port: a.port }
+        Address {
+            host: a.host,
+            port: a.port,
+        }
     }
 }
 
@@ -411,14 +416,20 @@ pub mod __private {
     impl ProtocolBox {
         fn new(protocol: Box<dyn Protocol>) -> Self {
             ProtocolBox {
-                state: RefCell::new(State { protocol, transport: None }),
+                state: RefCell::new(State {
+                    protocol,
+                    transport: None,
+                }),
             }
         }
 
         /// Runs `f` with the protocol and its transport, if it has one yet.
         fn with_transport(&self, f: impl FnOnce(&mut dyn Protocol, &Transport)) {
             let mut state = self.state.borrow_mut();
-            let State { protocol, transport } = &mut *state;
+            let State {
+                protocol,
+                transport,
+            } = &mut *state;
             if let Some(transport) = transport {
                 f(protocol.as_mut(), transport);
             }
@@ -428,7 +439,10 @@ pub mod __private {
     impl wit_protocol::GuestProtocol for ProtocolBox {
         fn make_connection(&self, transport: wit_transport::Transport) {
             let mut state = self.state.borrow_mut();
-            let State { protocol, transport: slot } = &mut *state;
+            let State {
+                protocol,
+                transport: slot,
+            } = &mut *state;
             let transport = slot.insert(Transport { inner: transport });
             protocol.make_connection(transport);
         }

@@ -89,7 +89,9 @@ impl Kit {
                 t.lose_connection();
             }
             "seq" => {
-                let mut it = rest.split_whitespace().map(|x| x.parse::<usize>().unwrap_or(0));
+                let mut it = rest
+                    .split_whitespace()
+                    .map(|x| x.parse::<usize>().unwrap_or(0));
                 let (n, k) = (it.next().unwrap_or(0), it.next().unwrap_or(0));
                 let chunks: Vec<Vec<u8>> = (0..k).map(|j| pattern(n, j * n)).collect();
                 t.write_sequence(&chunks);
@@ -142,7 +144,9 @@ impl Kit {
                 if vars.is_empty() && args.is_empty() {
                     t.write(b"denied\n");
                 } else {
-                    t.write(format!("allowed: {} vars, {} args\n", vars.len(), args.len()).as_bytes());
+                    t.write(
+                        format!("allowed: {} vars, {} args\n", vars.len(), args.len()).as_bytes(),
+                    );
                 }
             }
             "file" => match std::fs::read("/etc/passwd").or_else(|_| std::fs::read("passwd")) {
@@ -151,7 +155,9 @@ impl Kit {
             },
             "net" => match std::net::TcpStream::connect(("127.0.0.1", 9)) {
                 Ok(_) => t.write(b"allowed: connected\n"),
-                Err(e) if e.kind() == std::io::ErrorKind::ConnectionRefused => t.write(b"allowed: refused by peer\n"),
+                Err(e) if e.kind() == std::io::ErrorKind::ConnectionRefused => {
+                    t.write(b"allowed: refused by peer\n")
+                }
                 Err(_) => t.write(b"denied\n"),
             },
             "clock" => {
@@ -182,7 +188,9 @@ impl Protocol for Kit {
         for &b in data {
             if b == b'\n' {
                 let line = std::mem::take(&mut self.line);
-                let cmd = String::from_utf8_lossy(&line).trim_end_matches('\r').to_string();
+                let cmd = String::from_utf8_lossy(&line)
+                    .trim_end_matches('\r')
+                    .to_string();
                 self.command(transport, &cmd);
             } else {
                 self.line.push(b);

@@ -59,27 +59,27 @@ impl types::Host for ConnState {}
 impl transport::Host for ConnState {}
 
 impl transport::HostTransport for ConnState {
-    fn write(&mut self, _self: Resource<TransportHandle>, data: Vec<u8>) -> wasmtime::Result<()> {
+    fn write(&mut self, _handle: Resource<TransportHandle>, data: Vec<u8>) -> wasmtime::Result<()> {
         self.queue(data.len(), [data])
     }
 
     fn write_sequence(
         &mut self,
-        _self: Resource<TransportHandle>,
+        _handle: Resource<TransportHandle>,
         data: Vec<Vec<u8>>,
     ) -> wasmtime::Result<()> {
         let len = data.iter().map(Vec::len).sum();
         self.queue(len, data)
     }
 
-    fn lose_connection(&mut self, _self: Resource<TransportHandle>) -> wasmtime::Result<()> {
+    fn lose_connection(&mut self, _handle: Resource<TransportHandle>) -> wasmtime::Result<()> {
         if self.transport.closing == Closing::Open {
             self.transport.closing = Closing::Lose;
         }
         Ok(())
     }
 
-    fn abort_connection(&mut self, _self: Resource<TransportHandle>) -> wasmtime::Result<()> {
+    fn abort_connection(&mut self, _handle: Resource<TransportHandle>) -> wasmtime::Result<()> {
         if !self.transport.lost {
             self.transport.closing = Closing::Abort;
             self.transport.out.clear();
@@ -87,20 +87,20 @@ impl transport::HostTransport for ConnState {
         Ok(())
     }
 
-    fn get_peer(&mut self, _self: Resource<TransportHandle>) -> wasmtime::Result<types::Address> {
+    fn get_peer(&mut self, _handle: Resource<TransportHandle>) -> wasmtime::Result<types::Address> {
         Ok(address(self.transport.peer))
     }
 
-    fn get_host(&mut self, _self: Resource<TransportHandle>) -> wasmtime::Result<types::Address> {
+    fn get_host(&mut self, _handle: Resource<TransportHandle>) -> wasmtime::Result<types::Address> {
         Ok(address(self.transport.host))
     }
 
-    fn register_producer(&mut self, _self: Resource<TransportHandle>) -> wasmtime::Result<()> {
+    fn register_producer(&mut self, _handle: Resource<TransportHandle>) -> wasmtime::Result<()> {
         self.transport.producer = true;
         Ok(())
     }
 
-    fn unregister_producer(&mut self, _self: Resource<TransportHandle>) -> wasmtime::Result<()> {
+    fn unregister_producer(&mut self, _handle: Resource<TransportHandle>) -> wasmtime::Result<()> {
         self.transport.producer = false;
         Ok(())
     }
