@@ -147,6 +147,9 @@ impl Conn {
                 self.abort();
                 return Ok(Reason::Lost("connection aborted".into()));
             }
+            // Twisted pauses a producer as soon as a write takes the buffer
+            // past its size, before any byte is sent; resume after the flush.
+            self.producer(session).await?;
             if let Err(e) = self.flush(session) {
                 return Ok(lost(&e));
             }
