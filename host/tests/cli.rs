@@ -274,3 +274,94 @@ fn shipped_plugins_toml_runs_both_halves_of_the_seed() {
         "[echo] Server said: hello world\n[echo] Connection lost\n[echo] Connection lost - goodbye\n"
     );
 }
+
+#[test]
+fn an_interface_with_no_such_address_is_exit_2() {
+    let cfg = write_config(&format!(
+        "[plugins.echo]\ncomponent = {:?}\n[[listen]]\nport = 0\nplugin = \"echo\"\ninterface = \"192.0.2.1\"\n",
+        echo_wasm().display().to_string()
+    ));
+    let (code, _, stderr) = run_to_end(&["run"], &cfg);
+    assert_eq!(code, 2, "{stderr}");
+    assert!(stderr.contains("cannot listen on 192.0.2.1:0"), "{stderr}");
+    assert!(
+        stderr.contains("no local interface has that address"),
+        "{stderr}"
+    );
+}
+
+/// CPU seconds (user + system) a process has used.
+fn cpu_secs(pid: u32) -> f64 {
+    let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).unwrap();
+    let after_comm = &stat[stat.rfind(')').unwrap() + 2..];
+    let f: Vec<&str> = after_comm.split_whitespace().collect();
+    // Fields 14 and 15 of stat(5) are utime and stime; after_comm starts at field 3.
+    let ticks: f64 = f[11].parse::<f64>().unwrap() + f[12].parse::<f64>().unwrap();
+    // SAFETY: sysconf has no preconditions.
+    ticks / unsafe { libc::sysconf(libc::_SC_CLK_TCK) } as f64
+}
+
+/// Out of file descriptors, the accept loop backs off instead of spinning,
+/// and serves the waiting connections once descriptors free up.
+#[test]
+fn accept_backs_off_on_emfile_without_busy_looping() {
+    use std::os::unix::process::CommandExt;
+    let cfg = write_config(&support::server_config(&echo_wasm(), ""));
+    let mut cmd = twill();
+    // SAFETY: setrlimit is async-signal-safe and only affects the child.
+    unsafe {
+        cmd.pre_exec(|| {
+            let lim = libc::rlimit {
+                rlim_cur: 64,
+                rlim_max: 64,
+            };
+            if libc::setrlimit(libc::RLIMIT_NOFILE, &lim) != 0 {
+                return Err(std::io::Error::last_os_error());
+            }
+            Ok(())
+        });
+    }
+    let mut server = support::spawn_cmd(cmd.arg("run").arg(&cfg), 1);
+    let addr = server.addrs[0];
+    let pid = server.child.id();
+    // Hold connections until the server runs out of descriptors.
+    let mut held = Vec::new();
+    for _ in 0..100 {
+        let mut s = TcpStream::connect(addr).unwrap();
+        s.set_read_timeout(Some(Duration::from_millis(300)))
+            .unwrap();
+        s.write_all(b"?").unwrap();
+        let mut b = [0u8; 1];
+        let served = s.read_exact(&mut b).is_ok();
+        held.push(s);
+        if !served {
+            break;
+        }
+    }
+    assert!(held.len() < 100, "the server ran out of descriptors");
+    let log = server.stderr.lock().unwrap().clone();
+    assert!(log.contains("out of resources; backing off"), "{log}");
+    // While exhausted, the accept loop sleeps rather than spins.
+    let c0 = cpu_secs(pid);
+    std::thread::sleep(Duration::from_secs(1));
+    let used = cpu_secs(pid) - c0;
+    println!("CPU used in 1 s while out of descriptors: {used:.3} s");
+    assert!(
+        used < 0.25,
+        "accept loop is spinning: {used} s of CPU in 1 s"
+    );
+    // Free descriptors: the connection that was waiting gets its echo.
+    let mut waiting = held.pop().unwrap();
+    held.truncate(held.len() / 2);
+    waiting
+        .set_read_timeout(Some(Duration::from_secs(10)))
+        .unwrap();
+    let mut b = [0u8; 1];
+    waiting.read_exact(&mut b).unwrap();
+    assert_eq!(&b, b"?");
+    support::signal(&server.child, libc::SIGTERM);
+    assert_eq!(
+        wait_exit(&mut server.child, Duration::from_secs(10)).code(),
+        Some(0)
+    );
+}

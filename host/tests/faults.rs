@@ -23,11 +23,17 @@ async fn healthy(addr: SocketAddr, id: usize, rounds: usize) -> usize {
     let mut s = TcpStream::connect(addr).await.unwrap();
     let mut n = 0;
     for r in 0..rounds {
-        let line = format!("echo healthy {id} round {r} {}\n", "y".repeat((id * 31 + r) % 200));
+        let line = format!(
+            "echo healthy {id} round {r} {}\n",
+            "y".repeat((id * 31 + r) % 200)
+        );
         s.write_all(line.as_bytes()).await.unwrap();
         let want = &line["echo ".len()..];
         let mut back = vec![0u8; want.len()];
-        tokio::time::timeout(T, s.read_exact(&mut back)).await.expect("healthy echo arrives").unwrap();
+        tokio::time::timeout(T, s.read_exact(&mut back))
+            .await
+            .expect("healthy echo arrives")
+            .unwrap();
         assert_eq!(back, want.as_bytes(), "healthy connection {id} round {r}");
         n += back.len();
     }
@@ -39,7 +45,9 @@ async fn fault(addr: SocketAddr, cmd: &str) -> std::io::Result<Vec<u8>> {
     let mut s = TcpStream::connect(addr).await?;
     s.write_all(format!("{cmd}\n").as_bytes()).await?;
     let mut got = Vec::new();
-    tokio::time::timeout(T, s.read_to_end(&mut got)).await.expect("faulting connection ends")?;
+    tokio::time::timeout(T, s.read_to_end(&mut got))
+        .await
+        .expect("faulting connection ends")?;
     Ok(got)
 }
 
@@ -65,21 +73,34 @@ fn rss_kib(pid: u32) -> u64 {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn each_fault_ends_only_its_own_connection() {
-    let server = start(&server_config(&testkit_wasm(), "cpu = \"200ms\"\nmemory = \"16MiB\"\nmax-output = \"4MiB\"")).await;
+    let server = start(&server_config(
+        &testkit_wasm(),
+        "cpu = \"200ms\"\nmemory = \"16MiB\"\nmax-output = \"4MiB\"",
+    ))
+    .await;
     let addr = server.addr();
     for cmd in ["panic", "loop", "alloc", "flood"] {
         // Healthy neighbours run while the fault happens.
         let neighbours: Vec<_> = (0..8).map(|i| tokio::spawn(healthy(addr, i, 30))).collect();
         let t0 = Instant::now();
         let r = fault(addr, cmd).await;
-        let err = r.expect_err("a faulting guest's connection is aborted (reset), not closed cleanly");
-        assert_eq!(err.kind(), std::io::ErrorKind::ConnectionReset, "{cmd}: {err}");
+        let err =
+            r.expect_err("a faulting guest's connection is aborted (reset), not closed cleanly");
+        assert_eq!(
+            err.kind(),
+            std::io::ErrorKind::ConnectionReset,
+            "{cmd}: {err}"
+        );
         println!("{cmd}: connection reset after {:?}", t0.elapsed());
         for n in neighbours {
             assert!(n.await.unwrap() > 0);
         }
     }
-    assert_eq!(counter_reaches(&server.stats[0].faulted, 4).await, 4, "each fault is counted");
+    assert_eq!(
+        counter_reaches(&server.stats[0].faulted, 4).await,
+        4,
+        "each fault is counted"
+    );
     // Calling the transport after lose-connection is not a fault at all.
     let got = fault(addr, "after-lose").await.unwrap();
     assert_eq!(got, b"before\n");
@@ -108,9 +129,13 @@ async fn a_runaway_guest_is_interrupted_within_its_deadline_while_others_answer(
         probe.read_exact(&mut buf).await.unwrap();
         lat.push(t.elapsed());
         if ended.is_none() {
-            if let Ok(Ok(r)) = tokio::time::timeout(Duration::from_millis(1), s.read(&mut dead)).await {
+            if let Ok(Ok(r)) =
+                tokio::time::timeout(Duration::from_millis(1), s.read(&mut dead)).await
+            {
                 ended = Some((t0.elapsed(), r));
-            } else if let Ok(Err(_)) = tokio::time::timeout(Duration::from_millis(1), s.read(&mut dead)).await {
+            } else if let Ok(Err(_)) =
+                tokio::time::timeout(Duration::from_millis(1), s.read(&mut dead)).await
+            {
                 ended = Some((t0.elapsed(), 0));
             }
         }
@@ -125,7 +150,10 @@ async fn a_runaway_guest_is_interrupted_within_its_deadline_while_others_answer(
         lat.last().unwrap()
     );
     // One tick of slack for the epoch, one for scheduling, generous for CI.
-    assert!(when < Duration::from_millis(400), "interrupted after {when:?}");
+    assert!(
+        when < Duration::from_millis(400),
+        "interrupted after {when:?}"
+    );
     assert!(lat.len() > 20, "the other connection kept answering");
     assert_eq!(counter_reaches(&server.stats[0].faulted, 1).await, 1);
     server.shutdown().await;
@@ -185,12 +213,21 @@ async fn memory_faults_stay_within_the_limit() {
         assert_eq!(err.kind(), std::io::ErrorKind::ConnectionReset);
     }
     let after = rss_kib(pid);
-    println!("40 guests allocating without bound (memory = 8MiB): host RSS {before} KiB -> {after} KiB");
+    println!(
+        "40 guests allocating without bound (memory = 8MiB): host RSS {before} KiB -> {after} KiB"
+    );
     // Each instance's memory is released when its connection dies; the
     // growth is far below 40 x 8 MiB.
-    assert!(after.saturating_sub(before) < 16 * 1024, "RSS grew {} KiB", after.saturating_sub(before));
+    assert!(
+        after.saturating_sub(before) < 16 * 1024,
+        "RSS grew {} KiB",
+        after.saturating_sub(before)
+    );
     assert!(healthy(addr, 1, 3).await > 0);
-    assert!(server.stderr.lock().unwrap().contains("guest trapped"), "the trap is logged");
+    assert!(
+        server.stderr.lock().unwrap().contains("guest trapped"),
+        "the trap is logged"
+    );
     support::signal(&server.child, libc::SIGTERM);
     support::wait_exit(&mut server.child, T);
 }
@@ -198,7 +235,10 @@ async fn memory_faults_stay_within_the_limit() {
 /// The host runs as its own process here, so its RSS is measured alone.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_client_that_never_reads_cannot_grow_host_memory() {
-    let cfg = support::write_config(&server_config(&support::echo_wasm(), "high-water = \"256KiB\"\nlow-water = \"64KiB\""));
+    let cfg = support::write_config(&server_config(
+        &support::echo_wasm(),
+        "high-water = \"256KiB\"\nlow-water = \"64KiB\"",
+    ));
     let mut server = support::spawn_run(&cfg, 1);
     let (addr, pid) = (server.addrs[0], server.child.id());
     // Warm up one connection so the pools exist.
@@ -242,7 +282,10 @@ async fn a_client_that_never_reads_cannot_grow_host_memory() {
         total >> 20,
         256 * conns
     );
-    assert!(total < 1 << 30, "backpressure stopped the clients long before 1 GiB");
+    assert!(
+        total < 1 << 30,
+        "backpressure stopped the clients long before 1 GiB"
+    );
     // high-water (plus up to one read chunk past it) x connections, plus the
     // instances and a small constant.
     let bound = (256 + 64 + 64) * conns as u64 + 4 * 1024;
@@ -251,7 +294,10 @@ async fn a_client_that_never_reads_cannot_grow_host_memory() {
     for mut s in streams {
         s.shutdown().await.unwrap();
         let mut got = Vec::new();
-        tokio::time::timeout(T, s.read_to_end(&mut got)).await.unwrap().unwrap();
+        tokio::time::timeout(T, s.read_to_end(&mut got))
+            .await
+            .unwrap()
+            .unwrap();
         assert!(got.iter().all(|&b| b == b'z'));
         total -= got.len();
     }
@@ -262,14 +308,23 @@ async fn a_client_that_never_reads_cannot_grow_host_memory() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_registered_producer_is_paused_and_resumed() {
-    let server = start(&server_config(&testkit_wasm(), "high-water = \"64KiB\"\nlow-water = \"16KiB\"")).await;
+    let server = start(&server_config(
+        &testkit_wasm(),
+        "high-water = \"64KiB\"\nlow-water = \"16KiB\"",
+    ))
+    .await;
     let mut s = TcpStream::connect(server.addr()).await.unwrap();
     // 251 * 512 bytes per burst, so bursts continue the pattern seamlessly.
     let burst = 251 * 512;
-    s.write_all(format!("produce {burst}\n").as_bytes()).await.unwrap();
+    s.write_all(format!("produce {burst}\n").as_bytes())
+        .await
+        .unwrap();
     let want = burst * 20;
     let mut got = vec![0u8; want];
-    tokio::time::timeout(T, s.read_exact(&mut got)).await.expect("the producer keeps producing").unwrap();
+    tokio::time::timeout(T, s.read_exact(&mut got))
+        .await
+        .expect("the producer keeps producing")
+        .unwrap();
     assert!(got.iter().enumerate().all(|(i, &b)| b == (i % 251) as u8));
     server.shutdown().await;
 }
@@ -292,15 +347,23 @@ async fn max_connections_closes_the_excess_and_keeps_serving() {
     }
     let mut extra = TcpStream::connect(addr).await.unwrap();
     let mut b = Vec::new();
-    let _ = tokio::time::timeout(T, extra.read_to_end(&mut b)).await.unwrap();
+    let _ = tokio::time::timeout(T, extra.read_to_end(&mut b))
+        .await
+        .unwrap();
     assert!(b.is_empty(), "the fourth connection is closed at once");
-    assert_eq!(server.stats[0].rejected_over_limit.load(Ordering::Relaxed), 1);
+    assert_eq!(
+        server.stats[0].rejected_over_limit.load(Ordering::Relaxed),
+        1
+    );
     held.pop();
     tokio::time::sleep(Duration::from_millis(100)).await;
     let mut again = TcpStream::connect(addr).await.unwrap();
     again.write_all(b"ok").await.unwrap();
     let mut b = [0u8; 2];
-    tokio::time::timeout(T, again.read_exact(&mut b)).await.unwrap().unwrap();
+    tokio::time::timeout(T, again.read_exact(&mut b))
+        .await
+        .unwrap()
+        .unwrap();
     assert_eq!(&b, b"ok");
     server.shutdown().await;
 }
@@ -311,7 +374,9 @@ async fn deny_by_default() {
     let kit = TestComponent::load(testkit_wasm()).unwrap();
     for cmd in ["env", "file", "net", "clock", "stdin"] {
         let mut c = kit.server_connection().await.unwrap().unwrap();
-        c.data_received(format!("{cmd}\n").as_bytes()).await.unwrap();
+        c.data_received(format!("{cmd}\n").as_bytes())
+            .await
+            .unwrap();
         assert_eq!(String::from_utf8(c.value()).unwrap(), "denied\n", "{cmd}");
     }
 }

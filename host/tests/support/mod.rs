@@ -150,9 +150,13 @@ fn pump(r: impl std::io::Read + Send + 'static, into: std::sync::Arc<std::sync::
 
 /// Starts `twill run CONFIG` and waits until `listeners` listeners are up.
 pub fn spawn_run(config: &Path, listeners: usize) -> Child2 {
-    let mut child = twill()
-        .args(["run"])
-        .arg(config)
+    spawn_cmd(twill().arg("run").arg(config), listeners)
+}
+
+/// Starts a prepared `twill` command and waits until `listeners` listeners
+/// are up.
+pub fn spawn_cmd(cmd: &mut Command, listeners: usize) -> Child2 {
+    let mut child = cmd
         .env("NO_COLOR", "1")
         .stdout(Stdio::piped())
         .stderr(Stdio::piped())
