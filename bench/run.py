@@ -1,0 +1,156 @@
+#!/usr/bin/env python3
+"""Twill's benchmark: twill (bundled guest-echo, release build) against a native
+tokio echo server and Twisted's echo server, in alternation, for several rounds.
+
+Each scenario reports the loadgen's throughput and the *server's* CPU time per
+operation, read from /proc/PID/stat: the load generator shares the machine's
+cores, so CPU per operation is the stable figure. Loopback only.
+
+Usage: bench/run.sh [--rounds N] [--duration SECONDS] [--quick]
+"""
+import argparse
+import os
+import socket
+import statistics
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parent.parent
+TARGET = Path(os.environ.get("CARGO_TARGET_DIR", "/var/tmp/twill-target"))
+TICK = os.sysconf("SC_CLK_TCK")
+
+SCENARIOS = [
+    # name, loadgen args, what "op" means
+    ("pingpong-64B-100c", ["--mode", "pingpong", "-c", "100", "-s", "64"], "round trip"),
+    ("bulk-16KiB-10c", ["--mode", "bulk", "-c", "10", "-s", "16384"], "16 KiB echoed"),
+    ("connrate-64B", ["--mode", "connrate", "-c", "50", "-s", "64"], "connection"),
+]
+IDLE_CONNS = 10_000
+
+
+def cpu_secs(pid):
+    with open(f"/proc/{pid}/stat") as f:
+        fields = f.read().rsplit(")", 1)[1].split()
+    return (int(fields[11]) + int(fields[12])) / TICK
+
+
+def wait_port(port, proc, timeout=60):
+    t0 = time.time()
+    while time.time() - t0 < timeout:
+        if proc.poll() is not None:
+            raise SystemExit(f"server exited early with {proc.returncode}")
+        try:
+            socket.create_connection(("127.0.0.1", port), timeout=0.2).close()
+            return
+        except OSError:
+            time.sleep(0.05)
+    raise SystemExit(f"server on port {port} did not start")
+
+
+def servers(venv_python):
+    cfg = ROOT / "bench" / "twill-bench.toml"
+    return {
+        "twill": ([str(TARGET / "release" / "twill"), "-q", "run", str(cfg)], 9100),
+        "native": ([str(TARGET / "release" / "native-echo"), "127.0.0.1:9101", "2"], 9101),
+        "twisted": ([venv_python, str(ROOT / "bench" / "twisted_echo.py"), "9102"], 9102),
+    }
+
+
+def loadgen(args):
+    out = subprocess.run([str(TARGET / "release" / "loadgen"), *args], capture_output=True, text=True, timeout=600)
+    if out.returncode != 0:
+        raise SystemExit(f"loadgen failed: {out.stderr}")
+    return dict(kv.split("=", 1) for kv in out.stdout.split())
+
+
+def run_server(name, cmd, port, duration, results):
+    proc = subprocess.Popen(cmd, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    try:
+        wait_port(port, proc)
+        time.sleep(0.3)
+        # Warm up (and, for twill, fill the instance pool's warm slots).
+        loadgen(["--addr", f"127.0.0.1:{port}", "--mode", "pingpong", "-c", "100", "-s", "64", "-d", "1"])
+        for scen, args, _ in SCENARIOS:
+            c0 = cpu_secs(proc.pid)
+            r = loadgen(["--addr", f"127.0.0.1:{port}", "-d", str(duration), *args])
+            c1 = cpu_secs(proc.pid)
+            ops = int(r["ops"])
+            results.setdefault((name, scen), []).append(
+                {"rate": float(r["rate"]), "cpu_us": (c1 - c0) * 1e6 / max(ops, 1), "p99": r.get("p99_us")}
+            )
+            time.sleep(0.5)
+        r = loadgen(["--addr", f"127.0.0.1:{port}", "--mode", "idle", "-c", str(IDLE_CONNS), "-s", "64", "--server-pid", str(proc.pid)])
+        results.setdefault((name, "idle-10k"), []).append({"kib": float(r["kib_per_conn"])})
+    finally:
+        proc.terminate()
+        try:
+            proc.wait(timeout=15)
+        except subprocess.TimeoutExpired:
+            proc.kill()
+    time.sleep(1.0)
+
+
+def med(xs):
+    return statistics.median(xs)
+
+
+def main():
+    ap = argparse.ArgumentParser()
+    ap.add_argument("--rounds", type=int, default=3)
+    ap.add_argument("--duration", type=float, default=5.0)
+    ap.add_argument("--venv-python", default="/var/tmp/twill-bench-venv/bin/python")
+    ap.add_argument("--out", default=str(ROOT / "bench" / "results" / "latest.md"))
+    ap.add_argument("--only", default="twill,native,twisted")
+    a = ap.parse_args()
+    srv = servers(a.venv_python)
+    names = [n for n in ["twill", "native", "twisted"] if n in a.only.split(",")]
+    results = {}
+    t0 = time.time()
+    for rnd in range(a.rounds):
+        for name in names:
+            cmd, port = srv[name]
+            print(f"round {rnd + 1}/{a.rounds}: {name}", file=sys.stderr, flush=True)
+            run_server(name, cmd, port, a.duration, results)
+    elapsed = time.time() - t0
+
+    lines = []
+    lines.append(f"Medians of {a.rounds} rounds, {a.duration:.0f} s per scenario; servers run in alternation.\n")
+    lines.append("| scenario | metric | twill | native tokio | Twisted | twill / native | twill / Twisted |")
+    lines.append("|---|---|---:|---:|---:|---:|---:|")
+
+    def cell(name, scen, key):
+        v = results.get((name, scen))
+        return med([x[key] for x in v]) if v else None
+
+    def fmt(v, unit=""):
+        return "–" if v is None else (f"{v:,.0f}{unit}" if v >= 100 else f"{v:.2f}{unit}")
+
+    def ratio(a_, b_):
+        return "–" if a_ is None or b_ is None or b_ == 0 else f"{a_ / b_:.2f}×"
+
+    for scen, _, op in SCENARIOS:
+        tw, na, ts = (cell(n, scen, "rate") for n in ["twill", "native", "twisted"])
+        lines.append(f"| {scen} | {op}s / s | {fmt(tw)} | {fmt(na)} | {fmt(ts)} | {ratio(tw, na)} | {ratio(tw, ts)} |")
+        tw, na, ts = (cell(n, scen, "cpu_us") for n in ["twill", "native", "twisted"])
+        lines.append(f"| {scen} | server CPU µs / {op} | {fmt(tw)} | {fmt(na)} | {fmt(ts)} | {ratio(tw, na)} | {ratio(tw, ts)} |")
+    tw, na, ts = (cell(n, "idle-10k", "kib") for n in ["twill", "native", "twisted"])
+    lines.append(f"| idle-10k | server RSS KiB / connection | {fmt(tw)} | {fmt(na)} | {fmt(ts)} | {ratio(tw, na)} | {ratio(tw, ts)} |")
+    lines.append("")
+    lines.append("Every round (rate; server CPU µs per op):\n")
+    for (name, scen), v in sorted(results.items()):
+        vals = ", ".join(
+            f"{x['kib']:.1f} KiB" if "kib" in x else f"{x['rate']:,.0f}/s; {x['cpu_us']:.2f} µs" for x in v
+        )
+        lines.append(f"- {name} {scen}: {vals}")
+    lines.append("")
+    lines.append(f"Total run time {elapsed:.0f} s. Machine: {os.cpu_count()} CPUs, `{os.uname().release}`.")
+    text = "\n".join(lines)
+    print(text)
+    Path(a.out).parent.mkdir(parents=True, exist_ok=True)
+    Path(a.out).write_text(text + "\n")
+
+
+if __name__ == "__main__":
+    main()

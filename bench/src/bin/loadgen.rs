@@ -1,0 +1,267 @@
+//! The load generator: four modes against any TCP echo server.
+//!
+//! - `pingpong`: N connections, each a closed loop of S-byte messages, for D
+//!   seconds. Reports round trips per second and latency percentiles.
+//! - `bulk`: N connections each stream S-byte writes while reading the echo
+//!   back, for D seconds. Reports echoed bytes per second.
+//! - `connrate`: N workers each loop connect, one S-byte echo, close, for D
+//!   seconds. Reports connections per second.
+//! - `idle`: open N connections, one echo each, hold them, print the server's
+//!   RSS (from /proc/PID/status) before and after, then close.
+//!
+//! Output is one line of `key=value` pairs so scripts can parse it.
+
+use std::net::SocketAddr;
+use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::time::{Duration, Instant};
+
+use clap::{Parser, ValueEnum};
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
+use tokio::net::TcpStream;
+
+#[derive(Clone, Copy, Debug, ValueEnum)]
+enum Mode {
+    Pingpong,
+    Bulk,
+    Connrate,
+    Idle,
+}
+
+/// Drive an echo server and report throughput.
+#[derive(Parser, Debug)]
+struct Args {
+    /// What to measure.
+    #[arg(long, value_enum)]
+    mode: Mode,
+    /// The server.
+    #[arg(long, default_value = "127.0.0.1:9000")]
+    addr: SocketAddr,
+    /// Connections (or workers for connrate).
+    #[arg(long, short = 'c', default_value_t = 100)]
+    conns: usize,
+    /// Message or write size in bytes.
+    #[arg(long, short = 's', default_value_t = 64)]
+    size: usize,
+    /// Seconds to run (not for idle).
+    #[arg(long, short = 'd', default_value_t = 5.0)]
+    duration: f64,
+    /// The server's pid, for the idle mode's RSS figures.
+    #[arg(long)]
+    server_pid: Option<u32>,
+    /// Loadgen worker threads.
+    #[arg(long, default_value_t = 1)]
+    threads: usize,
+}
+
+fn rss_kib(pid: u32) -> u64 {
+    std::fs::read_to_string(format!("/proc/{pid}/status"))
+        .ok()
+        .and_then(|s| {
+            s.lines()
+                .find_map(|l| l.strip_prefix("VmRSS:"))
+                .and_then(|v| v.trim().trim_end_matches("kB").trim().parse().ok())
+        })
+        .unwrap_or(0)
+}
+
+fn main() -> anyhow::Result<()> {
+    let args = Args::parse();
+    let rt = tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(args.threads)
+        .enable_all()
+        .build()?;
+    rt.block_on(run(args))
+}
+
+async fn run(args: Args) -> anyhow::Result<()> {
+    let dur = Duration::from_secs_f64(args.duration);
+    match args.mode {
+        Mode::Pingpong => pingpong(&args, dur).await,
+        Mode::Bulk => bulk(&args, dur).await,
+        Mode::Connrate => connrate(&args, dur).await,
+        Mode::Idle => idle(&args).await,
+    }
+}
+
+async fn connect(addr: SocketAddr) -> anyhow::Result<TcpStream> {
+    let s = TcpStream::connect(addr).await?;
+    s.set_nodelay(true)?;
+    Ok(s)
+}
+
+async fn pingpong(args: &Args, dur: Duration) -> anyhow::Result<()> {
+    let stop = Arc::new(AtomicBool::new(false));
+    let mut streams = Vec::new();
+    for _ in 0..args.conns {
+        streams.push(connect(args.addr).await?);
+    }
+    let start = Instant::now();
+    let mut tasks = Vec::new();
+    for mut s in streams {
+        let stop = stop.clone();
+        let size = args.size;
+        tasks.push(tokio::spawn(async move {
+            let msg = vec![b'p'; size];
+            let mut buf = vec![0u8; size];
+            let mut hist = hdrhistogram::Histogram::<u64>::new(3).unwrap();
+            let mut n = 0u64;
+            while !stop.load(Ordering::Relaxed) {
+                let t = Instant::now();
+                if s.write_all(&msg).await.is_err() || s.read_exact(&mut buf).await.is_err() {
+                    break;
+                }
+                let _ = hist.record(t.elapsed().as_nanos() as u64);
+                n += 1;
+            }
+            (n, hist)
+        }));
+    }
+    tokio::time::sleep(dur).await;
+    stop.store(true, Ordering::Relaxed);
+    let elapsed = start.elapsed().as_secs_f64();
+    let mut total = 0;
+    let mut hist = hdrhistogram::Histogram::<u64>::new(3).unwrap();
+    for t in tasks {
+        let (n, h) = t.await?;
+        total += n;
+        hist.add(h)?;
+    }
+    println!(
+        "mode=pingpong conns={} size={} ops={total} secs={elapsed:.3} rate={:.0} p50_us={:.1} p99_us={:.1}",
+        args.conns,
+        args.size,
+        total as f64 / elapsed,
+        hist.value_at_quantile(0.5) as f64 / 1000.0,
+        hist.value_at_quantile(0.99) as f64 / 1000.0
+    );
+    Ok(())
+}
+
+async fn bulk(args: &Args, dur: Duration) -> anyhow::Result<()> {
+    let stop = Arc::new(AtomicBool::new(false));
+    let echoed = Arc::new(AtomicU64::new(0));
+    let mut tasks = Vec::new();
+    for _ in 0..args.conns {
+        let s = connect(args.addr).await?;
+        let (mut r, mut w) = s.into_split();
+        let (stop_w, size) = (stop.clone(), args.size);
+        tasks.push(tokio::spawn(async move {
+            let block = vec![b'b'; size];
+            while !stop_w.load(Ordering::Relaxed) {
+                if w.write_all(&block).await.is_err() {
+                    break;
+                }
+            }
+            let _ = w.shutdown().await;
+        }));
+        let (stop_r, echoed) = (stop.clone(), echoed.clone());
+        tasks.push(tokio::spawn(async move {
+            let mut buf = vec![0u8; 64 << 10];
+            loop {
+                match r.read(&mut buf).await {
+                    Ok(0) | Err(_) => break,
+                    Ok(n) => {
+                        if !stop_r.load(Ordering::Relaxed) {
+                            echoed.fetch_add(n as u64, Ordering::Relaxed);
+                        }
+                    }
+                }
+            }
+        }));
+    }
+    let start = Instant::now();
+    let base = echoed.load(Ordering::Relaxed);
+    tokio::time::sleep(dur).await;
+    let bytes = echoed.load(Ordering::Relaxed) - base;
+    let elapsed = start.elapsed().as_secs_f64();
+    stop.store(true, Ordering::Relaxed);
+    for t in tasks {
+        let _ = tokio::time::timeout(Duration::from_secs(10), t).await;
+    }
+    println!(
+        "mode=bulk conns={} size={} ops={} secs={elapsed:.3} rate={:.0} mib_per_s={:.1}",
+        args.conns,
+        args.size,
+        bytes / args.size as u64,
+        (bytes / args.size as u64) as f64 / elapsed,
+        bytes as f64 / elapsed / (1 << 20) as f64
+    );
+    Ok(())
+}
+
+async fn connrate(args: &Args, dur: Duration) -> anyhow::Result<()> {
+    let stop = Arc::new(AtomicBool::new(false));
+    let errors = Arc::new(AtomicU64::new(0));
+    let start = Instant::now();
+    let mut tasks = Vec::new();
+    for _ in 0..args.conns {
+        let (stop, errors, addr, size) = (stop.clone(), errors.clone(), args.addr, args.size);
+        tasks.push(tokio::spawn(async move {
+            let msg = vec![b'c'; size];
+            let mut buf = vec![0u8; size];
+            let mut n = 0u64;
+            while !stop.load(Ordering::Relaxed) {
+                let ok = async {
+                    let mut s = connect(addr).await?;
+                    s.write_all(&msg).await?;
+                    s.read_exact(&mut buf).await?;
+                    // Close from the client side first, so TIME_WAIT lands on
+                    // the client's ephemeral ports (as real clients do), and
+                    // linger 0 so a long run does not exhaust them.
+                    socket2::SockRef::from(&s).set_linger(Some(Duration::ZERO))?;
+                    drop(s);
+                    anyhow::Ok(())
+                }
+                .await;
+                match ok {
+                    Ok(()) => n += 1,
+                    Err(_) => {
+                        errors.fetch_add(1, Ordering::Relaxed);
+                    }
+                }
+            }
+            n
+        }));
+    }
+    tokio::time::sleep(dur).await;
+    stop.store(true, Ordering::Relaxed);
+    let elapsed = start.elapsed().as_secs_f64();
+    let mut total = 0;
+    for t in tasks {
+        total += t.await?;
+    }
+    println!(
+        "mode=connrate conns={} size={} ops={total} secs={elapsed:.3} rate={:.0} errors={}",
+        args.conns,
+        args.size,
+        total as f64 / elapsed,
+        errors.load(Ordering::Relaxed)
+    );
+    Ok(())
+}
+
+async fn idle(args: &Args) -> anyhow::Result<()> {
+    let pid = args.server_pid;
+    let before = pid.map(rss_kib).unwrap_or(0);
+    let mut held = Vec::with_capacity(args.conns);
+    let msg = vec![b'i'; args.size];
+    let mut buf = vec![0u8; args.size];
+    let start = Instant::now();
+    for _ in 0..args.conns {
+        let mut s = connect(args.addr).await?;
+        s.write_all(&msg).await?;
+        s.read_exact(&mut buf).await?;
+        held.push(s);
+    }
+    let setup = start.elapsed().as_secs_f64();
+    tokio::time::sleep(Duration::from_millis(500)).await;
+    let after = pid.map(rss_kib).unwrap_or(0);
+    let per_conn = after.saturating_sub(before) as f64 / args.conns as f64;
+    println!(
+        "mode=idle conns={} rss_before_kib={before} rss_after_kib={after} kib_per_conn={per_conn:.2} setup_secs={setup:.3}",
+        args.conns
+    );
+    drop(held);
+    Ok(())
+}
