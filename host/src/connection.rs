@@ -16,7 +16,7 @@
 //!   reading (and pauses a registered producer) until output drains to the
 //!   low-water mark.
 
-use std::io;
+use std::io::{self, IoSlice};
 use std::net::SocketAddr;
 use std::time::Duration;
 
@@ -24,7 +24,7 @@ use tokio::io::{AsyncReadExt, AsyncWriteExt, Interest};
 use tokio::net::TcpStream;
 
 use crate::runtime::bindings::Reason;
-use crate::runtime::state::Closing;
+use crate::runtime::state::{Closing, MAX_IOVECS};
 use crate::runtime::{GuestFault, Session};
 use crate::shutdown::Shutdown;
 
@@ -96,8 +96,9 @@ impl Conn {
         let out = &mut session.transport().out;
         while !out.is_empty() {
             let n = {
-                let slices = out.slices();
-                match self.stream.try_write_vectored(&slices) {
+                let mut iov = [IoSlice::new(&[]); MAX_IOVECS];
+                let k = out.slices(&mut iov);
+                match self.stream.try_write_vectored(&iov[..k]) {
                     Ok(n) => n,
                     Err(e) if e.kind() == io::ErrorKind::WouldBlock => return Ok(()),
                     Err(e) if e.kind() == io::ErrorKind::Interrupted => continue,
@@ -136,12 +137,16 @@ impl Conn {
         session: &mut Session,
         shutdown: &mut Shutdown,
     ) -> Result<Reason, GuestFault> {
-        let mut buf: Vec<u8> = Vec::new();
         let (high, low) = (
             session.plugin().limits.high_water,
             session.plugin().limits.low_water,
         );
         let mut reading_paused = false;
+        // One shutdown future for the whole connection: re-creating it every
+        // iteration would register and drop a broadcast waiter per message.
+        let stop = shutdown.recv();
+        tokio::pin!(stop);
+        let mut stopping = false;
         loop {
             if session.transport().closing == Closing::Abort {
                 self.abort();
@@ -180,13 +185,10 @@ impl Conn {
                         Err(e) => return Ok(lost(&e)),
                     };
                     if want_read && (ready.is_readable() || ready.is_read_closed()) {
-                        if buf.capacity() == 0 {
-                            buf.reserve_exact(READ_CHUNK);
-                        }
-                        buf.clear();
-                        match self.stream.try_read_buf(&mut buf) {
+                        let mut buf = ReadBuf::take();
+                        match self.stream.try_read_buf(&mut buf.0) {
                             Ok(0) => self.eof = true,
-                            Ok(_) => session.data_received(&buf).await?,
+                            Ok(_) => session.data_received(&buf.0).await?,
                             Err(e) if e.kind() == io::ErrorKind::WouldBlock => {}
                             Err(e) if e.kind() == io::ErrorKind::Interrupted => {}
                             Err(e) => return Ok(lost(&e)),
@@ -199,7 +201,8 @@ impl Conn {
                         tokio::task::yield_now().await;
                     }
                 }
-                () = shutdown.recv(), if !shutdown.is_shutdown() => {
+                () = &mut stop, if !stopping => {
+                    stopping = true;
                     // Graceful shutdown: as if the protocol called lose-connection.
                     let t = session.transport();
                     if t.closing == Closing::Open {
@@ -227,6 +230,35 @@ impl Conn {
             .await;
         }
         Reason::Done
+    }
+}
+
+/// A read buffer from a small per-thread pool. An idle connection holds no
+/// buffer; a busy one borrows one for the read and the `data-received` call,
+/// and gives it back on drop (to whichever thread it ends on).
+struct ReadBuf(Vec<u8>);
+
+thread_local! {
+    static READ_BUFS: std::cell::RefCell<Vec<Vec<u8>>> = const { std::cell::RefCell::new(Vec::new()) };
+}
+
+impl ReadBuf {
+    fn take() -> ReadBuf {
+        let v = READ_BUFS.with(|p| p.borrow_mut().pop()).unwrap_or_else(|| Vec::with_capacity(READ_CHUNK));
+        ReadBuf(v)
+    }
+}
+
+impl Drop for ReadBuf {
+    fn drop(&mut self) {
+        let mut v = std::mem::take(&mut self.0);
+        v.clear();
+        READ_BUFS.with(|p| {
+            let mut p = p.borrow_mut();
+            if p.len() < 32 {
+                p.push(v);
+            }
+        });
     }
 }
 

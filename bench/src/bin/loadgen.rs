@@ -49,6 +49,9 @@ struct Args {
     /// The server's pid, for the idle mode's RSS figures.
     #[arg(long)]
     server_pid: Option<u32>,
+    /// Idle mode: seconds to keep holding the connections after reporting.
+    #[arg(long, default_value_t = 0.0)]
+    hold: f64,
     /// Loadgen worker threads.
     #[arg(long, default_value_t = 1)]
     threads: usize,
@@ -262,6 +265,7 @@ async fn idle(args: &Args) -> anyhow::Result<()> {
         "mode=idle conns={} rss_before_kib={before} rss_after_kib={after} kib_per_conn={per_conn:.2} setup_secs={setup:.3}",
         args.conns
     );
+    tokio::time::sleep(Duration::from_secs_f64(args.hold)).await;
     drop(held);
     Ok(())
 }

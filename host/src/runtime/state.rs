@@ -88,7 +88,7 @@ pub struct OutBuf {
 }
 
 /// At most this many chunks go into one `writev`.
-const MAX_IOVECS: usize = 64;
+pub const MAX_IOVECS: usize = 64;
 
 impl OutBuf {
     /// Queues a chunk; empty chunks are skipped.
@@ -128,14 +128,15 @@ impl OutBuf {
         self.len = 0;
     }
 
-    /// The next slices to write, in order.
-    pub fn slices(&self) -> Vec<IoSlice<'_>> {
-        self.chunks
-            .iter()
-            .take(MAX_IOVECS)
-            .enumerate()
-            .map(|(i, c)| IoSlice::new(if i == 0 { &c[self.offset..] } else { c }))
-            .collect()
+    /// Fills `out` with the next slices to write, in order; returns how
+    /// many. No allocation: this is on the data path.
+    pub fn slices<'a>(&'a self, out: &mut [IoSlice<'a>; MAX_IOVECS]) -> usize {
+        let mut n = 0;
+        for (i, c) in self.chunks.iter().take(MAX_IOVECS).enumerate() {
+            out[i] = IoSlice::new(if i == 0 { &c[self.offset..] } else { c });
+            n += 1;
+        }
+        n
     }
 
     /// Marks `n` bytes as sent.
@@ -183,9 +184,10 @@ mod tests {
         let mut sent = Vec::new();
         let mut step = 1;
         while !b.is_empty() {
-            let slices = b.slices();
+            let mut iov = [IoSlice::new(&[]); MAX_IOVECS];
+            let k = b.slices(&mut iov);
             let mut n = 0;
-            for s in &slices {
+            for s in &iov[..k] {
                 let take = (step - n).min(s.len());
                 sent.extend_from_slice(&s[..take]);
                 n += take;
