@@ -49,7 +49,7 @@ pub enum End {
 /// Runs one established connection to its end: `make-connection`, every
 /// `data-received`, the close, and `connection-lost`. The session must
 /// already hold a built protocol.
-pub async fn run(stream: TcpStream, session: &mut Session, shutdown: &mut Shutdown) -> End {
+pub async fn run(stream: TcpStream, session: &mut Session, shutdown: &Shutdown) -> End {
     let peer = stream
         .peer_addr()
         .unwrap_or_else(|_| SocketAddr::from(([0, 0, 0, 0], 0)));
@@ -135,7 +135,7 @@ impl Conn {
     async fn drive(
         &mut self,
         session: &mut Session,
-        shutdown: &mut Shutdown,
+        shutdown: &Shutdown,
     ) -> Result<Reason, GuestFault> {
         let (high, low) = (
             session.plugin().limits.high_water,
@@ -244,7 +244,9 @@ thread_local! {
 
 impl ReadBuf {
     fn take() -> ReadBuf {
-        let v = READ_BUFS.with(|p| p.borrow_mut().pop()).unwrap_or_else(|| Vec::with_capacity(READ_CHUNK));
+        let v = READ_BUFS
+            .with(|p| p.borrow_mut().pop())
+            .unwrap_or_else(|| Vec::with_capacity(READ_CHUNK));
         ReadBuf(v)
     }
 }

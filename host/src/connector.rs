@@ -36,7 +36,7 @@ pub async fn run(
     cfg: ConnectConfig,
     plugin: Arc<Plugin>,
     engine: Engine,
-    mut shutdown: Shutdown,
+    shutdown: Shutdown,
 ) -> ConnectorEnd {
     let name = plugin.name.clone();
     let target = format!("{}:{}", cfg.host, cfg.port);
@@ -79,7 +79,7 @@ pub async fn run(
         .unwrap_or_else(|_| SocketAddr::from(([0, 0, 0, 0], 0)));
     tracing::debug!(plugin = %name, %peer, "connected");
     let reason = match session.build_client_protocol(peer).await {
-        Ok(true) => match connection::run(stream, &mut session, &mut shutdown).await {
+        Ok(true) => match connection::run(stream, &mut session, &shutdown).await {
             End::Closed(reason) => reason,
             End::Fault(fault) => {
                 tracing::warn!(plugin = %name, %peer, %fault, "guest faulted; connection aborted");

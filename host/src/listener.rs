@@ -12,13 +12,13 @@ use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::Duration;
 
 use tokio::net::{TcpListener, TcpSocket, TcpStream};
-use tokio::sync::{Semaphore, broadcast};
+use tokio::sync::Semaphore;
 use wasmtime::Engine;
 
 use crate::config::ListenConfig;
 use crate::connection::{self, End};
 use crate::runtime::Plugin;
-use crate::shutdown::{Shutdown, TaskGuard};
+use crate::shutdown::{Shutdown, ShutdownSignal, TaskGuard};
 
 /// Why a listener could not start.
 #[derive(Debug, thiserror::Error)]
@@ -108,8 +108,8 @@ impl Listener {
 
     /// Accepts until shutdown. Each connection runs in its own task holding
     /// a clone of `guard`, so the reactor can wait for them to finish.
-    pub async fn serve(self, engine: Engine, notify: broadcast::Sender<()>, guard: TaskGuard) {
-        let mut shutdown = Shutdown::new(notify.subscribe());
+    pub async fn serve(self, engine: Engine, notify: ShutdownSignal, guard: TaskGuard) {
+        let shutdown = notify.subscribe();
         let addr = self.local_addr();
         let plugin_name = self.plugin.name.clone();
         tracing::info!(plugin = %plugin_name, %addr, "listening");
@@ -153,10 +153,10 @@ impl Listener {
                 stats: self.stats.clone(),
                 peer,
             };
-            let mut conn_shutdown = Shutdown::new(notify.subscribe());
+            let conn_shutdown = notify.subscribe();
             let conn_guard = guard.clone();
             tokio::spawn(async move {
-                task.run(stream, &mut conn_shutdown).await;
+                task.run(stream, &conn_shutdown).await;
                 drop(permit);
                 drop(conn_guard);
             });
@@ -181,7 +181,7 @@ struct ServerConnection {
 }
 
 impl ServerConnection {
-    async fn run(self, stream: TcpStream, shutdown: &mut Shutdown) {
+    async fn run(self, stream: TcpStream, shutdown: &Shutdown) {
         let Self {
             plugin,
             engine,

@@ -78,7 +78,11 @@ impl Reactor {
         let mut controller = ShutdownController::new();
         let engine = self.runtime.engine().clone();
         for l in self.listeners {
-            tokio::spawn(l.serve(engine.clone(), controller.sender(), controller.guard()));
+            tokio::spawn(l.serve(
+                engine.clone(),
+                controller.signal_handle(),
+                controller.guard(),
+            ));
         }
         for c in self.config.connect.iter().cloned() {
             let plugin = self

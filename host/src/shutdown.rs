@@ -1,45 +1,65 @@
-//! The shutdown signal, mini-redis style: a broadcast channel every task
-//! listens on, plus a completion channel whose senders the tasks hold, so the
-//! reactor can wait until every connection has finished.
+//! The shutdown signal, mini-redis style: one signal every task listens on,
+//! plus a completion channel whose senders the tasks hold, so the reactor
+//! can wait until every connection has finished.
+//!
+//! The signal is a `Notify` plus a flag rather than a broadcast channel: every
+//! connection polls it on every pass of its loop, and polling a registered
+//! `Notified` is an atomic load, where a broadcast receiver takes a lock.
 
-use tokio::sync::{broadcast, mpsc};
+use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, Ordering};
+
+use tokio::sync::{Notify, mpsc};
+
+#[derive(Debug, Default)]
+struct Signal {
+    fired: AtomicBool,
+    notify: Notify,
+}
+
+/// A clonable handle that hands out [`Shutdown`] listeners.
+#[derive(Debug, Clone, Default)]
+pub struct ShutdownSignal(Arc<Signal>);
+
+impl ShutdownSignal {
+    /// A new listener.
+    pub fn subscribe(&self) -> Shutdown {
+        Shutdown {
+            signal: self.0.clone(),
+        }
+    }
+}
 
 /// A task's view of the shutdown signal.
 #[derive(Debug)]
 pub struct Shutdown {
-    is_shutdown: bool,
-    notify: broadcast::Receiver<()>,
+    signal: Arc<Signal>,
 }
 
 impl Shutdown {
-    /// Wraps a receiver of the reactor's shutdown broadcast.
-    pub fn new(notify: broadcast::Receiver<()>) -> Shutdown {
-        Shutdown {
-            is_shutdown: false,
-            notify,
-        }
-    }
-
     /// Whether shutdown has been signalled.
     pub fn is_shutdown(&self) -> bool {
-        self.is_shutdown
+        self.signal.fired.load(Ordering::Acquire)
     }
 
-    /// Waits for the signal. Returns at once if it was already received.
-    pub async fn recv(&mut self) {
-        if self.is_shutdown {
-            return;
+    /// Waits for the signal. Returns at once if it was already given.
+    pub async fn recv(&self) {
+        loop {
+            // A `Notified` receives `notify_waiters` from the moment it is
+            // created, so checking the flag after creating it cannot miss.
+            let notified = self.signal.notify.notified();
+            if self.is_shutdown() {
+                return;
+            }
+            notified.await;
         }
-        // Lagging or a closed sender both mean "shut down".
-        let _ = self.notify.recv().await;
-        self.is_shutdown = true;
     }
 }
 
 /// The reactor side: signal shutdown, and wait for every task to finish.
 #[derive(Debug)]
 pub struct ShutdownController {
-    notify: broadcast::Sender<()>,
+    signal: ShutdownSignal,
     done_tx: Option<mpsc::Sender<()>>,
     done_rx: mpsc::Receiver<()>,
 }
@@ -58,10 +78,9 @@ impl Default for ShutdownController {
 impl ShutdownController {
     /// A controller with no tasks yet.
     pub fn new() -> Self {
-        let (notify, _) = broadcast::channel(1);
         let (done_tx, done_rx) = mpsc::channel(1);
         ShutdownController {
-            notify,
+            signal: ShutdownSignal::default(),
             done_tx: Some(done_tx),
             done_rx,
         }
@@ -69,13 +88,12 @@ impl ShutdownController {
 
     /// A new listener for the signal.
     pub fn subscribe(&self) -> Shutdown {
-        Shutdown::new(self.notify.subscribe())
+        self.signal.subscribe()
     }
 
-    /// The broadcast sender, for tasks that subscribe on behalf of the
-    /// tasks they spawn.
-    pub fn sender(&self) -> broadcast::Sender<()> {
-        self.notify.clone()
+    /// A handle for tasks that subscribe on behalf of the tasks they spawn.
+    pub fn signal_handle(&self) -> ShutdownSignal {
+        self.signal.clone()
     }
 
     /// A guard for a new task.
@@ -89,7 +107,8 @@ impl ShutdownController {
 
     /// Tells every task to shut down.
     pub fn signal(&self) {
-        let _ = self.notify.send(());
+        self.signal.0.fired.store(true, Ordering::Release);
+        self.signal.0.notify.notify_waiters();
     }
 
     /// Waits until every [`TaskGuard`] has been dropped. No new guards can
@@ -98,5 +117,23 @@ impl ShutdownController {
     pub async fn wait(&mut self) {
         self.done_tx = None;
         let _ = self.done_rx.recv().await;
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[tokio::test]
+    async fn every_listener_hears_the_signal_even_if_subscribed_late() {
+        let c = ShutdownController::new();
+        let early = c.subscribe();
+        let waiting = tokio::spawn(async move { early.recv().await });
+        tokio::task::yield_now().await;
+        c.signal();
+        waiting.await.unwrap();
+        let late = c.subscribe();
+        assert!(late.is_shutdown());
+        late.recv().await;
     }
 }

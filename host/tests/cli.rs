@@ -126,8 +126,9 @@ fn port_in_use_is_a_clear_error_and_exit_2() {
 
 fn client_config(port: u16) -> std::path::PathBuf {
     write_config(&format!(
-        "[plugins.echo]\ncomponent = {:?}\n[[connect]]\nhost = \"localhost\"\nport = {port}\nplugin = \"echo\"\ntimeout = \"5s\"\n",
-        echo_wasm().display().to_string()
+        "[plugins.echo]\ncomponent = {:?}\n{}[[connect]]\nhost = \"localhost\"\nport = {port}\nplugin = \"echo\"\ntimeout = \"5s\"\n",
+        echo_wasm().display().to_string(),
+        support::memory_line()
     ))
 }
 
@@ -161,8 +162,9 @@ fn the_seed_client_against_a_closed_port_says_goodbye_and_exits_0() {
 #[test]
 fn an_unresolvable_name_fails_the_connection() {
     let cfg = write_config(&format!(
-        "[plugins.echo]\ncomponent = {:?}\n[[connect]]\nhost = \"no-such-host.invalid\"\nport = 9\nplugin = \"echo\"\ntimeout = \"5s\"\n",
-        echo_wasm().display().to_string()
+        "[plugins.echo]\ncomponent = {:?}\n{}[[connect]]\nhost = \"no-such-host.invalid\"\nport = 9\nplugin = \"echo\"\ntimeout = \"5s\"\n",
+        echo_wasm().display().to_string(),
+        support::memory_line()
     ));
     let (code, stdout, stderr) = run_to_end(&["run"], &cfg);
     assert_eq!(code, 0, "{stderr}");

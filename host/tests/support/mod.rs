@@ -28,6 +28,44 @@ pub fn echo_wasm() -> PathBuf {
         .unwrap_or_else(|| repo().join("guest-echo/echo.wasm"))
 }
 
+/// The memory limit the echo component's tests give each instance: the
+/// plugin's `memory` from env `TWILL_TEST_MEMORY` (a size such as `"96MiB"`),
+/// or `None` for the host's default (16 MiB). The Rust echo fits the default;
+/// interpreter guests (componentize-py, componentize-js) start with 9-13 MiB
+/// of linear memory before they see any data, so `scripts/test-polyglot.sh`
+/// raises it.
+pub fn test_memory() -> Option<String> {
+    std::env::var("TWILL_TEST_MEMORY")
+        .ok()
+        .filter(|s| !s.trim().is_empty())
+}
+
+/// The limits for [`twill::testing::TestComponent::load_with`]: the host's
+/// defaults, with the memory from [`test_memory`].
+pub fn test_limits() -> twill::runtime::limits::Limits {
+    let mut limits = twill::runtime::limits::Limits::default();
+    if let Some(m) = test_memory() {
+        let bytes = twill::config::parse_size(&m)
+            .unwrap_or_else(|e| panic!("TWILL_TEST_MEMORY={m:?}: {e}"));
+        limits.memory = usize::try_from(bytes).unwrap();
+    }
+    limits
+}
+
+/// The `memory = ...` line for a plugin table, from [`test_memory`] (empty
+/// when unset).
+pub fn memory_line() -> String {
+    test_memory()
+        .map(|m| format!("memory = {m:?}\n"))
+        .unwrap_or_default()
+}
+
+/// The echo component under test, loaded into the test transport with
+/// [`test_limits`].
+pub fn load_echo() -> twill::testing::TestComponent {
+    twill::testing::TestComponent::load_with(echo_wasm(), test_limits()).unwrap()
+}
+
 /// The fault/test-kit component.
 pub fn testkit_wasm() -> PathBuf {
     std::env::var_os("TWILL_TESTKIT_WASM")
@@ -57,13 +95,17 @@ pub fn write_config(text: &str) -> PathBuf {
 /// A config that serves `wasm` on an ephemeral loopback port. Unless
 /// `extra_plugin` sets one, the CPU limit is raised to 2s: the limit counts
 /// wall-clock ticks while the guest runs, and a debug build under a parallel
-/// test load is slow.
+/// test load is slow. For the echo component, unless `extra_plugin` sets
+/// one, the memory limit is [`test_memory`]'s, if set.
 pub fn server_config(wasm: &Path, extra_plugin: &str) -> String {
-    let extra = if extra_plugin.contains("cpu") {
+    let mut extra = if extra_plugin.contains("cpu") {
         extra_plugin.to_string()
     } else {
         format!("cpu = \"2s\"\n{extra_plugin}")
     };
+    if !extra_plugin.contains("memory") && wasm == echo_wasm() {
+        extra.insert_str(0, &memory_line());
+    }
     let extra_plugin = extra.as_str();
     format!(
         "[plugins.p]\ncomponent = {:?}\n{extra_plugin}\n\n[[listen]]\nport = 0\nplugin = \"p\"\n",
