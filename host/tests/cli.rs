@@ -107,8 +107,9 @@ fn port_in_use_is_a_clear_error_and_exit_2() {
     let holder = TcpListener::bind("127.0.0.1:0").unwrap();
     let port = holder.local_addr().unwrap().port();
     let cfg = write_config(&format!(
-        "[plugins.echo]\ncomponent = {:?}\n[[listen]]\nport = {port}\nplugin = \"echo\"\n",
-        echo_wasm().display().to_string()
+        "[plugins.echo]\ncomponent = {:?}\n{}[[listen]]\nport = {port}\nplugin = \"echo\"\n",
+        echo_wasm().display().to_string(),
+        support::memory_line()
     ));
     let (code, _, stderr) = run_to_end(&["run"], &cfg);
     assert_eq!(code, 2, "{stderr}");
@@ -280,8 +281,9 @@ fn shipped_plugins_toml_runs_both_halves_of_the_seed() {
 #[test]
 fn an_interface_with_no_such_address_is_exit_2() {
     let cfg = write_config(&format!(
-        "[plugins.echo]\ncomponent = {:?}\n[[listen]]\nport = 0\nplugin = \"echo\"\ninterface = \"192.0.2.1\"\n",
-        echo_wasm().display().to_string()
+        "[plugins.echo]\ncomponent = {:?}\n{}[[listen]]\nport = 0\nplugin = \"echo\"\ninterface = \"192.0.2.1\"\n",
+        echo_wasm().display().to_string(),
+        support::memory_line()
     ));
     let (code, _, stderr) = run_to_end(&["run"], &cfg);
     assert_eq!(code, 2, "{stderr}");

@@ -61,6 +61,27 @@ async fn echo_handles_empty_and_large_chunks() {
     assert_eq!(conn.value(), big);
 }
 
+/// One long-lived connection carries 32 MiB, in 64 KiB chunks, through a
+/// single instance: twice the Rust echo's whole memory limit, so the guest
+/// must give back what each callback allocates. (scripts/test-polyglot.sh
+/// runs the Python and JS echo components with a larger limit: the Python
+/// one keeps every buffer it writes, a componentize-py 0.25 leak, and the JS
+/// one frees received buffers only when SpiderMonkey's GC first runs, after
+/// about 40 MiB. See bench/results/polyglot.md.)
+#[tokio::test]
+async fn echo_streams_32_mib_through_one_instance() {
+    let echo = support::load_echo();
+    let mut conn = echo.server_connection().await.unwrap().unwrap();
+    let chunk = payload(64 << 10);
+    for i in 0..512 {
+        conn.data_received(&chunk)
+            .await
+            .unwrap_or_else(|e| panic!("chunk {i} ({} KiB in): {e}", i * 64));
+        assert!(conn.value() == chunk, "chunk {i} echoed");
+    }
+    conn.connection_lost(Reason::Done).await.unwrap();
+}
+
 #[tokio::test]
 async fn echo_client_says_hello_prints_the_echo_and_loses_the_connection() {
     let echo = support::load_echo();
@@ -99,8 +120,16 @@ async fn echo_client_factory_reports_a_failed_connection() {
 #[tokio::test]
 async fn committed_component_exports_what_wit_declares() {
     // Parse wit/ with wasmtime's own bindgen expectations: the component must
-    // export the protocol and both factories at version 0.1.0.
-    let engine = wasmtime::Engine::default();
+    // export the protocol and both factories at version 0.1.0. The engine is
+    // the host's (same settings as a plugin with the test memory limit), so a
+    // large component comes from the compile cache instead of being compiled
+    // again.
+    let settings = twill::config::HostSettings {
+        max_instances: 1,
+        ..twill::config::HostSettings::default()
+    };
+    let runtime = twill::Runtime::new(&settings, support::test_limits().memory).unwrap();
+    let engine = runtime.engine().clone();
     let bytes = std::fs::read(support::echo_wasm()).unwrap();
     let component = wasmtime::component::Component::new(&engine, &bytes).unwrap();
     let ty = component.component_type();

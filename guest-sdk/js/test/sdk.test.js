@@ -1,0 +1,269 @@
+// Unit tests for the twill JavaScript SDK under plain Node: the exported glue
+// driven with a fake host transport, as ComponentizeJS drives it.
+//
+//   node --test guest-sdk/js/test/
+//
+// The components themselves are tested against the real host by
+// scripts/test-polyglot.sh.
+import assert from 'node:assert/strict';
+import { test } from 'node:test';
+
+import {
+  Address,
+  ClientFactory,
+  ConnectError,
+  ConnectionClosed,
+  ConnectionDone,
+  ConnectionLost,
+  Factory,
+  Protocol,
+  Reason,
+  ServerFactory,
+  Transport,
+  serve,
+} from '../twill.js';
+
+/** What ComponentizeJS hands makeConnection: the imported resource. */
+function rawTransport() {
+  const calls = [];
+  const record = (name) => (...args) => calls.push([name, ...args]);
+  return {
+    calls,
+    write: record('write'),
+    writeSequence: record('writeSequence'),
+    loseConnection: record('loseConnection'),
+    abortConnection: record('abortConnection'),
+    registerProducer: record('registerProducer'),
+    unregisterProducer: record('unregisterProducer'),
+    getPeer: () => ({ host: '::1', port: 9 }),
+    getHost: () => ({ host: '127.0.0.1', port: 9 }),
+  };
+}
+
+const addr = (host = '192.0.2.7', port = 40000) => ({ host, port });
+const bytes = (s) => new TextEncoder().encode(s);
+
+class Echo extends Protocol {
+  dataReceived(data) {
+    this.transport.write(data);
+  }
+}
+
+class Recorder extends Protocol {
+  constructor() {
+    super();
+    this.events = [];
+  }
+  connectionMade() {
+    this.events.push(['made', this.connected]);
+  }
+  dataReceived(data) {
+    this.events.push(['data', data]);
+  }
+  connectionLost(reason) {
+    this.events.push(['lost', reason, this.connected]);
+  }
+  pauseProducing() {
+    this.events.push(['pause']);
+  }
+  resumeProducing() {
+    this.events.push(['resume']);
+  }
+}
+
+function connect(protocolClass = Recorder) {
+  const { serverFactory, protocol } = serve({ server: protocolClass });
+  const box = serverFactory.buildProtocol(addr());
+  assert.ok(box instanceof protocol.Protocol, 'build-protocol returns the exported resource class');
+  const raw = rawTransport();
+  box.makeConnection(raw);
+  return { box, raw };
+}
+
+test('echo writes back every chunk', () => {
+  const { box, raw } = connect(Echo);
+  box.dataReceived(bytes('hello'));
+  box.dataReceived(new Uint8Array(0));
+  assert.deepEqual(raw.calls, [['write', bytes('hello')], ['write', new Uint8Array(0)]]);
+});
+
+test('a missing role refuses', () => {
+  assert.equal(serve({ server: Echo }).clientFactory.buildProtocol(addr()), undefined);
+  assert.equal(serve({ client: Echo }).serverFactory.buildProtocol(addr()), undefined);
+});
+
+test('bad factories are rejected at build time', () => {
+  assert.throws(() => serve({ server: Factory }), TypeError);
+  assert.throws(() => serve({ server: {} }), TypeError);
+  const { serverFactory } = serve({ server: new Factory() });
+  assert.throws(() => serverFactory.buildProtocol(addr()), /protocol is not set/);
+});
+
+test('a factory may refuse, and sets protocol.factory', () => {
+  let built = null;
+  class Picky extends ServerFactory {
+    buildProtocol(a) {
+      if (a.host === '192.0.2.66') return null;
+      built = super.buildProtocol(a);
+      return built;
+    }
+  }
+  const picky = Picky.forProtocol(Echo);
+  const { serverFactory } = serve({ server: picky });
+  assert.equal(serverFactory.buildProtocol(addr('192.0.2.66')), undefined);
+  assert.ok(serverFactory.buildProtocol(addr()));
+  assert.equal(built.factory, picky);
+});
+
+test('makeConnection keeps the transport, then connectionMade', () => {
+  const events = [];
+  const { serverFactory } = serve({
+    server: Factory.forProtocol(
+      class extends Protocol {
+        connectionMade() {
+          events.push([this.transport instanceof Transport, this.connected]);
+        }
+      },
+    ),
+  });
+  serverFactory.buildProtocol(addr()).makeConnection(rawTransport());
+  assert.deepEqual(events, [[true, true]]);
+});
+
+test('connectionLost gets a Reason and later writes are dropped', () => {
+  let p;
+  const { serverFactory } = serve({
+    server: Factory.forProtocol(
+      class extends Recorder {
+        constructor() {
+          super();
+          p = this;
+        }
+      },
+    ),
+  });
+  const box = serverFactory.buildProtocol(addr());
+  const raw = rawTransport();
+  box.makeConnection(raw);
+  box.connectionLost({ tag: 'lost', val: 'reset by peer' });
+  const [, reason, connected] = p.events.at(-1);
+  assert.equal(connected, false);
+  assert.equal(reason.kind, 'lost');
+  assert.equal(reason.message, 'reset by peer');
+  assert.equal(reason.type, ConnectionLost);
+  assert.equal(reason.check(ConnectionDone, ConnectionClosed), ConnectionClosed);
+  assert.equal(reason.getErrorMessage(), 'Connection was lost: reset by peer');
+  p.transport.write('late');
+  assert.deepEqual(raw.calls, []);
+});
+
+test('reasons', () => {
+  const done = new Reason('done');
+  assert.ok(done.clean);
+  assert.equal(String(done), 'Connection was closed cleanly.');
+  assert.equal(done.check(ConnectionLost), null);
+  const failed = new Reason('failed', 'connection refused');
+  assert.equal(failed.check(ConnectError), ConnectError);
+  assert.throws(() => new Reason('nope'), TypeError);
+});
+
+test('transport methods', () => {
+  const raw = rawTransport();
+  const t = new Transport(raw);
+  t.write('é');
+  t.write(new Uint16Array([1]).buffer);
+  t.writeSequence(['a', bytes('b')]);
+  assert.throws(() => t.write(42), TypeError);
+  assert.deepEqual(t.getPeer(), new Address('::1', 9));
+  assert.equal(String(t.getPeer()), '[::1]:9');
+  assert.equal(String(t.getHost()), '127.0.0.1:9');
+  assert.equal(t.disconnecting, false);
+  t.loseConnection();
+  assert.equal(t.disconnecting, true);
+  assert.deepEqual(raw.calls, [
+    ['write', bytes('é')],
+    ['write', new Uint8Array([1, 0])],
+    ['writeSequence', [bytes('a'), bytes('b')]],
+    ['loseConnection'],
+  ]);
+});
+
+test('producer defaults to the protocol, or is another object', () => {
+  let p;
+  const { serverFactory } = serve({
+    server: Factory.forProtocol(
+      class extends Recorder {
+        constructor() {
+          super();
+          p = this;
+        }
+      },
+    ),
+  });
+  const box = serverFactory.buildProtocol(addr());
+  const raw = rawTransport();
+  box.makeConnection(raw);
+  p.transport.registerProducer();
+  box.pauseProducing();
+  box.resumeProducing();
+  assert.deepEqual(p.events.slice(-2), [['pause'], ['resume']]);
+  const other = new Recorder();
+  p.transport.registerProducer(other, true);
+  box.pauseProducing();
+  assert.deepEqual(other.events, [['pause']]);
+  p.transport.unregisterProducer();
+  assert.throws(() => p.transport.registerProducer(other, false), TypeError);
+  assert.deepEqual(raw.calls, [['registerProducer'], ['registerProducer'], ['unregisterProducer']]);
+});
+
+test('the client role calls the factory hooks in order', () => {
+  const log = [];
+  class Hello extends Protocol {
+    connectionMade() {
+      this.transport.write('hello world');
+    }
+    dataReceived(data) {
+      log.push(`Server said: ${new TextDecoder().decode(data)}`);
+      this.transport.loseConnection();
+    }
+    connectionLost() {
+      log.push('Connection lost');
+    }
+  }
+  class Hellos extends ClientFactory {
+    startedConnecting(a) {
+      log.push(`started ${a}`);
+    }
+    clientConnectionFailed(reason) {
+      log.push(`failed ${reason.message}`);
+    }
+    clientConnectionLost(reason) {
+      log.push(`Connection lost - goodbye (${reason.kind})`);
+    }
+  }
+  const { clientFactory } = serve({ client: Hellos.forProtocol(Hello) });
+  clientFactory.startedConnecting(addr('127.0.0.1', 9000));
+  const box = clientFactory.buildProtocol(addr('127.0.0.1', 9000));
+  const raw = rawTransport();
+  box.makeConnection(raw);
+  box.dataReceived(bytes('hello world'));
+  box.connectionLost({ tag: 'done' });
+  clientFactory.clientConnectionLost({ tag: 'done' });
+  clientFactory.clientConnectionFailed({ tag: 'failed', val: 'connection refused' });
+  assert.deepEqual(log, [
+    'started 127.0.0.1:9000',
+    'Server said: hello world',
+    'Connection lost',
+    'Connection lost - goodbye (done)',
+    'failed connection refused',
+  ]);
+  assert.deepEqual(raw.calls, [['write', bytes('hello world')], ['loseConnection']]);
+});
+
+test('a plain Factory serves the client role', () => {
+  const { clientFactory } = serve({ client: Factory.forProtocol(Echo) });
+  clientFactory.startedConnecting(addr());
+  assert.ok(clientFactory.buildProtocol(addr()));
+  clientFactory.clientConnectionFailed({ tag: 'failed', val: 'x' });
+  clientFactory.clientConnectionLost({ tag: 'done' });
+});

@@ -1,0 +1,380 @@
+// twill.js: write Twill protocols in JavaScript.
+//
+// The guest side of the `twill:protocol@0.1.0` contract (`wit/` in the Twill
+// repository), shaped like Twisted, with Twisted's own camelCase names:
+//
+// - `Protocol`: one connection. Override `dataReceived` and friends; every
+//   method has a default that does nothing.
+// - `Factory`, `ServerFactory`, `ClientFactory`: build a protocol per
+//   connection. `Factory.forProtocol(Echo)` (or `factory.protocol = Echo`)
+//   builds `new Echo()`, as in Twisted.
+// - `Transport`: the connection's handle (`this.transport`), with `write`,
+//   `writeSequence`, `loseConnection`, `abortConnection`, `getPeer` and
+//   `getHost`.
+// - `Reason`: why a connection ended, with Twisted's `check` and
+//   `getErrorMessage`.
+// - `serve({ server, client })`: returns the three exports the component
+//   needs; export them from your module:
+//
+//       import { Factory, Protocol, serve } from './twill.js';
+//
+//       class Echo extends Protocol {
+//         dataReceived(data) {
+//           this.transport.write(data);
+//         }
+//       }
+//
+//       export const { protocol, serverFactory, clientFactory } =
+//         serve({ server: Factory.forProtocol(Echo) });
+//
+// Build it with guest-sdk/js/build.mjs (ComponentizeJS, world `peer`).
+//
+// Rules of the reactor: callbacks run inside the host's event loop and must
+// not block (and are synchronous: a returned promise is not awaited by the
+// host). The host interrupts a callback that runs past the plugin's CPU
+// limit and aborts that connection; an exception that escapes a callback
+// does the same. Output written through the transport is buffered by the
+// host and sent, in order, when the callback returns. Every connection gets
+// a fresh instance of the component, so module-level and factory state lives
+// exactly as long as one connection.
+
+const encoder = new TextEncoder();
+
+/** An IPv4 or IPv6 endpoint: Twisted's `IPv4Address` / `IPv6Address`. */
+export class Address {
+  constructor(host, port) {
+    /** The numeric host: `127.0.0.1` or `::1`. */
+    this.host = host;
+    /** The TCP port. */
+    this.port = port;
+  }
+
+  get type() {
+    return 'TCP';
+  }
+
+  toString() {
+    return this.host.includes(':') ? `[${this.host}]:${this.port}` : `${this.host}:${this.port}`;
+  }
+}
+
+/** A connection ended: the base of `ConnectionDone` and `ConnectionLost`. */
+export class ConnectionClosed extends Error {}
+/** The connection was closed cleanly. */
+export class ConnectionDone extends ConnectionClosed {}
+/** The connection was lost in a non-clean fashion. */
+export class ConnectionLost extends ConnectionClosed {}
+/** A client connection attempt failed: refused, unreachable, no such name, timed out. */
+export class ConnectError extends Error {}
+
+const REASON_TYPES = { done: ConnectionDone, lost: ConnectionLost, failed: ConnectError };
+
+/**
+ * Why a connection ended, or why an attempt never became one: the small
+ * cousin of Twisted's `Failure`. `kind` is `'done'`, `'lost'` or `'failed'`;
+ * `message` is the host's explanation (empty for `done`); `value` is the
+ * matching error (`ConnectionDone`, `ConnectionLost`, `ConnectError`) and
+ * `type` its class.
+ */
+export class Reason {
+  constructor(kind, message = '') {
+    const type = REASON_TYPES[kind];
+    if (!type) throw new TypeError(`reason kind must be done, lost or failed, not ${kind}`);
+    this.kind = kind;
+    this.message = message;
+    this.value = new type(this.toString());
+  }
+
+  get type() {
+    return this.value.constructor;
+  }
+
+  /** True for a clean close (`ConnectionDone`). */
+  get clean() {
+    return this.kind === 'done';
+  }
+
+  /** Twisted's `Failure.check`: the first of `types` that `value` is an instance of, or null. */
+  check(...types) {
+    return types.find((t) => this.value instanceof t) ?? null;
+  }
+
+  /** Twisted's `Failure.getErrorMessage`. */
+  getErrorMessage() {
+    return this.toString();
+  }
+
+  toString() {
+    if (this.kind === 'done') return 'Connection was closed cleanly.';
+    if (this.kind === 'lost') return `Connection was lost: ${this.message}`;
+    return `Connection failed: ${this.message}`;
+  }
+}
+
+function toBytes(data) {
+  if (data instanceof Uint8Array) return data;
+  if (typeof data === 'string') return encoder.encode(data);
+  if (data instanceof ArrayBuffer) return new Uint8Array(data);
+  if (ArrayBuffer.isView(data)) return new Uint8Array(data.buffer, data.byteOffset, data.byteLength);
+  throw new TypeError('write() wants a Uint8Array, an ArrayBuffer(View) or a string (sent as UTF-8)');
+}
+
+/**
+ * The connection a protocol talks through: Twisted's `ITransport`.
+ *
+ * Every method returns at once. Writes are buffered by the host and flushed
+ * in order after the current callback returns; no data is ever lost,
+ * although the connection may close before it all gets through. After
+ * `loseConnection`, `abortConnection` or the end of the connection, writes
+ * are ignored.
+ */
+export class Transport {
+  #raw;
+  #lost = false;
+
+  constructor(raw) {
+    this.#raw = raw;
+    /** True once `loseConnection` or `abortConnection` was called. */
+    this.disconnecting = false;
+    this.producer = null;
+  }
+
+  /** Write bytes (a string is sent as UTF-8), in sequence, without blocking. */
+  write(data) {
+    const bytes = toBytes(data);
+    if (!this.#lost) this.#raw.write(bytes);
+  }
+
+  /** Write each buffer in order, as one vectored write where the host can. */
+  writeSequence(seq) {
+    const bufs = Array.from(seq, toBytes);
+    if (!this.#lost) this.#raw.writeSequence(bufs);
+  }
+
+  /** Close after writing all pending data; `connectionLost` follows with a clean reason. */
+  loseConnection() {
+    this.disconnecting = true;
+    if (!this.#lost) this.#raw.loseConnection();
+  }
+
+  /** Close now, dropping pending data (a TCP reset); `connectionLost` follows with `lost`. */
+  abortConnection() {
+    this.disconnecting = true;
+    if (!this.#lost) this.#raw.abortConnection();
+  }
+
+  /** The remote address: Twisted's `getPeer`. */
+  getPeer() {
+    const a = this.#raw.getPeer();
+    return new Address(a.host, a.port);
+  }
+
+  /** The local address: Twisted's `getHost`. */
+  getHost() {
+    const a = this.#raw.getHost();
+    return new Address(a.host, a.port);
+  }
+
+  /**
+   * Twisted's `registerProducer(producer, streaming = true)`: from now on the
+   * host calls `producer.pauseProducing()` when this connection's output
+   * buffer rises above its high-water mark, and `resumeProducing()` once it
+   * drained. `producer` defaults to the protocol. Push producers only.
+   */
+  registerProducer(producer = null, streaming = true) {
+    if (!streaming) throw new TypeError('twill supports streaming (push) producers only');
+    this.producer = producer;
+    this.#raw.registerProducer();
+  }
+
+  /** Stop the producer notifications: Twisted's `unregisterProducer`. */
+  unregisterProducer() {
+    this.producer = null;
+    this.#raw.unregisterProducer();
+  }
+
+  /** @internal The connection is gone: ignore writes from now on. */
+  _connectionLost() {
+    this.#lost = true;
+  }
+}
+
+/**
+ * The protocol for one connection: Twisted's `Protocol`.
+ *
+ * The host calls `makeConnection` once, then `dataReceived` any number of
+ * times, then `connectionLost` once. Override what you need.
+ */
+export class Protocol {
+  constructor() {
+    /** The factory that built this protocol (set by `Factory.buildProtocol`). */
+    this.factory = null;
+    /** The connection's `Transport`, set by `makeConnection`. */
+    this.transport = null;
+    /** True between `makeConnection` and `connectionLost`. */
+    this.connected = false;
+  }
+
+  /** Twisted's `makeConnection`: keep the transport, then call `connectionMade`. */
+  makeConnection(transport) {
+    this.connected = true;
+    this.transport = transport;
+    this.connectionMade();
+  }
+
+  /** Called when the connection is made; the protocol may write or lose it from here. */
+  connectionMade() {}
+
+  /** Called with a `Uint8Array` whenever data arrives, in chunks of any size. */
+  dataReceived(data) {}
+
+  /** Called once when the connection is shut down, with a `Reason`. */
+  connectionLost(reason) {}
+
+  /** Stop writing for now (only after `transport.registerProducer()`). */
+  pauseProducing() {}
+
+  /** Start writing again after `pauseProducing`. */
+  resumeProducing() {}
+}
+
+/**
+ * Builds one protocol per connection: Twisted's `Factory`. Set `protocol`
+ * to a `Protocol` subclass (or use `forProtocol`); `buildProtocol` makes a
+ * new one with no arguments and sets its `factory`. Return null from
+ * `buildProtocol` to refuse a connection.
+ */
+export class Factory {
+  constructor() {
+    this.protocol = null;
+  }
+
+  /** Twisted's `Factory.forProtocol`: a factory of this class that builds `protocol`. */
+  static forProtocol(protocol, ...args) {
+    const factory = new this(...args);
+    factory.protocol = protocol;
+    return factory;
+  }
+
+  /** Create a protocol for a connection with `addr` (an `Address`). */
+  buildProtocol(addr) {
+    if (!this.protocol) throw new TypeError(`${this.constructor.name}.protocol is not set`);
+    const p = new this.protocol();
+    p.factory = this;
+    return p;
+  }
+}
+
+/** A factory for accepted connections: Twisted's `ServerFactory`. */
+export class ServerFactory extends Factory {}
+
+/**
+ * A factory for outgoing connections: Twisted's `ClientFactory`. The host
+ * calls `startedConnecting`, then either `clientConnectionFailed`, or
+ * `buildProtocol` followed by the protocol's own callbacks and finally
+ * `clientConnectionLost`.
+ */
+export class ClientFactory extends Factory {
+  /** A connection attempt to `addr` (as configured) has started. */
+  startedConnecting(addr) {}
+
+  /** The attempt failed (`reason.kind === 'failed'`); no protocol was built. */
+  clientConnectionFailed(reason) {}
+
+  /** An established connection was lost, after the protocol's own `connectionLost`. */
+  clientConnectionLost(reason) {}
+}
+
+// ---------------------------------------------------------------------------
+// Glue between ComponentizeJS's bindings and the classes above. Not API.
+
+function toReason(r) {
+  return new Reason(r.tag, r.val ?? '');
+}
+
+/** The guest side of one exported `protocol` resource. */
+class ProtocolExport {
+  #protocol;
+  #transport = null;
+
+  constructor(protocol) {
+    this.#protocol = protocol;
+  }
+
+  makeConnection(raw) {
+    this.#transport = new Transport(raw);
+    this.#protocol.makeConnection(this.#transport);
+  }
+
+  dataReceived(data) {
+    this.#protocol.dataReceived(data);
+  }
+
+  connectionLost(reason) {
+    this.#transport?._connectionLost();
+    this.#protocol.connected = false;
+    this.#protocol.connectionLost(toReason(reason));
+  }
+
+  #producer() {
+    return this.#transport?.producer ?? this.#protocol;
+  }
+
+  pauseProducing() {
+    this.#producer().pauseProducing();
+  }
+
+  resumeProducing() {
+    this.#producer().resumeProducing();
+  }
+}
+
+function asFactory(f, role) {
+  if (f == null) return null;
+  if (typeof f === 'function') {
+    if (f.prototype instanceof Protocol) return Factory.forProtocol(f);
+    throw new TypeError(`serve({ ${role} }) wants a factory instance, not the class ${f.name}`);
+  }
+  if (typeof f.buildProtocol !== 'function') {
+    throw new TypeError(`serve({ ${role} }) wants an object with buildProtocol(addr)`);
+  }
+  return f;
+}
+
+function wrap(p) {
+  return p == null ? undefined : new ProtocolExport(p);
+}
+
+/**
+ * The component's exports for `server` and/or `client` (factory instances,
+ * or `Protocol` subclasses, which get a `Factory`). A role left out refuses
+ * every connection. Export the result under these three names:
+ *
+ *     export const { protocol, serverFactory, clientFactory } = serve({ server, client });
+ */
+export function serve({ server = null, client = null } = {}) {
+  server = asFactory(server, 'server');
+  client = asFactory(client, 'client');
+  return {
+    protocol: { Protocol: ProtocolExport },
+    serverFactory: {
+      buildProtocol(addr) {
+        return server ? wrap(server.buildProtocol(new Address(addr.host, addr.port))) : undefined;
+      },
+    },
+    clientFactory: {
+      startedConnecting(addr) {
+        client?.startedConnecting?.(new Address(addr.host, addr.port));
+      },
+      buildProtocol(addr) {
+        return client ? wrap(client.buildProtocol(new Address(addr.host, addr.port))) : undefined;
+      },
+      clientConnectionFailed(reason) {
+        client?.clientConnectionFailed?.(toReason(reason));
+      },
+      clientConnectionLost(reason) {
+        client?.clientConnectionLost?.(toReason(reason));
+      },
+    },
+  };
+}

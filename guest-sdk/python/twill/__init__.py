@@ -1,0 +1,390 @@
+"""twill: write Twill protocols in Python.
+
+The guest side of the ``twill:protocol@0.1.0`` contract (``wit/`` in the
+Twill repository), shaped like Twisted:
+
+- :class:`Protocol`: one connection. Override :meth:`Protocol.data_received`
+  and friends; every method has a default that does nothing.
+- :class:`Factory`, :class:`ServerFactory`, :class:`ClientFactory`: build a
+  protocol per connection. ``factory.protocol = Echo`` (or
+  ``Factory.for_protocol(Echo)``) builds ``Echo()``, as in Twisted.
+- :class:`Transport`: the connection's handle (``self.transport``), with
+  ``write``, ``write_sequence``, ``lose_connection``, ``abort_connection``,
+  ``get_peer`` and ``get_host``.
+- :class:`Reason`: why a connection ended, with Twisted's ``check`` and
+  ``get_error_message``.
+- :func:`serve`: names the factories the component exports.
+
+Example, Twisted's ``echoserv.py``::
+
+    from twill import Factory, Protocol, serve
+
+    class Echo(Protocol):
+        def data_received(self, data):
+            self.transport.write(data)
+
+    serve(server=Factory.for_protocol(Echo))
+
+Build it with componentize-py against Twill's ``wit/`` directory, world
+``peer``, with this directory on the Python path::
+
+    componentize-py -d wit -w peer componentize \\
+        -p guest-sdk/python -p my-guest echo -o echo.wasm
+
+Rules of the reactor: callbacks run inside the host's event loop and must
+not block. The host interrupts a callback that runs past the plugin's CPU
+limit and aborts that connection; an exception that escapes a callback does
+the same (its traceback goes to the plugin's stderr). Output written through
+the transport is buffered by the host and sent, in order, when the callback
+returns. Every connection gets a fresh instance of the component, so
+module-level and factory state lives exactly as long as one connection.
+"""
+
+import sys
+
+__all__ = [
+    "Address",
+    "ClientFactory",
+    "ConnectError",
+    "ConnectionClosed",
+    "ConnectionDone",
+    "ConnectionLost",
+    "Factory",
+    "Protocol",
+    "Reason",
+    "ServerFactory",
+    "Transport",
+    "serve",
+]
+
+__version__ = "0.1.0"
+
+
+class Address:
+    """An IPv4 or IPv6 endpoint: Twisted's ``IPv4Address`` / ``IPv6Address``.
+
+    ``host`` is numeric (``127.0.0.1`` or ``::1``), ``port`` an int.
+    """
+
+    __slots__ = ("host", "port")
+    type = "TCP"
+
+    def __init__(self, host, port):
+        self.host = host
+        self.port = port
+
+    def __eq__(self, other):
+        if not isinstance(other, Address):
+            return NotImplemented
+        return (self.host, self.port) == (other.host, other.port)
+
+    def __hash__(self):
+        return hash((self.host, self.port))
+
+    def __repr__(self):
+        return "Address(%r, %r)" % (self.host, self.port)
+
+    def __str__(self):
+        if ":" in self.host:
+            return "[%s]:%d" % (self.host, self.port)
+        return "%s:%d" % (self.host, self.port)
+
+
+class ConnectionClosed(Exception):
+    """A connection ended (the base of the two below), as in Twisted."""
+
+
+class ConnectionDone(ConnectionClosed):
+    """The connection was closed cleanly."""
+
+
+class ConnectionLost(ConnectionClosed):
+    """The connection was lost in a non-clean fashion."""
+
+
+class ConnectError(Exception):
+    """A client connection attempt failed: refused, unreachable, no such
+    name, timed out."""
+
+
+class Reason:
+    """Why a connection ended, or why an attempt never became one.
+
+    Twisted hands ``connectionLost`` a ``Failure``; this is its small cousin.
+    ``kind`` is ``"done"``, ``"lost"`` or ``"failed"``; ``message`` is the
+    host's explanation (empty for ``done``); ``value`` is the matching
+    exception (:class:`ConnectionDone`, :class:`ConnectionLost` or
+    :class:`ConnectError`) and ``type`` its class.
+    """
+
+    __slots__ = ("kind", "message", "value")
+
+    _TYPES = {"done": ConnectionDone, "lost": ConnectionLost, "failed": ConnectError}
+
+    def __init__(self, kind, message=""):
+        if kind not in self._TYPES:
+            raise ValueError("reason kind must be done, lost or failed, not %r" % (kind,))
+        self.kind = kind
+        self.message = message
+        self.value = self._TYPES[kind](str(self))
+
+    @property
+    def type(self):
+        return type(self.value)
+
+    @property
+    def clean(self):
+        """True for a clean close (``ConnectionDone``)."""
+        return self.kind == "done"
+
+    def check(self, *types):
+        """Twisted's ``Failure.check``: the first of ``types`` the reason's
+        exception is an instance of, or None."""
+        for t in types:
+            if isinstance(self.value, t):
+                return t
+        return None
+
+    def get_error_message(self):
+        """Twisted's ``Failure.getErrorMessage``."""
+        return str(self)
+
+    def __eq__(self, other):
+        if not isinstance(other, Reason):
+            return NotImplemented
+        return (self.kind, self.message) == (other.kind, other.message)
+
+    def __hash__(self):
+        return hash((self.kind, self.message))
+
+    def __repr__(self):
+        return "Reason(%r, %r)" % (self.kind, self.message)
+
+    def __str__(self):
+        if self.kind == "done":
+            return "Connection was closed cleanly."
+        if self.kind == "lost":
+            return "Connection was lost: %s" % self.message
+        return "Connection failed: %s" % self.message
+
+
+class Transport:
+    """The connection a protocol talks through: Twisted's ``ITransport``.
+
+    Every method returns at once. Writes are buffered by the host and flushed
+    in order after the current callback returns; no data is ever lost,
+    although the connection may close before it all gets through. After
+    ``lose_connection``, ``abort_connection`` or the end of the connection,
+    writes are ignored.
+    """
+
+    __slots__ = ("_raw", "_producer", "disconnecting", "_lost")
+
+    def __init__(self, raw):
+        self._raw = raw
+        self._producer = None
+        self._lost = False
+        #: True once ``lose_connection`` or ``abort_connection`` was called.
+        self.disconnecting = False
+
+    def write(self, data):
+        """Write some bytes to the connection, in sequence, without blocking."""
+        if type(data) is not bytes:
+            data = _as_bytes(data)
+        if not self._lost:
+            self._raw.write(data)
+
+    def write_sequence(self, seq):
+        """Write each buffer of ``seq`` in order, as one vectored write where
+        the host can: Twisted's ``writeSequence``."""
+        bufs = [b if type(b) is bytes else _as_bytes(b) for b in seq]
+        if not self._lost:
+            self._raw.write_sequence(bufs)
+
+    def lose_connection(self):
+        """Close the connection after writing all pending data; the
+        protocol's ``connection_lost`` follows with a clean reason."""
+        self.disconnecting = True
+        if not self._lost:
+            self._raw.lose_connection()
+
+    def abort_connection(self):
+        """Close the connection now, dropping pending data (a TCP reset);
+        ``connection_lost`` follows with a ``lost`` reason."""
+        self.disconnecting = True
+        if not self._lost:
+            self._raw.abort_connection()
+
+    def get_peer(self):
+        """The remote address: Twisted's ``getPeer``."""
+        return _address(self._raw.get_peer())
+
+    def get_host(self):
+        """The local address: Twisted's ``getHost``."""
+        return _address(self._raw.get_host())
+
+    def register_producer(self, producer=None, streaming=True):
+        """Twisted's ``registerProducer(producer, streaming=True)``.
+
+        From now on, when the host's output buffer for this connection rises
+        above its high-water mark it calls ``producer.pause_producing()``,
+        and ``producer.resume_producing()`` once it drained. ``producer``
+        defaults to the protocol itself. Only push (streaming) producers
+        exist here.
+        """
+        if not streaming:
+            raise ValueError("twill supports streaming (push) producers only")
+        self._producer = producer
+        self._raw.register_producer()
+
+    def unregister_producer(self):
+        """Stop the producer notifications: Twisted's ``unregisterProducer``."""
+        self._producer = None
+        self._raw.unregister_producer()
+
+    def __repr__(self):
+        return "<twill.Transport%s>" % (" disconnecting" if self.disconnecting else "")
+
+
+def _as_bytes(data):
+    if isinstance(data, str):
+        raise TypeError("Data must be bytes, not str: encode it first")
+    return bytes(data)
+
+
+def _address(a):
+    return Address(a.host, a.port)
+
+
+class Protocol:
+    """The protocol for one connection: Twisted's ``Protocol``.
+
+    The host calls :meth:`make_connection` once, then :meth:`data_received`
+    any number of times, then :meth:`connection_lost` once. Override what
+    you need; the defaults do nothing.
+    """
+
+    #: The factory that built this protocol (set by ``Factory.build_protocol``).
+    factory = None
+    #: The connection's :class:`Transport`, set by ``make_connection``.
+    transport = None
+    #: True between ``make_connection`` and ``connection_lost``.
+    connected = False
+
+    def make_connection(self, transport):
+        """Twisted's ``makeConnection``: keep the transport, then call
+        :meth:`connection_made`. Override ``connection_made`` instead."""
+        self.connected = True
+        self.transport = transport
+        self.connection_made()
+
+    def connection_made(self):
+        """Called when the connection is made: Twisted's ``connectionMade``.
+        The protocol may write, or lose the connection, from here."""
+
+    def data_received(self, data):
+        """Called with ``bytes`` whenever data arrives: Twisted's
+        ``dataReceived``. Data arrives in chunks of any size; buffer as
+        your framing requires."""
+
+    def connection_lost(self, reason):
+        """Called once when the connection is shut down: Twisted's
+        ``connectionLost``. ``reason`` is a :class:`Reason`."""
+
+    def pause_producing(self):
+        """Stop writing for now (only after ``transport.register_producer()``)."""
+
+    def resume_producing(self):
+        """Start writing again after :meth:`pause_producing`."""
+
+
+class Factory:
+    """Builds one protocol per connection: Twisted's ``Factory``.
+
+    Set ``protocol`` to a :class:`Protocol` subclass (or use
+    :meth:`for_protocol`); :meth:`build_protocol` calls it with no
+    arguments and sets the new protocol's ``factory``. Return None from
+    ``build_protocol`` to refuse a connection.
+    """
+
+    protocol = None
+
+    @classmethod
+    def for_protocol(cls, protocol, *args, **kwargs):
+        """Twisted's ``Factory.forProtocol``: a factory of this class that
+        builds ``protocol``."""
+        factory = cls(*args, **kwargs)
+        factory.protocol = protocol
+        return factory
+
+    def build_protocol(self, addr):
+        """Create a protocol for a connection with ``addr`` (an
+        :class:`Address`): Twisted's ``buildProtocol``."""
+        if self.protocol is None:
+            raise TypeError("%s.protocol is not set" % type(self).__name__)
+        p = self.protocol()
+        p.factory = self
+        return p
+
+
+class ServerFactory(Factory):
+    """A factory for accepted connections: Twisted's ``ServerFactory``."""
+
+
+class ClientFactory(Factory):
+    """A factory for outgoing connections: Twisted's ``ClientFactory``.
+
+    The host calls :meth:`started_connecting`, then either
+    :meth:`client_connection_failed`, or ``build_protocol`` followed by the
+    protocol's own callbacks and finally :meth:`client_connection_lost`.
+    """
+
+    def started_connecting(self, addr):
+        """A connection attempt to ``addr`` (as configured) has started."""
+
+    def client_connection_failed(self, reason):
+        """The attempt failed (``reason.kind == "failed"``); no protocol was
+        built."""
+
+    def client_connection_lost(self, reason):
+        """An established connection was lost, after the protocol's own
+        ``connection_lost``."""
+
+
+def serve(server=None, client=None, module=None):
+    """Export ``server`` and/or ``client`` as the component's factories.
+
+    Each is a factory instance (or a :class:`Protocol` subclass, which is
+    wrapped in a :class:`Factory`). A role left out refuses every
+    connection. Call it once, last, at the top level of the module you hand
+    to componentize-py: it defines that module's ``ServerFactory`` and
+    ``ClientFactory`` attributes, which are the names componentize-py looks
+    up (``module`` defaults to the caller's module).
+
+    The call runs when the component is built (componentize-py snapshots the
+    initialised interpreter), so each connection's fresh instance starts
+    with these factories already made.
+    """
+    from . import _export
+
+    if module is None:
+        module = sys.modules[sys._getframe(1).f_globals["__name__"]]
+    elif isinstance(module, str):
+        module = sys.modules[module]
+    server = _as_factory(server, "server")
+    client = _as_factory(client, "client")
+    _export.register(server, client)
+    module.ServerFactory = _export.ServerFactoryExport
+    module.ClientFactory = _export.ClientFactoryExport
+
+
+def _as_factory(f, role):
+    if f is None:
+        return None
+    if isinstance(f, type):
+        if issubclass(f, Protocol):
+            return Factory.for_protocol(f)
+        raise TypeError("serve(%s=...) wants a factory instance, not the class %s" % (role, f.__name__))
+    if not callable(getattr(f, "build_protocol", None)):
+        raise TypeError("serve(%s=...) wants an object with build_protocol(addr)" % role)
+    return f

@@ -1,0 +1,139 @@
+"""Glue between componentize-py's generated bindings and the public classes.
+
+Not API. componentize-py instantiates the app module's ``ServerFactory`` and
+``ClientFactory`` once (at build time, in the snapshot) and calls their
+methods; an exported ``protocol`` resource is any object with the
+resource's methods. :func:`twill.serve` points those two names at the
+classes below, which forward to the user's factories and wrap each built
+protocol in a :class:`ProtocolExport` that keeps its :class:`Transport`.
+"""
+
+import sys
+
+from . import Address, Reason, Transport
+
+_server = None
+_client = None
+
+
+def register(server, client):
+    global _server, _client
+    _server = server
+    _client = client
+
+
+def _flush():
+    # The guest's stdout is not a terminal, so Python buffers it; flush at
+    # the end of every callback so lines appear when they are printed.
+    sys.stdout.flush()
+    sys.stderr.flush()
+
+
+def _reason(r):
+    # componentize-py hands us wit_world.imports.types.Reason_Done /
+    # Reason_Lost(value) / Reason_Failed(value).
+    kind = type(r).__name__.rpartition("_")[2].lower()
+    return Reason(kind, getattr(r, "value", "") or "")
+
+
+class ProtocolExport:
+    """The guest side of one exported ``protocol`` resource.
+
+    No ``__slots__``: componentize-py stores the resource handle in an
+    attribute of the object.
+    """
+
+    def __init__(self, protocol):
+        self.protocol = protocol
+        self.transport = None
+
+    def make_connection(self, raw):
+        self.transport = Transport(raw)
+        try:
+            self.protocol.make_connection(self.transport)
+        finally:
+            _flush()
+
+    def data_received(self, data):
+        try:
+            self.protocol.data_received(data)
+        finally:
+            _flush()
+
+    def connection_lost(self, reason):
+        if self.transport is not None:
+            # Twisted: writes after the connection is gone are ignored.
+            self.transport._lost = True
+        try:
+            self.protocol.connected = False
+            self.protocol.connection_lost(_reason(reason))
+        finally:
+            _flush()
+
+    def _producer(self):
+        t = self.transport
+        return t._producer if t is not None and t._producer is not None else self.protocol
+
+    def pause_producing(self):
+        try:
+            self._producer().pause_producing()
+        finally:
+            _flush()
+
+    def resume_producing(self):
+        try:
+            self._producer().resume_producing()
+        finally:
+            _flush()
+
+
+def _wrap(p):
+    return None if p is None else ProtocolExport(p)
+
+
+class ServerFactoryExport:
+    """Exported as ``twill:protocol/server-factory``."""
+
+    def build_protocol(self, addr):
+        if _server is None:
+            return None
+        try:
+            return _wrap(_server.build_protocol(Address(addr.host, addr.port)))
+        finally:
+            _flush()
+
+
+class ClientFactoryExport:
+    """Exported as ``twill:protocol/client-factory``."""
+
+    def started_connecting(self, addr):
+        hook = getattr(_client, "started_connecting", None)
+        if hook is not None:
+            try:
+                hook(Address(addr.host, addr.port))
+            finally:
+                _flush()
+
+    def build_protocol(self, addr):
+        if _client is None:
+            return None
+        try:
+            return _wrap(_client.build_protocol(Address(addr.host, addr.port)))
+        finally:
+            _flush()
+
+    def client_connection_failed(self, reason):
+        hook = getattr(_client, "client_connection_failed", None)
+        if hook is not None:
+            try:
+                hook(_reason(reason))
+            finally:
+                _flush()
+
+    def client_connection_lost(self, reason):
+        hook = getattr(_client, "client_connection_lost", None)
+        if hook is not None:
+            try:
+                hook(_reason(reason))
+            finally:
+                _flush()

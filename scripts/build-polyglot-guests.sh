@@ -1,0 +1,92 @@
+#!/usr/bin/env bash
+# Builds the Python and JavaScript echo guests into WebAssembly components,
+# validates them, and prints their sizes and worlds. The components (12-18 MB
+# each) are build output, not committed.
+#
+#   scripts/build-polyglot-guests.sh                 # both
+#   scripts/build-polyglot-guests.sh python          # or: js
+#
+# Output: $TWILL_POLYGLOT_OUT (default $CARGO_TARGET_DIR/polyglot, i.e.
+# /var/tmp/twill-target/polyglot): python-echo.wasm, js-echo.wasm.
+#
+# Tools, installed on first use (only from PyPI and npm):
+# - componentize-py $COMPONENTIZE_PY_VERSION, in a venv at $TWILL_POLYGLOT_VENV
+#   (default /var/tmp/twill-venv);
+# - @bytecodealliance/componentize-js, pinned by guest-sdk/js/package-lock.json,
+#   with `npm ci` in guest-sdk/js (node_modules/ is ignored by git).
+set -euo pipefail
+cd "$(dirname "$0")/.."
+ROOT=$PWD
+OUT=${TWILL_POLYGLOT_OUT:-${CARGO_TARGET_DIR:-/var/tmp/twill-target}/polyglot}
+VENV=${TWILL_POLYGLOT_VENV:-/var/tmp/twill-venv}
+COMPONENTIZE_PY_VERSION=0.25.1
+WASM_TOOLS=$(command -v wasm-tools || echo "$HOME/.cargo/bin/wasm-tools")
+WHICH=${1:-all}
+mkdir -p "$OUT"
+
+step() { printf '== %s\n' "$*"; }
+
+python_tool() {
+  if "$VENV/bin/componentize-py" --version 2>/dev/null | grep -qx "componentize-py $COMPONENTIZE_PY_VERSION"; then
+    return
+  fi
+  step "installing componentize-py $COMPONENTIZE_PY_VERSION into $VENV"
+  if ! python3 -m venv "$VENV" 2>/dev/null; then
+    # Debian's python3 ships venv separately.
+    apt-get update -qq && apt-get install -y -qq python3-venv >/dev/null
+    python3 -m venv "$VENV"
+  fi
+  "$VENV/bin/pip" install --quiet --disable-pip-version-check "componentize-py==$COMPONENTIZE_PY_VERSION"
+}
+
+js_tool() {
+  if ! command -v node >/dev/null || ! command -v npm >/dev/null; then
+    step "installing node and npm (Debian)"
+    apt-get update -qq && apt-get install -y -qq nodejs npm >/dev/null
+  fi
+  local want have
+  want=$(node -p "require('./guest-sdk/js/package.json').devDependencies['@bytecodealliance/componentize-js']")
+  have=$(node -p "try { require('./guest-sdk/js/node_modules/@bytecodealliance/componentize-js/package.json').version } catch { '' }")
+  if [[ $have != "$want" ]]; then
+    step "installing @bytecodealliance/componentize-js $want (npm ci in guest-sdk/js)"
+    (cd guest-sdk/js && npm ci --silent --no-audit --no-fund)
+  fi
+}
+
+report() {
+  local wasm=$1
+  local size
+  size=$(stat -c %s "$wasm")
+  if [[ -x $WASM_TOOLS ]]; then
+    "$WASM_TOOLS" validate --features all "$wasm"
+    printf '== %s: %s bytes (%s MiB), valid component; world:\n' "$wasm" "$size" "$(awk "BEGIN{printf \"%.1f\", $size/1048576}")"
+    "$WASM_TOOLS" component wit "$wasm" | grep -E '^\s*(import|export) (twill|wasi:sockets|wasi:cli/std)' | sed 's/^/   /'
+  else
+    printf '== %s: %s bytes (install wasm-tools to validate it)\n' "$wasm" "$size"
+  fi
+}
+
+build_python() {
+  python_tool
+  step "componentize-py: guests/python-echo/echo.py -> $OUT/python-echo.wasm"
+  local t0=$SECONDS
+  # -p: the SDK and the guest are the Python path; `echo` is the app module.
+  "$VENV/bin/componentize-py" -d wit -w peer componentize \
+    -p guest-sdk/python -p guests/python-echo echo -o "$OUT/python-echo.wasm" >/dev/null
+  echo "   built in $((SECONDS - t0)) s"
+  report "$OUT/python-echo.wasm"
+}
+
+build_js() {
+  js_tool
+  step "componentize-js: guests/js-echo/echo.js -> $OUT/js-echo.wasm"
+  node guest-sdk/js/build.mjs guests/js-echo/echo.js -o "$OUT/js-echo.wasm" | sed 's/^/   /'
+  report "$OUT/js-echo.wasm"
+}
+
+case $WHICH in
+  all) build_python; build_js ;;
+  python) build_python ;;
+  js) build_js ;;
+  *) echo "usage: $0 [all|python|js]" >&2; exit 2 ;;
+esac

@@ -1,0 +1,154 @@
+#!/usr/bin/env bash
+# Runs the echo integration suite against the Python and JavaScript echo
+# guests: the same tests that check guest-echo (the Rust echo), pointed at
+# another component with TWILL_ECHO_WASM.
+#
+#   scripts/test-polyglot.sh            # build both, then test both
+#   scripts/test-polyglot.sh python     # or: js
+#
+# What runs, per language:
+# - the SDK's own unit tests (CPython unittest / node --test, no wasm);
+# - tests/component.rs, all of it: echo integrity under every chunking (every
+#   chunk size of a 97-byte payload, every split of a 12-byte one), empty and
+#   1 MiB chunks, 32 MiB through one instance, the seed client's output and
+#   lose-connection, the failed-connection goodbye, and the exported world;
+# - tests/sockets.rs, the echo tests: random chunkings up to 2 MB over real
+#   sockets (the server flushes and closes after the client's FIN), 200
+#   concurrent clients, shutdown flushing open connections;
+# - tests/cli.rs, the echo tests: the seed client (this component) against a
+#   twill listener (this component) and exiting 0, against a closed port and
+#   an unresolvable name, SIGTERM with open connections, port-in-use and
+#   bad-interface errors.
+#
+# Environment for the tests: TWILL_TEST_MEMORY is the plugin memory limit the
+# echo tests use: by default the one the README recommends, 64MiB for Python
+# and 96MiB for JavaScript (bench/results/polyglot.md says why); set it to
+# override both. TWILL_ECHO_IMPORTS_SOCKETS is set for Python only: its
+# component imports wasi:sockets (componentize-py's libc links them), which
+# the world check otherwise rejects; the host grants no network either way.
+#
+# Compile cache: a component is compiled once per engine configuration and
+# cached in ~/.cache/wasmtime. The debug-built test binaries compile a 12-18
+# MB component slowly (about 3 minutes), so this script first loads both
+# components with `twill check`: with the release binary if one is built
+# (seconds), then with the debug one, which hits that cache entry; the tests
+# then hit it too. Without a release binary the debug one compiles each
+# component once (about 4.5 minutes for the whole run instead of 1.5).
+set -euo pipefail
+cd "$(dirname "$0")/.."
+export CARGO_TARGET_DIR=${CARGO_TARGET_DIR:-/var/tmp/twill-target}
+OUT=${TWILL_POLYGLOT_OUT:-$CARGO_TARGET_DIR/polyglot}
+export TWILL_POLYGLOT_OUT=$OUT
+# The plugin memory limit per language (see the header).
+USER_MEMORY=${TWILL_TEST_MEMORY:-}
+memory_for() {
+  if [[ -n $USER_MEMORY ]]; then echo "$USER_MEMORY"; return; fi
+  case $1 in python) echo 64MiB ;; js) echo 96MiB ;; esac
+}
+WHICH=${1:-all}
+case $WHICH in
+  all) LANGS=(python js) ;;
+  python | js) LANGS=("$WHICH") ;;
+  *) echo "usage: $0 [all|python|js]" >&2; exit 2 ;;
+esac
+T0=$SECONDS
+step() { printf '\n=== %s (%s, +%ss)\n' "$*" "$(date +%T)" "$((SECONDS - T0))"; }
+
+step "build the polyglot guests"
+for lang in "${LANGS[@]}"; do scripts/build-polyglot-guests.sh "$lang"; done
+
+step "SDK unit tests"
+for lang in "${LANGS[@]}"; do
+  case $lang in
+    python) python3 -m unittest discover -s guest-sdk/python/tests ;;
+    js) node --test --test-reporter=spec guest-sdk/js/test/ ;;
+  esac
+done
+
+step "build the test binaries"
+cargo test -p twill --no-run --quiet
+
+step "warm the compile cache"
+# One config per language: the engine's settings (and so the cache key)
+# follow the largest memory limit in a config. The release binary (if any)
+# compiles in seconds; the debug binary, built with the tests and so always
+# configured exactly as they are, then finds the entry (or, if the release
+# binary is stale or absent, compiles once, slowly, before the tests could
+# all compile at once).
+warm=$(mktemp -d)
+for lang in "${LANGS[@]}"; do
+  printf '[plugins.%s]\ncomponent = "%s/%s-echo.wasm"\nmemory = "%s"\n\n[[listen]]\nport = 0\nplugin = "%s"\n' \
+    "$lang" "$OUT" "$lang" "$(memory_for "$lang")" "$lang" >"$warm/$lang.toml"
+done
+bins=()
+[[ -n ${TWILL_WARM_BIN:-} ]] && bins+=("$TWILL_WARM_BIN")
+[[ -z ${TWILL_WARM_BIN:-} && -x $CARGO_TARGET_DIR/release/twill ]] && bins+=("$CARGO_TARGET_DIR/release/twill")
+bins+=("$CARGO_TARGET_DIR/debug/twill")
+for twill in "${bins[@]}"; do
+  t=$SECONDS
+  pids=()
+  for lang in "${LANGS[@]}"; do
+    "$twill" check "$warm/$lang.toml" &
+    pids+=($!)
+  done
+  for pid in "${pids[@]}"; do wait "$pid"; done
+  echo "   $twill check: $((SECONDS - t)) s"
+done
+rm -rf "$warm"
+
+SOCKET_TESTS=(echo_is_byte_exact_under_random_chunkings two_hundred_concurrent_clients shutdown_flushes_and_closes_open_connections)
+CLI_TESTS=(the_seed_client_talks_to_a_twill_listener_and_exits_0 the_seed_client_against_a_closed_port_says_goodbye_and_exits_0
+  an_unresolvable_name_fails_the_connection sigterm_closes_open_connections_cleanly_and_exits_0
+  port_in_use_is_a_clear_error_and_exit_2 an_interface_with_no_such_address_is_exit_2)
+
+passed=0
+failed=0
+summary=()
+# run LANG SUITE [TEST-NAME...]: one integration test file, all of it or the
+# named tests only.
+run() {
+  local lang=$1 suite=$2
+  shift 2
+  local t=$SECONDS log status p f
+  log=$(mktemp)
+  set +e
+  if [[ $# -gt 0 ]]; then
+    cargo test -p twill --test "$suite" -- --exact "$@" >"$log" 2>&1
+  else
+    cargo test -p twill --test "$suite" >"$log" 2>&1
+  fi
+  status=$?
+  set -e
+  grep -E '^(test |test result|failures:)' "$log" | sed 's/^/   /' || true
+  p=$(sed -n 's/^test result: .* \([0-9][0-9]*\) passed.*/\1/p' "$log" | tail -1)
+  f=$(sed -n 's/^test result: .* \([0-9][0-9]*\) failed.*/\1/p' "$log" | tail -1)
+  if [[ $status -ne 0 ]]; then
+    echo "   cargo test --test $suite exited $status; its output:"
+    grep -E -A40 '^---- |^error' "$log" | head -120 | sed 's/^/   | /' || true
+    [[ ${f:-0} -gt 0 ]] || f=1
+  elif [[ $# -gt 0 && ${p:-0} -ne $# ]]; then
+    # A renamed test would otherwise drop out of this run unnoticed.
+    echo "   expected $# tests in $suite to run, $p did: $*"
+    f=$(($# - ${p:-0}))
+  fi
+  rm -f "$log"
+  passed=$((passed + ${p:-0}))
+  failed=$((failed + ${f:-0}))
+  summary+=("$lang $suite: ${p:-0} passed, ${f:-0} failed, $((SECONDS - t)) s")
+}
+
+for lang in "${LANGS[@]}"; do
+  step "$lang echo: integration tests"
+  export TWILL_ECHO_WASM=$OUT/$lang-echo.wasm
+  export TWILL_TEST_MEMORY
+  TWILL_TEST_MEMORY=$(memory_for "$lang")
+  if [[ $lang == python ]]; then export TWILL_ECHO_IMPORTS_SOCKETS=1; else unset TWILL_ECHO_IMPORTS_SOCKETS; fi
+  run "$lang" component
+  run "$lang" sockets "${SOCKET_TESTS[@]}"
+  run "$lang" cli "${CLI_TESTS[@]}"
+done
+
+step "summary"
+printf '  %s\n' "${summary[@]}"
+echo "polyglot: $passed passed, $failed failed"
+[[ $failed -eq 0 ]]
