@@ -12,7 +12,8 @@
 # Tools, installed on first use (only from PyPI and npm):
 # - componentize-py $COMPONENTIZE_PY_VERSION, in a venv at $TWILL_POLYGLOT_VENV
 #   (default /var/tmp/twill-venv);
-# - @bytecodealliance/componentize-js, pinned by guest-sdk/js/package-lock.json,
+# - @bytecodealliance/componentize-js 0.23.0 (and @bytecodealliance/preview2-shim,
+#   which it imports but does not declare), pinned by guest-sdk/js/package-lock.json,
 #   with `npm ci` in guest-sdk/js (node_modules/ is ignored by git).
 set -euo pipefail
 cd "$(dirname "$0")/.."
@@ -44,12 +45,14 @@ js_tool() {
     step "installing node and npm (Debian)"
     apt-get update -qq && apt-get install -y -qq nodejs npm >/dev/null
   fi
-  local want have
-  want=$(node -p "require('./guest-sdk/js/package.json').devDependencies['@bytecodealliance/componentize-js']")
-  have=$(node -p "try { require('./guest-sdk/js/node_modules/@bytecodealliance/componentize-js/package.json').version } catch { '' }")
-  if [[ $have != "$want" ]]; then
-    step "installing @bytecodealliance/componentize-js $want (npm ci in guest-sdk/js)"
+  # node_modules matches package-lock.json when the lock's hash is stamped
+  # there by a finished `npm ci`.
+  local lock stamp=guest-sdk/js/node_modules/.twill-lock-sha256
+  lock=$(sha256sum guest-sdk/js/package-lock.json | cut -d' ' -f1)
+  if [[ ! -f $stamp || $(cat "$stamp") != "$lock" ]]; then
+    step "installing ComponentizeJS (npm ci in guest-sdk/js, pinned by package-lock.json)"
     (cd guest-sdk/js && npm ci --silent --no-audit --no-fund)
+    echo "$lock" >"$stamp"
   fi
 }
 
