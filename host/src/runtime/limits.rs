@@ -94,11 +94,11 @@ pub fn pooling(instances: u32, max_memory: usize) -> InstanceAllocationStrategy 
         // slot with madvise costs a TLB shootdown on every core, which
         // profiles of connect-echo-close showed as the largest single cost.
         // Instead scan for the pages the guest dirtied (PAGEMAP_SCAN, Linux
-        // 6.7+) and memset them back, up to a bound, and batch what must
-        // still be decommitted.
+        // 6.7+) and memset them back, up to a bound. Decommits are not
+        // batched: a batch would keep up to batch x memory limit of freed
+        // guest memory resident (the memory fault test caught this).
         .pagemap_scan(Enabled::Auto)
         .linear_memory_keep_resident(256 << 10)
-        .table_keep_resident(16 << 10)
-        .decommit_batch_size(32);
+        .table_keep_resident(16 << 10);
     InstanceAllocationStrategy::Pooling(pool)
 }
