@@ -12,7 +12,10 @@ fn echo_path() -> std::path::PathBuf {
 }
 
 fn guest(c: &mut Criterion) {
-    let rt = tokio::runtime::Builder::new_current_thread().enable_all().build().unwrap();
+    let rt = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .unwrap();
     let echo = TestComponent::load(echo_path()).unwrap();
 
     c.bench_function("instantiate + build-protocol + make-connection", |b| {

@@ -98,9 +98,10 @@ impl Reactor {
             });
         }
         let deadline = self.config.host.shutdown_timeout;
+        // A closed `stop` channel is not a stop request: keep serving.
         let stop_requested = tokio::select! {
             () = controller.wait() => false,
-            r = stop.recv() => r.is_some(),
+            Some(()) = stop.recv() => true,
         };
         if !stop_requested {
             return RunEnd::Clean;

@@ -23,16 +23,29 @@ fn every_wit_item_is_documented() {
                 assert_eq!(t, "package twill:protocol@0.1.0;");
                 continue;
             }
-            let is_item = ["interface ", "world ", "resource ", "record ", "variant ", "enum ", "flags "]
-                .iter()
-                .any(|k| t.starts_with(k))
+            let is_item = [
+                "interface ",
+                "world ",
+                "resource ",
+                "record ",
+                "variant ",
+                "enum ",
+                "flags ",
+            ]
+            .iter()
+            .any(|k| t.starts_with(k))
                 || t.contains(": func(")
                 || (t.ends_with(',') && !t.starts_with("//"));
             if !is_item {
                 continue;
             }
             items += 1;
-            let prev = lines[..i].iter().rev().map(|l| l.trim()).find(|l| !l.is_empty()).unwrap_or("");
+            let prev = lines[..i]
+                .iter()
+                .rev()
+                .map(|l| l.trim())
+                .find(|l| !l.is_empty())
+                .unwrap_or("");
             assert!(
                 prev.starts_with("///"),
                 "{}:{}: `{t}` has no /// doc comment above it",
