@@ -15,7 +15,7 @@ wasmtime::component::bindgen!({
     },
 });
 
-pub use exports::twill::protocol::client_factory;
-pub use exports::twill::protocol::protocol;
-pub use exports::twill::protocol::server_factory;
-pub use twill::protocol::types::{Address, Reason};
+pub use self::exports::twill::protocol::client_factory;
+pub use self::exports::twill::protocol::protocol;
+pub use self::exports::twill::protocol::server_factory;
+pub use self::twill::protocol::types::{Address, Reason};
