@@ -142,8 +142,8 @@ impl Conn {
             session.plugin().limits.low_water,
         );
         let mut reading_paused = false;
-        // One shutdown future for the whole connection: re-creating it every
-        // iteration would register and drop a broadcast waiter per message.
+        // One shutdown future for the whole connection, registered once
+        // rather than on every pass of the loop.
         let stop = shutdown.recv();
         tokio::pin!(stop);
         let mut stopping = false;
@@ -175,8 +175,9 @@ impl Conn {
                 (true, true) => Interest::READABLE | Interest::WRITABLE,
                 (true, false) => Interest::READABLE,
                 (false, true) => Interest::WRITABLE,
-                // Nothing to read or write: only a shutdown can move us on.
-                (false, false) => Interest::READABLE,
+                // Nothing pending means the loop returned above (lose, EOF)
+                // or reading resumed (pending <= low-water).
+                (false, false) => unreachable!("idle connection with reading paused"),
             };
             tokio::select! {
                 ready = self.stream.ready(interest) => {
@@ -193,12 +194,6 @@ impl Conn {
                             Err(e) if e.kind() == io::ErrorKind::Interrupted => {}
                             Err(e) => return Ok(lost(&e)),
                         }
-                    } else if !want_read && pending == 0 {
-                        // Idle while paused or closing: notice a reset.
-                        if ready.is_error() {
-                            return Ok(Reason::Lost("connection reset".into()));
-                        }
-                        tokio::task::yield_now().await;
                     }
                 }
                 () = &mut stop, if !stopping => {
