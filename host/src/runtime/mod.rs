@@ -81,6 +81,8 @@ pub struct Plugin {
     client: Option<client_factory::GuestIndices>,
     clock: bool,
     capture: Option<Arc<std::sync::Mutex<Vec<u8>>>>,
+    /// "it exports `a`, `b`", for errors about missing exports.
+    exports: String,
 }
 
 impl std::fmt::Debug for Plugin {
@@ -209,8 +211,7 @@ impl Runtime {
                     if needs_server && plugin.server.is_none() {
                         errors.push(
                             err(missing_export(
-                                &rt.engine,
-                                &p.component,
+                                &plugin.exports,
                                 SERVER_FACTORY,
                                 "[[listen]]",
                             ))
@@ -220,8 +221,7 @@ impl Runtime {
                     if needs_client && plugin.client.is_none() {
                         errors.push(
                             err(missing_export(
-                                &rt.engine,
-                                &p.component,
+                                &plugin.exports,
                                 CLIENT_FACTORY,
                                 "[[connect]]",
                             ))
@@ -268,19 +268,14 @@ impl Runtime {
             .instantiate_pre(&component)
             .map_err(wasm_err)
             .context("the component imports something the host does not provide (guests get twill:protocol/transport and WASI p2 only)")?;
+        let exports = export_list(&self.engine, &component);
         let protocol = protocol::GuestIndices::new(&pre).map_err(|_| {
-            anyhow::anyhow!(
-                "{}",
-                missing_export(&self.engine, path, PROTOCOL, "every plugin")
-            )
+            anyhow::anyhow!("{}", missing_export(&exports, PROTOCOL, "every plugin"))
         })?;
         let server = server_factory::GuestIndices::new(&pre).ok();
         let client = client_factory::GuestIndices::new(&pre).ok();
         if server.is_none() && client.is_none() {
-            anyhow::bail!(
-                "exports neither `{SERVER_FACTORY}` nor `{CLIENT_FACTORY}`; {}",
-                export_list(&self.engine, &component)
-            );
+            anyhow::bail!("exports neither `{SERVER_FACTORY}` nor `{CLIENT_FACTORY}`; {exports}");
         }
         Ok(Plugin {
             name: name.into(),
@@ -291,6 +286,7 @@ impl Runtime {
             client,
             clock,
             capture: None,
+            exports,
         })
     }
 
@@ -325,12 +321,9 @@ fn export_list(engine: &Engine, component: &Component) -> String {
     }
 }
 
-fn missing_export(engine: &Engine, path: &Path, export: &str, role: &str) -> String {
-    let exports = std::fs::read(path)
-        .ok()
-        .and_then(|b| Component::new(engine, &b).ok())
-        .map(|c| export_list(engine, &c))
-        .unwrap_or_default();
+/// The error for a component that lacks an export a role needs; `exports`
+/// is [`export_list`]'s sentence for it.
+fn missing_export(exports: &str, export: &str, role: &str) -> String {
     format!("does not export `{export}`, which {role} needs; {exports}")
 }
 
