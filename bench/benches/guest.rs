@@ -12,24 +12,20 @@ fn echo_path() -> std::path::PathBuf {
 }
 
 fn guest(c: &mut Criterion) {
-    let rt = tokio::runtime::Builder::new_current_thread()
-        .enable_all()
-        .build()
-        .unwrap();
     let echo = TestComponent::load(echo_path()).unwrap();
 
     c.bench_function("instantiate + build-protocol + make-connection", |b| {
-        b.to_async(&rt).iter(|| async {
-            let conn = echo.server_connection().await.unwrap().unwrap();
+        b.iter(|| {
+            let conn = echo.server_connection().unwrap().unwrap();
             criterion::black_box(conn);
         })
     });
 
-    let mut conn = rt.block_on(echo.server_connection()).unwrap().unwrap();
+    let mut conn = echo.server_connection().unwrap().unwrap();
     let msg = [b'x'; 64];
     c.bench_function("data-received 64 B + echo write", |b| {
         b.iter(|| {
-            rt.block_on(conn.data_received(&msg)).unwrap();
+            conn.data_received(&msg).unwrap();
             criterion::black_box(conn.value());
         })
     });

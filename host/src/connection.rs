@@ -61,13 +61,13 @@ pub async fn run(stream: TcpStream, session: &mut Session, shutdown: &Shutdown) 
         eof: false,
         paused: false,
     };
-    let reason = match session.make_connection(peer, host).await {
+    let reason = match session.make_connection(peer, host) {
         Ok(()) => conn.drive(session, shutdown).await,
         Err(f) => Err(f),
     };
     match reason {
         Ok(reason) => {
-            if let Err(f) = session.connection_lost(&reason).await {
+            if let Err(f) = session.connection_lost(&reason) {
                 tracing::warn!(plugin = %session.plugin().name, %peer, fault = %f, "guest faulted in connection-lost");
             }
             End::Closed(reason)
@@ -114,7 +114,7 @@ impl Conn {
     }
 
     /// Pauses or resumes a registered producer as output crosses the marks.
-    async fn producer(&mut self, session: &mut Session) -> Result<(), GuestFault> {
+    fn producer(&mut self, session: &mut Session) -> Result<(), GuestFault> {
         let limits = &session.plugin().limits;
         let (high, low) = (limits.high_water, limits.low_water);
         let t = session.transport();
@@ -124,10 +124,10 @@ impl Conn {
         }
         if !self.paused && pending > high {
             self.paused = true;
-            session.pause_producing().await?;
+            session.pause_producing()?;
         } else if self.paused && pending <= low {
             self.paused = false;
-            session.resume_producing().await?;
+            session.resume_producing()?;
         }
         Ok(())
     }
@@ -154,11 +154,11 @@ impl Conn {
             }
             // Twisted pauses a producer as soon as a write takes the buffer
             // past its size, before any byte is sent; resume after the flush.
-            self.producer(session).await?;
+            self.producer(session)?;
             if let Err(e) = self.flush(session) {
                 return Ok(lost(&e));
             }
-            self.producer(session).await?;
+            self.producer(session)?;
             let closing = session.transport().closing;
             let pending = session.transport().out.len();
             if pending == 0 && (closing == Closing::Lose || self.eof) {
@@ -189,7 +189,7 @@ impl Conn {
                         let mut buf = ReadBuf::take();
                         match self.stream.try_read_buf(&mut buf.0) {
                             Ok(0) => self.eof = true,
-                            Ok(_) => session.data_received(&buf.0).await?,
+                            Ok(_) => session.data_received(&buf.0)?,
                             Err(e) if e.kind() == io::ErrorKind::WouldBlock => {}
                             Err(e) if e.kind() == io::ErrorKind::Interrupted => {}
                             Err(e) => return Ok(lost(&e)),

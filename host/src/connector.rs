@@ -40,14 +40,14 @@ pub async fn run(
 ) -> ConnectorEnd {
     let name = plugin.name.clone();
     let target = format!("{}:{}", cfg.host, cfg.port);
-    let mut session = match plugin.instantiate(&engine).await {
+    let mut session = match plugin.instantiate(&engine) {
         Ok(s) => s,
         Err(fault) => {
             tracing::error!(plugin = %name, %target, %fault, "cannot instantiate guest for connector");
             return ConnectorEnd::Fault(fault);
         }
     };
-    if let Err(fault) = session.started_connecting(&cfg.host, cfg.port).await {
+    if let Err(fault) = session.started_connecting(&cfg.host, cfg.port) {
         tracing::warn!(plugin = %name, %target, %fault, "guest faulted in started-connecting");
         return ConnectorEnd::Fault(fault);
     }
@@ -63,10 +63,7 @@ pub async fn run(
         Ok(s) => s,
         Err(msg) => {
             tracing::info!(plugin = %name, %target, error = %msg, "connection failed");
-            if let Err(fault) = session
-                .client_connection_failed(&Reason::Failed(msg.clone()))
-                .await
-            {
+            if let Err(fault) = session.client_connection_failed(&Reason::Failed(msg.clone())) {
                 tracing::warn!(plugin = %name, %target, %fault, "guest faulted in client-connection-failed");
                 return ConnectorEnd::Fault(fault);
             }
@@ -78,7 +75,7 @@ pub async fn run(
         .peer_addr()
         .unwrap_or_else(|_| SocketAddr::from(([0, 0, 0, 0], 0)));
     tracing::debug!(plugin = %name, %peer, "connected");
-    let reason = match session.build_client_protocol(peer).await {
+    let reason = match session.build_client_protocol(peer) {
         Ok(true) => match connection::run(stream, &mut session, &shutdown).await {
             End::Closed(reason) => reason,
             End::Fault(fault) => {
@@ -95,7 +92,7 @@ pub async fn run(
             return ConnectorEnd::Fault(fault);
         }
     };
-    if let Err(fault) = session.client_connection_lost(&reason).await {
+    if let Err(fault) = session.client_connection_lost(&reason) {
         tracing::warn!(plugin = %name, %peer, %fault, "guest faulted in client-connection-lost");
         return ConnectorEnd::Fault(fault);
     }

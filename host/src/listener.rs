@@ -189,7 +189,7 @@ impl ServerConnection {
             peer,
         } = self;
         let name = &plugin.name;
-        let mut session = match plugin.instantiate(&engine).await {
+        let mut session = match plugin.instantiate(&engine) {
             Ok(s) => s,
             Err(e) => {
                 stats.instantiation_failed.fetch_add(1, Ordering::Relaxed);
@@ -197,7 +197,7 @@ impl ServerConnection {
                 return;
             }
         };
-        match session.build_server_protocol(peer).await {
+        match session.build_server_protocol(peer) {
             Ok(true) => {}
             Ok(false) => {
                 stats.refused_by_factory.fetch_add(1, Ordering::Relaxed);

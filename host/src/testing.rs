@@ -3,12 +3,12 @@
 //! drives a `Protocol`.
 //!
 //! ```no_run
-//! # async fn demo() -> anyhow::Result<()> {
+//! # fn demo() -> anyhow::Result<()> {
 //! use twill::testing::TestComponent;
 //!
 //! let echo = TestComponent::load("guest-echo/echo.wasm")?;
-//! let mut conn = echo.server_connection().await?.expect("factory accepted");
-//! conn.data_received(b"hello").await?;
+//! let mut conn = echo.server_connection()?.expect("factory accepted");
+//! conn.data_received(b"hello")?;
 //! assert_eq!(conn.value(), b"hello");
 //! # Ok(()) }
 //! ```
@@ -81,13 +81,13 @@ impl TestComponent {
     /// A fresh instance, as the listener makes for an accepted connection:
     /// `build-protocol(PEER)`, then `make-connection`. `None` if the
     /// factory refused.
-    pub async fn server_connection(&self) -> Result<Option<TestConnection>, GuestFault> {
+    pub fn server_connection(&self) -> Result<Option<TestConnection>, GuestFault> {
         let peer: SocketAddr = PEER.parse().unwrap();
-        let mut session = self.plugin.instantiate(self.runtime.engine()).await?;
-        if !session.build_server_protocol(peer).await? {
+        let mut session = self.plugin.instantiate(self.runtime.engine())?;
+        if !session.build_server_protocol(peer)? {
             return Ok(None);
         }
-        session.make_connection(peer, HOST.parse().unwrap()).await?;
+        session.make_connection(peer, HOST.parse().unwrap())?;
         Ok(Some(TestConnection {
             session,
             client: false,
@@ -97,16 +97,14 @@ impl TestComponent {
     /// A fresh instance, as a connector makes: `started-connecting`,
     /// `build-protocol(PEER)`, then `make-connection`. `None` if the factory
     /// declined.
-    pub async fn client_connection(&self) -> Result<Option<TestConnection>, GuestFault> {
+    pub fn client_connection(&self) -> Result<Option<TestConnection>, GuestFault> {
         let peer: SocketAddr = PEER.parse().unwrap();
-        let mut session = self.plugin.instantiate(self.runtime.engine()).await?;
-        session
-            .started_connecting(&peer.ip().to_string(), peer.port())
-            .await?;
-        if !session.build_client_protocol(peer).await? {
+        let mut session = self.plugin.instantiate(self.runtime.engine())?;
+        session.started_connecting(&peer.ip().to_string(), peer.port())?;
+        if !session.build_client_protocol(peer)? {
             return Ok(None);
         }
-        session.make_connection(peer, HOST.parse().unwrap()).await?;
+        session.make_connection(peer, HOST.parse().unwrap())?;
         Ok(Some(TestConnection {
             session,
             client: true,
@@ -115,12 +113,10 @@ impl TestComponent {
 
     /// A fresh client instance whose connection attempt failed:
     /// `started-connecting`, then `client-connection-failed(reason)`.
-    pub async fn client_connection_failed(&self, message: &str) -> Result<(), GuestFault> {
-        let mut session = self.plugin.instantiate(self.runtime.engine()).await?;
-        session.started_connecting("192.0.2.7", 40000).await?;
-        session
-            .client_connection_failed(&Reason::Failed(message.into()))
-            .await
+    pub fn client_connection_failed(&self, message: &str) -> Result<(), GuestFault> {
+        let mut session = self.plugin.instantiate(self.runtime.engine())?;
+        session.started_connecting("192.0.2.7", 40000)?;
+        session.client_connection_failed(&Reason::Failed(message.into()))
     }
 }
 
@@ -133,8 +129,8 @@ pub struct TestConnection {
 
 impl TestConnection {
     /// Delivers `data` to the protocol's `data-received`.
-    pub async fn data_received(&mut self, data: &[u8]) -> Result<(), GuestFault> {
-        self.session.data_received(data).await
+    pub fn data_received(&mut self, data: &[u8]) -> Result<(), GuestFault> {
+        self.session.data_received(data)
     }
 
     /// Takes everything written so far: Twisted's `StringTransport.value()`
@@ -160,10 +156,10 @@ impl TestConnection {
 
     /// Ends the connection: the protocol's `connection-lost(reason)`; for a
     /// client connection, then the factory's `client-connection-lost`.
-    pub async fn connection_lost(mut self, reason: Reason) -> Result<(), GuestFault> {
-        self.session.connection_lost(&reason).await?;
+    pub fn connection_lost(mut self, reason: Reason) -> Result<(), GuestFault> {
+        self.session.connection_lost(&reason)?;
         if self.client {
-            self.session.client_connection_lost(&reason).await?;
+            self.session.client_connection_lost(&reason)?;
         }
         Ok(())
     }

@@ -9,20 +9,19 @@ fn payload(n: usize) -> Vec<u8> {
     (0..n).map(|i| (i * 7 + i / 251) as u8).collect()
 }
 
-#[tokio::test]
-async fn echo_is_byte_exact_for_every_chunking() {
+#[test]
+fn echo_is_byte_exact_for_every_chunking() {
     let echo = support::load_echo();
     let data = payload(97);
     // Every chunk size from one byte at a time to the whole payload at once.
     for chunk in 1..=data.len() {
         let mut conn = echo
             .server_connection()
-            .await
             .unwrap()
             .expect("factory builds Echo");
         let mut got = Vec::new();
         for piece in data.chunks(chunk) {
-            conn.data_received(piece).await.unwrap();
+            conn.data_received(piece).unwrap();
             // Echo answers each chunk with exactly that chunk.
             let v = conn.value();
             assert_eq!(v, piece, "chunk size {chunk}");
@@ -30,17 +29,17 @@ async fn echo_is_byte_exact_for_every_chunking() {
         }
         assert_eq!(got, data, "chunk size {chunk}");
         assert!(!conn.disconnecting());
-        conn.connection_lost(Reason::Done).await.unwrap();
+        conn.connection_lost(Reason::Done).unwrap();
     }
     // Irregular chunkings too: every split of a 12-byte payload into pieces.
     let small = payload(12);
     for mask in 0u32..(1 << 11) {
-        let mut conn = echo.server_connection().await.unwrap().unwrap();
+        let mut conn = echo.server_connection().unwrap().unwrap();
         let mut start = 0;
         let mut got = Vec::new();
         for i in 1..=small.len() {
             if i == small.len() || mask & (1 << (i - 1)) != 0 {
-                conn.data_received(&small[start..i]).await.unwrap();
+                conn.data_received(&small[start..i]).unwrap();
                 got.extend(conn.value());
                 start = i;
             }
@@ -50,14 +49,14 @@ async fn echo_is_byte_exact_for_every_chunking() {
     assert_eq!(echo.output(), "", "the server protocol prints nothing");
 }
 
-#[tokio::test]
-async fn echo_handles_empty_and_large_chunks() {
+#[test]
+fn echo_handles_empty_and_large_chunks() {
     let echo = support::load_echo();
-    let mut conn = echo.server_connection().await.unwrap().unwrap();
-    conn.data_received(b"").await.unwrap();
+    let mut conn = echo.server_connection().unwrap().unwrap();
+    conn.data_received(b"").unwrap();
     assert_eq!(conn.value(), b"");
     let big = payload(1 << 20);
-    conn.data_received(&big).await.unwrap();
+    conn.data_received(&big).unwrap();
     assert_eq!(conn.value(), big);
 }
 
@@ -68,26 +67,24 @@ async fn echo_handles_empty_and_large_chunks() {
 /// one keeps every buffer it writes, a componentize-py 0.25 leak, and the JS
 /// one frees received buffers only when SpiderMonkey's GC first runs, after
 /// about 40 MiB. See bench/results/polyglot.md.)
-#[tokio::test]
-async fn echo_streams_32_mib_through_one_instance() {
+#[test]
+fn echo_streams_32_mib_through_one_instance() {
     let echo = support::load_echo();
-    let mut conn = echo.server_connection().await.unwrap().unwrap();
+    let mut conn = echo.server_connection().unwrap().unwrap();
     let chunk = payload(64 << 10);
     for i in 0..512 {
         conn.data_received(&chunk)
-            .await
             .unwrap_or_else(|e| panic!("chunk {i} ({} KiB in): {e}", i * 64));
         assert!(conn.value() == chunk, "chunk {i} echoed");
     }
-    conn.connection_lost(Reason::Done).await.unwrap();
+    conn.connection_lost(Reason::Done).unwrap();
 }
 
-#[tokio::test]
-async fn echo_client_says_hello_prints_the_echo_and_loses_the_connection() {
+#[test]
+fn echo_client_says_hello_prints_the_echo_and_loses_the_connection() {
     let echo = support::load_echo();
     let mut conn = echo
         .client_connection()
-        .await
         .unwrap()
         .expect("client factory builds EchoClient");
     // connectionMade: the seed's client writes "hello world".
@@ -95,30 +92,28 @@ async fn echo_client_says_hello_prints_the_echo_and_loses_the_connection() {
     assert!(!conn.disconnecting());
     // The echo may arrive in pieces; the seed's client prints the first
     // piece and hangs up.
-    conn.data_received(b"hello world").await.unwrap();
+    conn.data_received(b"hello world").unwrap();
     assert!(
         conn.disconnecting(),
         "EchoClient calls lose-connection after the first data"
     );
     assert_eq!(conn.value(), b"", "it writes nothing more");
-    conn.connection_lost(Reason::Done).await.unwrap();
+    conn.connection_lost(Reason::Done).unwrap();
     assert_eq!(
         echo.output(),
         "Server said: hello world\nConnection lost\nConnection lost - goodbye\n"
     );
 }
 
-#[tokio::test]
-async fn echo_client_factory_reports_a_failed_connection() {
+#[test]
+fn echo_client_factory_reports_a_failed_connection() {
     let echo = support::load_echo();
-    echo.client_connection_failed("connection refused")
-        .await
-        .unwrap();
+    echo.client_connection_failed("connection refused").unwrap();
     assert_eq!(echo.output(), "Connection failed - goodbye\n");
 }
 
-#[tokio::test]
-async fn committed_component_exports_what_wit_declares() {
+#[test]
+fn committed_component_exports_what_wit_declares() {
     // Parse wit/ with wasmtime's own bindgen expectations: the component must
     // export the protocol and both factories at version 0.1.0. The engine is
     // the host's (same settings as a plugin with the test memory limit), so a

@@ -369,15 +369,13 @@ async fn max_connections_closes_the_excess_and_keeps_serving() {
     server.shutdown().await;
 }
 
-#[tokio::test]
-async fn deny_by_default() {
+#[test]
+fn deny_by_default() {
     use twill::testing::TestComponent;
     let kit = TestComponent::load(testkit_wasm()).unwrap();
     for cmd in ["env", "file", "net", "clock", "stdin"] {
-        let mut c = kit.server_connection().await.unwrap().unwrap();
-        c.data_received(format!("{cmd}\n").as_bytes())
-            .await
-            .unwrap();
+        let mut c = kit.server_connection().unwrap().unwrap();
+        c.data_received(format!("{cmd}\n").as_bytes()).unwrap();
         assert_eq!(String::from_utf8(c.value()).unwrap(), "denied\n", "{cmd}");
     }
 }

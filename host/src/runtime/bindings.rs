@@ -1,15 +1,13 @@
 //! The one `bindgen!` for the whole host, generated from `wit/`.
 //!
 //! Imports (the transport) are implemented in [`super::transport`]; exports
-//! (the protocol and the factories) are called asynchronously so that a
-//! guest that runs past its CPU deadline yields to the reactor and can be
-//! interrupted.
+//! (the protocol and the factories) are called synchronously, under the
+//! epoch CPU budget (see [`super`]).
 
 wasmtime::component::bindgen!({
     world: "peer",
     path: "../wit",
     imports: { default: trappable },
-    exports: { default: async },
     with: {
         "twill:protocol/transport.transport": super::transport::TransportHandle,
     },

@@ -12,7 +12,7 @@ use wasmtime::{
 };
 
 /// How often the epoch ticks. A callback's CPU deadline is rounded up to
-/// whole ticks; a runaway guest yields to the reactor at every tick.
+/// whole ticks; a runaway guest traps at the first tick past its budget.
 pub const EPOCH_TICK: Duration = Duration::from_millis(10);
 
 /// The most core memories or tables one component may hold (a Rust guest
