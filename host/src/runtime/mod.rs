@@ -138,6 +138,11 @@ impl Runtime {
             .memory_guard_size(64 << 10)
             .memory_reservation_for_growth(0)
             .allocation_strategy(limits::pooling(settings.max_instances, max_memory));
+        // `TWILL_PERFMAP=1` writes /tmp/perf-PID.map so that `perf report`
+        // can name the guests' JIT-compiled functions.
+        if std::env::var_os("TWILL_PERFMAP").is_some_and(|v| v == "1") {
+            cfg.profiler(wasmtime::ProfilingStrategy::PerfMap);
+        }
         match wasmtime::Cache::from_file(None) {
             Ok(cache) => {
                 cfg.cache(Some(cache));
