@@ -143,8 +143,16 @@ impl From<wit_types::Reason> for Reason {
 /// Every method returns at once. Writes are buffered by the host and flushed
 /// in order after the current callback returns; no data is ever lost,
 /// although the connection may close before it all gets through.
+///
+/// Cloning gives another handle to the same connection. On a shared
+/// instance (`instance = "shared"` in `plugins.toml`) one instance serves
+/// many connections, so a protocol may keep clones of other connections'
+/// transports (Twisted's chat example keeps `factory.clients`) and write to
+/// them from its own callbacks; the host wakes those connections to send.
+/// Once a connection is lost, writes through a kept clone are ignored.
+#[derive(Clone)]
 pub struct Transport {
-    inner: wit_transport::Transport,
+    inner: std::rc::Rc<wit_transport::Transport>,
 }
 
 impl fmt::Debug for Transport {
@@ -443,7 +451,9 @@ pub mod __private {
                 protocol,
                 transport: slot,
             } = &mut *state;
-            let transport = slot.insert(Transport { inner: transport });
+            let transport = slot.insert(Transport {
+                inner: std::rc::Rc::new(transport),
+            });
             protocol.make_connection(transport);
         }
 

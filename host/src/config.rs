@@ -17,6 +17,7 @@ use std::time::Duration;
 use serde::Deserialize;
 use toml::Spanned;
 
+use crate::runtime::Sharing;
 use crate::runtime::limits::Limits;
 
 /// A problem in a config file, located as precisely as the file allows.
@@ -111,6 +112,9 @@ pub struct PluginConfig {
     /// Whether the guest sees the real wall and monotonic clocks. Without
     /// this grant both are frozen at zero.
     pub clock: bool,
+    /// `instance`: a fresh instance per connection (the default), or
+    /// shared instances (`shared-instances` of them, default one per CPU).
+    pub sharing: Sharing,
     /// Line of the plugin's table, for later errors (such as a component
     /// that fails to load).
     pub line: usize,
@@ -180,6 +184,8 @@ struct RawPlugin {
     low_water: Option<Spanned<SizeValue>>,
     max_output: Option<Spanned<SizeValue>>,
     clock: Option<bool>,
+    instance: Option<Spanned<String>>,
+    shared_instances: Option<Spanned<i64>>,
 }
 
 #[derive(Deserialize)]
@@ -512,6 +518,41 @@ impl Config {
                     Err(m) => errors.push(loc.error(Some(c.span()), format!("{key}.cpu"), m)),
                 }
             }
+            let shared_instances = match &p.shared_instances {
+                None => std::thread::available_parallelism().map_or(1, |n| n.get() as u32),
+                Some(v) => match u32::try_from(*v.get_ref()) {
+                    Ok(n) if (1..=1024).contains(&n) => n,
+                    _ => {
+                        errors.push(loc.error(
+                            Some(v.span()),
+                            format!("{key}.shared-instances"),
+                            "must be between 1 and 1024",
+                        ));
+                        1
+                    }
+                },
+            };
+            let sharing = match p.instance.as_ref().map(|i| (i, i.get_ref().as_str())) {
+                None | Some((_, "per-connection")) => {
+                    if let Some(v) = &p.shared_instances {
+                        errors.push(loc.error(
+                            Some(v.span()),
+                            format!("{key}.shared-instances"),
+                            "only applies with instance = \"shared\"",
+                        ));
+                    }
+                    Sharing::PerConnection
+                }
+                Some((_, "shared")) => Sharing::Shared(shared_instances),
+                Some((i, other)) => {
+                    errors.push(loc.error(
+                        Some(i.span()),
+                        format!("{key}.instance"),
+                        format!("must be \"per-connection\" or \"shared\", not {other:?}"),
+                    ));
+                    Sharing::PerConnection
+                }
+            };
             plugins.insert(
                 name.get_ref().clone(),
                 PluginConfig {
@@ -519,6 +560,7 @@ impl Config {
                     component,
                     limits,
                     clock: p.clock.unwrap_or(false),
+                    sharing,
                     line,
                 },
             );

@@ -155,9 +155,11 @@ impl Conn {
     fn producer(&mut self, session: &mut Session) -> Result<(), GuestFault> {
         let limits = &session.plugin().limits;
         let (high, low) = (limits.high_water, limits.low_water);
-        let t = session.transport();
-        let pending = t.out.len();
-        if !t.producer || t.closing != Closing::Open {
+        let (producer, closing, pending) = {
+            let t = session.transport();
+            (t.producer, t.closing, t.out.len())
+        };
+        if !producer || closing != Closing::Open {
             return Ok(());
         }
         if !self.paused && pending > high {
@@ -185,6 +187,11 @@ impl Conn {
         let stop = shutdown.recv();
         tokio::pin!(stop);
         let mut stopping = false;
+        // On a shared instance: the instance's fault signal, and wake-ups
+        // from other connections' callbacks that changed this transport.
+        let shared = session.is_shared();
+        let fault = session.fault_listener();
+        let mut fault = fault.as_ref().map(crate::shutdown::Shutdown::recv);
         loop {
             if session.transport().closing == Closing::Abort {
                 self.abort();
@@ -235,10 +242,14 @@ impl Conn {
                         }
                     }
                 }
+                () = std::future::poll_fn(|cx| session.poll_kicked(cx)), if shared => {}
+                () = async { if let Some(f) = fault.as_mut() { f.await } }, if fault.is_some() => {
+                    return Err(GuestFault::Poisoned);
+                }
                 () = &mut stop, if !stopping => {
                     stopping = true;
                     // Graceful shutdown: as if the protocol called lose-connection.
-                    let t = session.transport();
+                    let mut t = session.transport();
                     if t.closing == Closing::Open {
                         t.closing = Closing::Lose;
                     }

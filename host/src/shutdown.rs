@@ -54,6 +54,20 @@ impl Wakers {
 pub struct ShutdownSignal(Arc<Signal>);
 
 impl ShutdownSignal {
+    /// Fires the signal: every listener's `recv` completes, now and later.
+    pub fn fire(&self) {
+        self.0.fired.store(true, Ordering::Release);
+        let wakers = self.0.wakers.lock().unwrap_or_else(|e| e.into_inner());
+        for w in wakers.slots.iter().flatten() {
+            w.wake_by_ref();
+        }
+    }
+
+    /// Whether the signal has fired.
+    pub fn is_fired(&self) -> bool {
+        self.0.fired.load(Ordering::Acquire)
+    }
+
     /// A new listener.
     pub fn subscribe(&self) -> Shutdown {
         Shutdown {
@@ -184,16 +198,7 @@ impl ShutdownController {
 
     /// Tells every task to shut down.
     pub fn signal(&self) {
-        self.signal.0.fired.store(true, Ordering::Release);
-        let wakers = self
-            .signal
-            .0
-            .wakers
-            .lock()
-            .unwrap_or_else(|e| e.into_inner());
-        for w in wakers.slots.iter().flatten() {
-            w.wake_by_ref();
-        }
+        self.signal.fire();
     }
 
     /// Waits until every [`TaskGuard`] has been dropped. No new guards can

@@ -20,13 +20,26 @@
 //! | `produce N` | registers as a producer and writes N bytes per resume |
 //! | `env` / `file` / `net` / `clock` / `stdin` | tries the capability and writes `denied` or `allowed: ...` |
 //! | `print TEXT` | prints TEXT to stdout |
+//! | `join` | adds this connection to the instance's room (shared instances) |
+//! | `say TEXT` | writes `TEXT\n` to every connection in the room |
+//! | `served` | writes `served=N live=L room=M\n`: protocols this instance has built, how many are not yet dropped, connections in its room |
 //!
 //! Its factory refuses (returns none for) every peer whose address is
 //! `127.0.0.66`.
 
-use std::cell::Cell;
+use std::cell::{Cell, RefCell};
 
 use twill_guest::{Address, Protocol, Reason, ServerFactory, Transport, export};
+
+thread_local! {
+    /// Protocols this instance has built (one per connection it served).
+    static SERVED: Cell<u64> = const { Cell::new(0) };
+    /// Protocols built and not yet dropped by the host.
+    static LIVE: Cell<u64> = const { Cell::new(0) };
+    /// The room: every joined connection's id and transport. On a shared
+    /// instance it spans connections, as Twisted's chat `factory.clients`.
+    static ROOM: RefCell<Vec<(u64, Transport)>> = const { RefCell::new(Vec::new()) };
+}
 
 /// Builds [`Kit`], refusing peers from 127.0.0.66.
 #[derive(Default)]
@@ -37,13 +50,22 @@ impl ServerFactory for KitFactory {
         if addr.host == "127.0.0.66" {
             return None;
         }
-        Some(Box::new(Kit::default()))
+        let id = SERVED.with(|s| {
+            s.set(s.get() + 1);
+            s.get()
+        });
+        LIVE.with(|l| l.set(l.get() + 1));
+        Some(Box::new(Kit {
+            id,
+            line: Vec::new(),
+            produce: Cell::new(0),
+        }))
     }
 }
 
 /// The command interpreter.
-#[derive(Default)]
 pub struct Kit {
+    id: u64,
     line: Vec<u8>,
     produce: Cell<usize>,
 }
@@ -77,6 +99,18 @@ impl Kit {
         match word {
             "echo" => t.write(format!("{rest}\n").as_bytes()),
             "print" => println!("{rest}"),
+            "join" => ROOM.with(|r| r.borrow_mut().push((self.id, t.clone()))),
+            "say" => ROOM.with(|r| {
+                for (_, peer) in r.borrow().iter() {
+                    peer.write(format!("{rest}\n").as_bytes());
+                }
+            }),
+            "served" => {
+                let served = SERVED.with(Cell::get);
+                let live = LIVE.with(Cell::get);
+                let room = ROOM.with(|r| r.borrow().len());
+                t.write(format!("served={served} live={live} room={room}\n").as_bytes());
+            }
             "addr" => t.write(format!("peer={} host={}\n", t.peer(), t.host()).as_bytes()),
             "big" => {
                 let n: usize = rest.trim().parse().unwrap_or(0);
@@ -183,6 +217,12 @@ impl Kit {
     }
 }
 
+impl Drop for Kit {
+    fn drop(&mut self) {
+        LIVE.with(|l| l.set(l.get() - 1));
+    }
+}
+
 impl Protocol for Kit {
     fn data_received(&mut self, transport: &Transport, data: &[u8]) {
         for &b in data {
@@ -199,6 +239,7 @@ impl Protocol for Kit {
     }
 
     fn connection_lost(&mut self, reason: Reason) {
+        ROOM.with(|r| r.borrow_mut().retain(|(id, _)| *id != self.id));
         if let Reason::Lost(m) = &reason {
             eprintln!("testkit: connection lost uncleanly: {m}");
         }

@@ -42,10 +42,11 @@ use wasmtime::{Config as EngineConfig, Engine, Store, UpdateDeadline};
 use wasmtime_wasi::{HostMonotonicClock, HostWallClock, WasiCtxBuilder};
 
 use crate::config::{Config, HostSettings};
+use crate::shutdown::ShutdownSignal;
 use bindings::{client_factory, protocol, server_factory};
 use limits::Limits;
 use output::{GuestOutput, Sink, Std};
-use state::{ConnState, CpuBudget, TransportState};
+use state::{ConnState, CpuBudget, TransportState, Transports};
 use transport::TransportHandle;
 
 /// The interface names a component must export for each role.
@@ -85,6 +86,27 @@ pub struct Plugin {
     capture: Option<Arc<std::sync::Mutex<Vec<u8>>>>,
     /// "it exports `a`, `b`", for errors about missing exports.
     exports: String,
+    sharing: Sharing,
+    /// With `Sharing::Shared(n)`: the n instance slots, filled on first use.
+    shared: Vec<std::sync::Mutex<Option<Arc<SharedGuest>>>>,
+    next_shared: std::sync::atomic::AtomicUsize,
+}
+
+/// How a plugin's instances map to connections (`instance` in
+/// `plugins.toml`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub enum Sharing {
+    /// A fresh instance per connection, as Twisted builds a protocol per
+    /// connection: a fault ends only its own connection. The default.
+    #[default]
+    PerConnection,
+    /// This many long-lived instances, each serving many connections (one
+    /// protocol resource per connection), assigned round robin. Guest
+    /// state is shared as in one Twisted process (a factory can keep a list
+    /// of its protocols and write to any of them); a fault aborts every
+    /// connection on that instance, and the next connection gets a fresh
+    /// one. Memory per idle connection is a few KiB instead of tens.
+    Shared(u32),
 }
 
 impl std::fmt::Debug for Plugin {
@@ -211,7 +233,8 @@ impl Runtime {
                 message,
             };
             match rt.load_plugin(name, &p.component, p.limits.clone(), p.clock) {
-                Ok(plugin) => {
+                Ok(mut plugin) => {
+                    plugin.set_sharing(p.sharing);
                     let needs_server = config.listen.iter().any(|l| &l.plugin == name);
                     let needs_client = config.connect.iter().any(|c| &c.plugin == name);
                     if needs_server && plugin.server.is_none() {
@@ -293,6 +316,9 @@ impl Runtime {
             clock,
             capture: None,
             exports,
+            sharing: Sharing::PerConnection,
+            shared: Vec::new(),
+            next_shared: std::sync::atomic::AtomicUsize::new(0),
         })
     }
 
@@ -371,6 +397,20 @@ impl HostMonotonicClock for FrozenClock {
 }
 
 impl Plugin {
+    /// Sets how instances map to connections (before the plugin is used).
+    pub fn set_sharing(&mut self, sharing: Sharing) {
+        self.sharing = sharing;
+        self.shared = match sharing {
+            Sharing::PerConnection => Vec::new(),
+            Sharing::Shared(n) => (0..n.max(1)).map(|_| std::sync::Mutex::new(None)).collect(),
+        };
+    }
+
+    /// How instances map to connections.
+    pub fn sharing(&self) -> Sharing {
+        self.sharing
+    }
+
     /// Sends this plugin's guest output to `buf` instead of the host's
     /// stdout and stderr (the test transport uses this).
     pub fn capture_output(&mut self, buf: Arc<std::sync::Mutex<Vec<u8>>>) {
@@ -408,22 +448,27 @@ impl Plugin {
         b.build()
     }
 
-    /// Instantiates the component in a fresh Store for one connection (or,
-    /// for a client, one connector).
-    pub fn instantiate(self: &Arc<Self>, engine: &Engine) -> Result<Session, GuestFault> {
+    /// A transport state for a new connection of this plugin.
+    fn new_transport(&self) -> TransportState {
+        TransportState {
+            max_output: self.limits.max_output,
+            ..TransportState::default()
+        }
+    }
+
+    /// Instantiates the component in a fresh Store.
+    fn new_guest(&self, engine: &Engine) -> Result<Guest, GuestFault> {
         let state = ConnState {
             wasi: self.wasi(),
             table: wasmtime::component::ResourceTable::new(),
             limits: self.limits.store_limits(),
-            transport: TransportState {
-                max_output: self.limits.max_output,
-                ..TransportState::default()
-            },
             cpu: CpuBudget {
                 used: 0,
                 max: self.limits.cpu_ticks(),
                 exceeded: false,
             },
+            transports: Transports::default(),
+            current: None,
         };
         let mut store = Store::new(engine, state);
         store.limiter(|s| &mut s.limits);
@@ -437,51 +482,176 @@ impl Plugin {
                 Ok(UpdateDeadline::Continue(1))
             }
         });
-        let mut session = Session {
-            plugin: self.clone(),
-            store,
-            api: None,
-            server: None,
-            client: None,
-            protocol: None,
-            poisoned: false,
-        };
-        session.arm();
-        let instance = self.pre.instantiate(&mut session.store);
-        let instance = session.check(instance)?;
+        arm(&mut store);
+        let cpu = self.limits.cpu;
+        let instance = self
+            .pre
+            .instantiate(&mut store)
+            .map_err(|e| fault(&store, cpu, e))?;
         let loaded = (|| {
-            let api = self.protocol.load(&mut session.store, &instance)?;
+            let api = self.protocol.load(&mut store, &instance)?;
             let server = self
                 .server
                 .as_ref()
-                .map(|i| i.load(&mut session.store, &instance))
+                .map(|i| i.load(&mut store, &instance))
                 .transpose()?;
             let client = self
                 .client
                 .as_ref()
-                .map(|i| i.load(&mut session.store, &instance))
+                .map(|i| i.load(&mut store, &instance))
                 .transpose()?;
             Ok::<_, wasmtime::Error>((api, server, client))
         })();
-        let (api, server, client) = session.check(loaded)?;
-        session.api = Some(api);
-        session.server = server;
-        session.client = client;
+        let (api, server, client) = loaded.map_err(|e| fault(&store, cpu, e))?;
+        Ok(Guest {
+            store,
+            api,
+            server,
+            client,
+            poisoned: false,
+        })
+    }
+
+    /// A session for one connection (or, for a client, one connector): a
+    /// fresh instance, or with `instance = "shared"` a place on one of the
+    /// plugin's shared instances (round robin; an instance that faulted is
+    /// replaced by a fresh one).
+    pub fn instantiate(self: &Arc<Self>, engine: &Engine) -> Result<Session, GuestFault> {
+        let home = match self.sharing {
+            Sharing::PerConnection => Home::Own(Box::new(self.new_guest(engine)?)),
+            Sharing::Shared(_) => {
+                let i = self.next_shared.fetch_add(1, Ordering::Relaxed) % self.shared.len();
+                let mut cell = self.shared[i].lock().unwrap_or_else(|e| e.into_inner());
+                let shared = match &*cell {
+                    Some(s) if !s.fault.is_fired() => s.clone(),
+                    _ => {
+                        let s = Arc::new(SharedGuest {
+                            guest: std::sync::Mutex::new(self.new_guest(engine)?),
+                            fault: ShutdownSignal::default(),
+                        });
+                        *cell = Some(s.clone());
+                        s
+                    }
+                };
+                Home::Shared(shared)
+            }
+        };
+        let mut session = Session {
+            plugin: self.clone(),
+            home,
+            protocol: None,
+            slot: 0,
+        };
+        let slot = session
+            .guest()
+            .store
+            .data_mut()
+            .transports
+            .insert(self.new_transport())
+            .0;
+        session.slot = slot;
         Ok(session)
     }
 }
 
-/// One live instance: a Store, the guest's exports, and (once built) the
-/// connection's protocol. Every method is one guest callback, run under the
-/// plugin's CPU and memory limits.
-pub struct Session {
-    plugin: Arc<Plugin>,
+/// One instance of a plugin's component: its Store and its exports.
+pub struct Guest {
     store: Store<ConnState>,
-    api: Option<protocol::Guest>,
+    api: protocol::Guest,
     server: Option<server_factory::Guest>,
     client: Option<client_factory::Guest>,
-    protocol: Option<ResourceAny>,
     poisoned: bool,
+}
+
+/// An instance that serves many connections (`instance = "shared"`).
+pub struct SharedGuest {
+    guest: std::sync::Mutex<Guest>,
+    /// Fired when the instance faults: every connection on it is aborted.
+    fault: ShutdownSignal,
+}
+
+/// Where a session's instance lives.
+enum Home {
+    Own(Box<Guest>),
+    Shared(Arc<SharedGuest>),
+}
+
+/// A session's access to its instance: direct, or under the shared
+/// instance's lock.
+pub enum GuestRef<'a> {
+    /// An instance of the session's own.
+    Own(&'a mut Guest),
+    /// A shared instance, locked.
+    Shared(std::sync::MutexGuard<'a, Guest>),
+}
+
+impl std::ops::Deref for GuestRef<'_> {
+    type Target = Guest;
+    fn deref(&self) -> &Guest {
+        match self {
+            GuestRef::Own(g) => g,
+            GuestRef::Shared(g) => g,
+        }
+    }
+}
+
+impl std::ops::DerefMut for GuestRef<'_> {
+    fn deref_mut(&mut self) -> &mut Guest {
+        match self {
+            GuestRef::Own(g) => g,
+            GuestRef::Shared(g) => g,
+        }
+    }
+}
+
+/// One connection's transport, borrowed from its instance.
+pub struct TransportRef<'a> {
+    guest: GuestRef<'a>,
+    slot: u32,
+}
+
+impl std::ops::Deref for TransportRef<'_> {
+    type Target = TransportState;
+    fn deref(&self) -> &TransportState {
+        self.guest.store.data().transports.slot(self.slot)
+    }
+}
+
+impl std::ops::DerefMut for TransportRef<'_> {
+    fn deref_mut(&mut self) -> &mut TransportState {
+        self.guest.store.data_mut().transports.slot_mut(self.slot)
+    }
+}
+
+/// Resets the per-callback CPU budget.
+fn arm(store: &mut Store<ConnState>) {
+    let cpu = &mut store.data_mut().cpu;
+    cpu.used = 0;
+    cpu.exceeded = false;
+    store.set_epoch_deadline(1);
+}
+
+/// Classifies a failed guest call.
+fn fault(store: &Store<ConnState>, cpu: Duration, e: wasmtime::Error) -> GuestFault {
+    if store.data().cpu.exceeded {
+        GuestFault::CpuLimit(cpu)
+    } else if let Some(trap) = e.downcast_ref::<wasmtime::Trap>() {
+        GuestFault::Trap(trap.to_string())
+    } else {
+        GuestFault::Trap(format!("{e}"))
+    }
+}
+
+/// One connection's view of its plugin: the instance (its own, or a place
+/// on a shared one), the connection's protocol once built, and its
+/// transport. Every method is one guest callback, run under the plugin's
+/// CPU and memory limits.
+pub struct Session {
+    plugin: Arc<Plugin>,
+    home: Home,
+    protocol: Option<ResourceAny>,
+    /// This connection's slot in the instance's transports.
+    slot: u32,
 }
 
 impl std::fmt::Debug for Session {
@@ -492,23 +662,38 @@ impl std::fmt::Debug for Session {
     }
 }
 
+impl Drop for Session {
+    fn drop(&mut self) {
+        // An instance of its own goes with the session. On a shared one,
+        // drop the protocol (the guest's destructor runs, under the CPU
+        // budget) and free the transport slot.
+        if let Home::Shared(shared) = &self.home {
+            let shared = shared.clone();
+            let cpu = self.plugin.limits.cpu;
+            let mut g = shared.guest.lock().unwrap_or_else(|e| e.into_inner());
+            if let Some(p) = self.protocol.take()
+                && !g.poisoned
+            {
+                arm(&mut g.store);
+                g.store.data_mut().current = Some(self.slot);
+                if let Err(e) = p.resource_drop(&mut g.store) {
+                    let f = fault(&g.store, cpu, e);
+                    tracing::warn!(plugin = %self.plugin.name, fault = %f, "shared guest faulted dropping a protocol; its connections are aborted");
+                    g.poisoned = true;
+                    shared.fault.fire();
+                }
+                g.store.data_mut().current = None;
+            }
+            g.store.data_mut().transports.remove(self.slot);
+        }
+    }
+}
+
 fn address(a: SocketAddr) -> bindings::Address {
     bindings::Address {
         host: a.ip().to_canonical().to_string(),
         port: a.port(),
     }
-}
-
-macro_rules! guest_call {
-    ($self:ident, |$store:ident| $call:expr) => {{
-        if $self.poisoned {
-            return Err(GuestFault::Poisoned);
-        }
-        $self.arm();
-        let $store = &mut $self.store;
-        let r = $call;
-        $self.check(r)
-    }};
 }
 
 impl Session {
@@ -517,9 +702,48 @@ impl Session {
         &self.plugin
     }
 
+    fn guest(&mut self) -> GuestRef<'_> {
+        match &mut self.home {
+            Home::Own(g) => GuestRef::Own(g),
+            Home::Shared(s) => GuestRef::Shared(s.guest.lock().unwrap_or_else(|e| e.into_inner())),
+        }
+    }
+
     /// The transport state the guest's calls have built up.
-    pub fn transport(&mut self) -> &mut TransportState {
-        &mut self.store.data_mut().transport
+    pub fn transport(&mut self) -> TransportRef<'_> {
+        let slot = self.slot;
+        TransportRef {
+            guest: self.guest(),
+            slot,
+        }
+    }
+
+    /// Whether the session is on a shared instance.
+    pub fn is_shared(&self) -> bool {
+        matches!(self.home, Home::Shared(_))
+    }
+
+    /// For a shared instance, a listener that fires when the instance
+    /// faults (every connection on it must then be aborted).
+    pub fn fault_listener(&self) -> Option<crate::shutdown::Shutdown> {
+        match &self.home {
+            Home::Own(_) => None,
+            Home::Shared(s) => Some(s.fault.subscribe()),
+        }
+    }
+
+    /// Ready when a callback of another connection on the same shared
+    /// instance changed this connection's transport (wrote to it, closed
+    /// it); registers the task's waker otherwise.
+    pub fn poll_kicked(&mut self, cx: &mut std::task::Context<'_>) -> std::task::Poll<()> {
+        let mut t = self.transport();
+        if std::mem::take(&mut t.kicked) {
+            return std::task::Poll::Ready(());
+        }
+        if !t.waker.as_ref().is_some_and(|w| w.will_wake(cx.waker())) {
+            t.waker = Some(cx.waker().clone());
+        }
+        std::task::Poll::Pending
     }
 
     /// Whether a protocol has been built.
@@ -528,63 +752,73 @@ impl Session {
     }
 
     /// Whether the instance faulted.
-    pub fn is_poisoned(&self) -> bool {
-        self.poisoned
+    pub fn is_poisoned(&mut self) -> bool {
+        self.guest().poisoned
     }
 
-    fn arm(&mut self) {
-        let cpu = &mut self.store.data_mut().cpu;
-        cpu.used = 0;
-        cpu.exceeded = false;
-        self.store.set_epoch_deadline(1);
-    }
-
-    fn check<R>(&mut self, r: wasmtime::Result<R>) -> Result<R, GuestFault> {
-        r.map_err(|e| {
-            self.poisoned = true;
-            if self.store.data().cpu.exceeded {
-                GuestFault::CpuLimit(self.plugin.limits.cpu)
-            } else if let Some(trap) = e.downcast_ref::<wasmtime::Trap>() {
-                GuestFault::Trap(trap.to_string())
-            } else {
-                GuestFault::Trap(format!("{e}"))
+    /// Runs one guest callback: refuses if the instance already faulted,
+    /// arms the CPU budget, marks this connection as the caller, and turns
+    /// a trap into a [`GuestFault`] that poisons the instance (and, for a
+    /// shared one, aborts every connection on it).
+    fn call<R>(
+        &mut self,
+        f: impl FnOnce(&mut Guest, Option<ResourceAny>) -> wasmtime::Result<R>,
+    ) -> Result<R, GuestFault> {
+        let (slot, protocol, cpu) = (self.slot, self.protocol, self.plugin.limits.cpu);
+        let mut g = self.guest();
+        if g.poisoned {
+            return Err(GuestFault::Poisoned);
+        }
+        arm(&mut g.store);
+        g.store.data_mut().current = Some(slot);
+        let r = f(&mut g, protocol);
+        g.store.data_mut().current = None;
+        match r {
+            Ok(v) => Ok(v),
+            Err(e) => {
+                let f = fault(&g.store, cpu, e);
+                g.poisoned = true;
+                drop(g);
+                if let Home::Shared(s) = &self.home {
+                    s.fault.fire();
+                }
+                Err(f)
             }
-        })
+        }
     }
 
     /// `server-factory.build-protocol(addr)`. Returns false if the guest
     /// refused the connection.
     pub fn build_server_protocol(&mut self, peer: SocketAddr) -> Result<bool, GuestFault> {
-        let Some(server) = self.server.clone() else {
-            return Ok(false);
-        };
         let addr = address(peer);
-        let p = guest_call!(self, |store| server.call_build_protocol(&mut *store, &addr))?;
+        let p = self.call(|g, _| match g.server.clone() {
+            Some(server) => server.call_build_protocol(&mut g.store, &addr),
+            None => Ok(None),
+        })?;
         self.protocol = p;
         Ok(self.protocol.is_some())
     }
 
     /// `client-factory.started-connecting(addr)`.
     pub fn started_connecting(&mut self, host: &str, port: u16) -> Result<(), GuestFault> {
-        let Some(client) = self.client.clone() else {
-            return Ok(());
-        };
         let addr = bindings::Address {
             host: host.to_string(),
             port,
         };
-        guest_call!(self, |store| client
-            .call_started_connecting(&mut *store, &addr))
+        self.call(|g, _| match g.client.clone() {
+            Some(client) => client.call_started_connecting(&mut g.store, &addr),
+            None => Ok(()),
+        })
     }
 
     /// `client-factory.build-protocol(addr)`. Returns false if the guest
     /// declined.
     pub fn build_client_protocol(&mut self, remote: SocketAddr) -> Result<bool, GuestFault> {
-        let Some(client) = self.client.clone() else {
-            return Ok(false);
-        };
         let addr = address(remote);
-        let p = guest_call!(self, |store| client.call_build_protocol(&mut *store, &addr))?;
+        let p = self.call(|g, _| match g.client.clone() {
+            Some(client) => client.call_build_protocol(&mut g.store, &addr),
+            None => Ok(None),
+        })?;
         self.protocol = p;
         Ok(self.protocol.is_some())
     }
@@ -594,20 +828,18 @@ impl Session {
         &mut self,
         reason: &bindings::Reason,
     ) -> Result<(), GuestFault> {
-        let Some(client) = self.client.clone() else {
-            return Ok(());
-        };
-        guest_call!(self, |store| client
-            .call_client_connection_failed(&mut *store, reason))
+        self.call(|g, _| match g.client.clone() {
+            Some(client) => client.call_client_connection_failed(&mut g.store, reason),
+            None => Ok(()),
+        })
     }
 
     /// `client-factory.client-connection-lost(reason)`.
     pub fn client_connection_lost(&mut self, reason: &bindings::Reason) -> Result<(), GuestFault> {
-        let Some(client) = self.client.clone() else {
-            return Ok(());
-        };
-        guest_call!(self, |store| client
-            .call_client_connection_lost(&mut *store, reason))
+        self.call(|g, _| match g.client.clone() {
+            Some(client) => client.call_client_connection_lost(&mut g.store, reason),
+            None => Ok(()),
+        })
     }
 
     /// `protocol.make-connection(transport)`, with the connection's
@@ -617,68 +849,68 @@ impl Session {
         peer: SocketAddr,
         host: SocketAddr,
     ) -> Result<(), GuestFault> {
-        let (Some(api), Some(p)) = (self.api.clone(), self.protocol) else {
+        if self.protocol.is_none() {
             return Ok(());
-        };
-        let t = &mut self.store.data_mut().transport;
-        t.peer = Some(peer);
-        t.host = Some(host);
-        let handle = self
-            .store
-            .data_mut()
-            .table
-            .push(TransportHandle)
-            .map_err(|e| GuestFault::Trap(e.to_string()))?;
-        guest_call!(self, |store| api.protocol().call_make_connection(
-            &mut *store,
-            p,
-            handle
-        ))
+        }
+        let slot = self.slot;
+        {
+            let mut t = self.transport();
+            t.peer = Some(peer);
+            t.host = Some(host);
+        }
+        self.call(|g, p| {
+            let state = g.store.data_mut();
+            let (slot, generation) = (slot, state.transports.generation(slot));
+            let handle = state.table.push(TransportHandle { slot, generation })?;
+            let api = g.api.clone();
+            api.protocol()
+                .call_make_connection(&mut g.store, p.expect("checked above"), handle)
+        })
     }
 
     /// `protocol.data-received(data)`.
     pub fn data_received(&mut self, data: &[u8]) -> Result<(), GuestFault> {
-        let (Some(api), Some(p)) = (self.api.clone(), self.protocol) else {
+        let Some(p) = self.protocol else {
             return Ok(());
         };
-        guest_call!(self, |store| api.protocol().call_data_received(
-            &mut *store,
-            p,
-            data
-        ))
+        self.call(|g, _| {
+            let api = g.api.clone();
+            api.protocol().call_data_received(&mut g.store, p, data)
+        })
     }
 
     /// `protocol.connection-lost(reason)`. The transport stops accepting
     /// writes first.
     pub fn connection_lost(&mut self, reason: &bindings::Reason) -> Result<(), GuestFault> {
         self.transport().lost = true;
-        let (Some(api), Some(p)) = (self.api.clone(), self.protocol) else {
+        let Some(p) = self.protocol else {
             return Ok(());
         };
-        guest_call!(self, |store| api.protocol().call_connection_lost(
-            &mut *store,
-            p,
-            reason
-        ))
+        self.call(|g, _| {
+            let api = g.api.clone();
+            api.protocol().call_connection_lost(&mut g.store, p, reason)
+        })
     }
 
     /// `protocol.pause-producing()`.
     pub fn pause_producing(&mut self) -> Result<(), GuestFault> {
-        let (Some(api), Some(p)) = (self.api.clone(), self.protocol) else {
+        let Some(p) = self.protocol else {
             return Ok(());
         };
-        guest_call!(self, |store| api
-            .protocol()
-            .call_pause_producing(&mut *store, p))
+        self.call(|g, _| {
+            let api = g.api.clone();
+            api.protocol().call_pause_producing(&mut g.store, p)
+        })
     }
 
     /// `protocol.resume-producing()`.
     pub fn resume_producing(&mut self) -> Result<(), GuestFault> {
-        let (Some(api), Some(p)) = (self.api.clone(), self.protocol) else {
+        let Some(p) = self.protocol else {
             return Ok(());
         };
-        guest_call!(self, |store| api
-            .protocol()
-            .call_resume_producing(&mut *store, p))
+        self.call(|g, _| {
+            let api = g.api.clone();
+            api.protocol().call_resume_producing(&mut g.store, p)
+        })
     }
 }

@@ -18,8 +18,13 @@ pub struct ConnState {
     pub(crate) wasi: WasiCtx,
     pub(crate) table: ResourceTable,
     pub(crate) limits: StoreLimits,
-    pub(crate) transport: TransportState,
     pub(crate) cpu: CpuBudget,
+    /// The transports of every connection this instance serves: one for an
+    /// instance per connection, many for a shared instance.
+    pub(crate) transports: Transports,
+    /// The transport slot of the connection whose callback is running.
+    /// Writes to any other transport wake that connection's task.
+    pub(crate) current: Option<u32>,
 }
 
 impl WasiView for ConnState {
@@ -51,6 +56,68 @@ pub enum Closing {
     Abort,
 }
 
+/// A slab of transport states, addressed by slot and generation so that a
+/// handle a guest kept after its connection ended (and whose slot now
+/// serves another connection) reaches nothing.
+#[derive(Debug, Default)]
+pub struct Transports {
+    slots: Vec<(u32, Option<TransportState>)>,
+    free: Vec<u32>,
+}
+
+impl Transports {
+    /// Stores a new transport; returns its slot and generation.
+    pub fn insert(&mut self, t: TransportState) -> (u32, u32) {
+        if let Some(i) = self.free.pop() {
+            let slot = &mut self.slots[i as usize];
+            slot.0 = slot.0.wrapping_add(1);
+            slot.1 = Some(t);
+            (i, slot.0)
+        } else {
+            let i = u32::try_from(self.slots.len()).expect("fewer than 2^32 transports");
+            self.slots.push((0, Some(t)));
+            (i, 0)
+        }
+    }
+
+    /// The live transport at `slot`, if it is still generation `generation`.
+    pub fn get_mut(&mut self, slot: u32, generation: u32) -> Option<&mut TransportState> {
+        match self.slots.get_mut(slot as usize) {
+            Some((g, Some(t))) if *g == generation => Some(t),
+            _ => None,
+        }
+    }
+
+    /// The transport at `slot` (the host's own view: always live).
+    pub fn slot(&self, slot: u32) -> &TransportState {
+        self.slots[slot as usize]
+            .1
+            .as_ref()
+            .expect("a session's transport lives until the session ends")
+    }
+
+    /// The current generation of `slot`.
+    pub fn generation(&self, slot: u32) -> u32 {
+        self.slots[slot as usize].0
+    }
+
+    /// The transport at `slot`, mutably (the host's own view: always live).
+    pub fn slot_mut(&mut self, slot: u32) -> &mut TransportState {
+        self.slots[slot as usize]
+            .1
+            .as_mut()
+            .expect("a session's transport lives until the session ends")
+    }
+
+    /// Frees a slot when its connection ends.
+    pub fn remove(&mut self, slot: u32) {
+        if let Some((_, t @ Some(_))) = self.slots.get_mut(slot as usize) {
+            *t = None;
+            self.free.push(slot);
+        }
+    }
+}
+
 /// The host's side of one transport.
 #[derive(Debug, Default)]
 pub struct TransportState {
@@ -68,6 +135,12 @@ pub struct TransportState {
     pub host: Option<SocketAddr>,
     /// The cap on unsent output (see `Limits::max_output`).
     pub max_output: usize,
+    /// Set when a callback of *another* connection changed this transport
+    /// (a shared instance's guest may write to any connection it knows);
+    /// the connection's task is woken to act on it.
+    pub kicked: bool,
+    /// The connection task's waker, for `kicked`.
+    pub waker: Option<std::task::Waker>,
 }
 
 impl TransportState {

@@ -10,12 +10,16 @@ use std::net::SocketAddr;
 use wasmtime::component::Resource;
 
 use super::bindings::twill::protocol::{transport, types};
-use super::state::{Closing, ConnState};
+use super::state::{Closing, ConnState, TransportState};
 
-/// The host's representation of a guest-held `transport` handle. A Store
-/// serves one connection, so the handle carries no data of its own.
-#[derive(Debug)]
-pub struct TransportHandle;
+/// The host's representation of a guest-held `transport` handle: which
+/// slot of the instance's [`Transports`](super::state::Transports) it
+/// names, and that slot's generation when the handle was made.
+#[derive(Debug, Clone, Copy)]
+pub struct TransportHandle {
+    pub(crate) slot: u32,
+    pub(crate) generation: u32,
+}
 
 fn address(a: Option<SocketAddr>) -> types::Address {
     match a {
@@ -31,25 +35,51 @@ fn address(a: Option<SocketAddr>) -> types::Address {
 }
 
 impl ConnState {
+    /// Runs `f` on the transport `handle` names, if its connection is still
+    /// there (Twisted ignores writes to a closed transport). If `kick`, the
+    /// call changed the transport: wake its connection's task unless it is
+    /// the one whose callback is running.
+    fn with_transport<R: Default>(
+        &mut self,
+        handle: &Resource<TransportHandle>,
+        kick: bool,
+        f: impl FnOnce(&mut TransportState) -> wasmtime::Result<R>,
+    ) -> wasmtime::Result<R> {
+        let h = *self.table.get(handle)?;
+        let current = self.current;
+        let Some(t) = self.transports.get_mut(h.slot, h.generation) else {
+            return Ok(R::default());
+        };
+        let r = f(t)?;
+        if kick && current != Some(h.slot) {
+            t.kicked = true;
+            if let Some(w) = &t.waker {
+                w.wake_by_ref();
+            }
+        }
+        Ok(r)
+    }
+}
+
+impl TransportState {
     /// Queues output, trapping the guest if it would pass its output limit.
     fn queue(
         &mut self,
         len: usize,
         chunks: impl IntoIterator<Item = Vec<u8>>,
     ) -> wasmtime::Result<()> {
-        let t = &mut self.transport;
-        if !t.accepts_writes() {
+        if !self.accepts_writes() {
             return Ok(());
         }
-        if t.out.len().saturating_add(len) > t.max_output {
+        if self.out.len().saturating_add(len) > self.max_output {
             return Err(wasmtime::format_err!(
                 "output limit exceeded: {} bytes unsent, max-output is {}",
-                t.out.len() + len,
-                t.max_output
+                self.out.len() + len,
+                self.max_output
             ));
         }
         for c in chunks {
-            t.out.push(c);
+            self.out.push(c);
         }
         Ok(())
     }
@@ -59,50 +89,60 @@ impl types::Host for ConnState {}
 impl transport::Host for ConnState {}
 
 impl transport::HostTransport for ConnState {
-    fn write(&mut self, _handle: Resource<TransportHandle>, data: Vec<u8>) -> wasmtime::Result<()> {
-        self.queue(data.len(), [data])
+    fn write(&mut self, handle: Resource<TransportHandle>, data: Vec<u8>) -> wasmtime::Result<()> {
+        self.with_transport(&handle, true, |t| t.queue(data.len(), [data]))
     }
 
     fn write_sequence(
         &mut self,
-        _handle: Resource<TransportHandle>,
+        handle: Resource<TransportHandle>,
         data: Vec<Vec<u8>>,
     ) -> wasmtime::Result<()> {
         let len = data.iter().map(Vec::len).sum();
-        self.queue(len, data)
+        self.with_transport(&handle, true, |t| t.queue(len, data))
     }
 
-    fn lose_connection(&mut self, _handle: Resource<TransportHandle>) -> wasmtime::Result<()> {
-        if self.transport.closing == Closing::Open {
-            self.transport.closing = Closing::Lose;
-        }
-        Ok(())
+    fn lose_connection(&mut self, handle: Resource<TransportHandle>) -> wasmtime::Result<()> {
+        self.with_transport(&handle, true, |t| {
+            if t.closing == Closing::Open {
+                t.closing = Closing::Lose;
+            }
+            Ok(())
+        })
     }
 
-    fn abort_connection(&mut self, _handle: Resource<TransportHandle>) -> wasmtime::Result<()> {
-        if !self.transport.lost {
-            self.transport.closing = Closing::Abort;
-            self.transport.out.clear();
-        }
-        Ok(())
+    fn abort_connection(&mut self, handle: Resource<TransportHandle>) -> wasmtime::Result<()> {
+        self.with_transport(&handle, true, |t| {
+            if !t.lost {
+                t.closing = Closing::Abort;
+                t.out.clear();
+            }
+            Ok(())
+        })
     }
 
-    fn get_peer(&mut self, _handle: Resource<TransportHandle>) -> wasmtime::Result<types::Address> {
-        Ok(address(self.transport.peer))
+    fn get_peer(&mut self, handle: Resource<TransportHandle>) -> wasmtime::Result<types::Address> {
+        self.with_transport(&handle, false, |t| Ok(Some(t.peer)))
+            .map(|a| address(a.flatten()))
     }
 
-    fn get_host(&mut self, _handle: Resource<TransportHandle>) -> wasmtime::Result<types::Address> {
-        Ok(address(self.transport.host))
+    fn get_host(&mut self, handle: Resource<TransportHandle>) -> wasmtime::Result<types::Address> {
+        self.with_transport(&handle, false, |t| Ok(Some(t.host)))
+            .map(|a| address(a.flatten()))
     }
 
-    fn register_producer(&mut self, _handle: Resource<TransportHandle>) -> wasmtime::Result<()> {
-        self.transport.producer = true;
-        Ok(())
+    fn register_producer(&mut self, handle: Resource<TransportHandle>) -> wasmtime::Result<()> {
+        self.with_transport(&handle, true, |t| {
+            t.producer = true;
+            Ok(())
+        })
     }
 
-    fn unregister_producer(&mut self, _handle: Resource<TransportHandle>) -> wasmtime::Result<()> {
-        self.transport.producer = false;
-        Ok(())
+    fn unregister_producer(&mut self, handle: Resource<TransportHandle>) -> wasmtime::Result<()> {
+        self.with_transport(&handle, true, |t| {
+            t.producer = false;
+            Ok(())
+        })
     }
 
     fn drop(&mut self, rep: Resource<TransportHandle>) -> wasmtime::Result<()> {

@@ -1,0 +1,223 @@
+//! `instance = "shared"`: long-lived instances that each serve many
+//! connections, one protocol resource per connection, over real sockets.
+//!
+//! What must hold: every connection's bytes stay its own under any
+//! chunking; one instance's guest state spans its connections (a write to
+//! another connection's transport is delivered without that connection
+//! doing anything); closed connections' protocols are dropped; and a fault
+//! aborts exactly the connections on the faulting instance, after which the
+//! next connection gets a fresh instance.
+
+mod support;
+
+use std::net::SocketAddr;
+use std::sync::atomic::Ordering;
+use std::time::Duration;
+
+use rand::rngs::StdRng;
+use rand::{Rng, SeedableRng};
+use tokio::io::{AsyncBufReadExt, AsyncReadExt, AsyncWriteExt, BufReader};
+use tokio::net::TcpStream;
+use tokio::net::tcp::{OwnedReadHalf, OwnedWriteHalf};
+
+use support::{echo_wasm, server_config, start, testkit_wasm};
+
+const T: Duration = Duration::from_secs(30);
+
+fn shared(n: u32) -> String {
+    format!("instance = \"shared\"\nshared-instances = {n}")
+}
+
+/// A line-oriented test-kit client.
+struct Kit {
+    r: BufReader<OwnedReadHalf>,
+    w: OwnedWriteHalf,
+}
+
+impl Kit {
+    async fn connect(addr: SocketAddr) -> Kit {
+        let (r, w) = TcpStream::connect(addr).await.unwrap().into_split();
+        Kit {
+            r: BufReader::new(r),
+            w,
+        }
+    }
+
+    async fn send(&mut self, cmd: &str) {
+        self.w
+            .write_all(format!("{cmd}\n").as_bytes())
+            .await
+            .unwrap();
+    }
+
+    async fn line(&mut self) -> String {
+        let mut l = String::new();
+        tokio::time::timeout(T, self.r.read_line(&mut l))
+            .await
+            .expect("a line arrives")
+            .unwrap();
+        l
+    }
+
+    async fn ask(&mut self, cmd: &str) -> String {
+        self.send(cmd).await;
+        self.line().await
+    }
+
+    /// Waits for the server to end the connection (EOF or reset), without
+    /// sending anything.
+    async fn ended(&mut self) -> bool {
+        let mut rest = Vec::new();
+        tokio::time::timeout(Duration::from_secs(5), self.r.read_to_end(&mut rest))
+            .await
+            .is_ok()
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn shared_echo_is_byte_exact_for_concurrent_clients_under_random_chunkings() {
+    let server = start(&server_config(&echo_wasm(), &shared(2))).await;
+    let addr = server.addr();
+    let seed: u64 = rand::rng().random();
+    println!("seed {seed}");
+    let mut tasks = Vec::new();
+    for i in 0..100u64 {
+        tasks.push(tokio::spawn(async move {
+            let mut rng = StdRng::seed_from_u64(seed ^ i);
+            let len = rng.random_range(1..60_000);
+            let mut data = vec![0u8; len];
+            rng.fill(&mut data[..]);
+            // Every tenth client writes one byte at a time.
+            let max_chunk = if i % 10 == 0 { 1 } else { 1 << (i % 12) };
+            let (mut r, mut w) = TcpStream::connect(addr).await.unwrap().into_split();
+            let sent = data.clone();
+            let writer = tokio::spawn(async move {
+                let mut off = 0;
+                while off < sent.len() {
+                    let n = rng.random_range(1..=max_chunk).min(sent.len() - off);
+                    w.write_all(&sent[off..off + n]).await.unwrap();
+                    off += n;
+                }
+                w.shutdown().await.unwrap();
+            });
+            let mut got = Vec::new();
+            tokio::time::timeout(T, r.read_to_end(&mut got))
+                .await
+                .expect("echo and close")
+                .unwrap();
+            writer.await.unwrap();
+            assert!(got == data, "client {i} (seed {seed}): echo differs");
+        }));
+    }
+    for t in tasks {
+        t.await.unwrap();
+    }
+    assert_eq!(server.stats[0].accepted.load(Ordering::Relaxed), 100);
+    assert_eq!(server.stats[0].faulted.load(Ordering::Relaxed), 0);
+    assert_eq!(server.shutdown().await, twill::RunEnd::Clean);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn one_instance_serves_every_connection_and_delivers_cross_connection_writes() {
+    let server = start(&server_config(&testkit_wasm(), &shared(1))).await;
+    let addr = server.addr();
+    let mut a = Kit::connect(addr).await;
+    assert_eq!(a.ask("served").await, "served=1 live=1 room=0\n");
+    let mut b = Kit::connect(addr).await;
+    assert_eq!(b.ask("served").await, "served=2 live=2 room=0\n");
+    a.send("join").await;
+    b.send("join").await;
+    assert_eq!(b.ask("served").await, "served=2 live=2 room=2\n");
+    // A's callback writes to B's transport; B gets it without sending a
+    // byte, so the host woke B's connection for it.
+    a.send("say hello from a").await;
+    assert_eq!(a.line().await, "hello from a\n");
+    assert_eq!(b.line().await, "hello from a\n");
+    // B leaves: its connection-lost runs and its protocol is dropped.
+    drop(b);
+    let mut state = String::new();
+    for _ in 0..100 {
+        state = a.ask("served").await;
+        if state == "served=2 live=1 room=1\n" {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    assert_eq!(state, "served=2 live=1 room=1\n");
+    a.send("say only a").await;
+    assert_eq!(a.line().await, "only a\n");
+    assert_eq!(server.shutdown().await, twill::RunEnd::Clean);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn closed_connections_drop_their_protocols_on_a_shared_instance() {
+    let server = start(&server_config(&testkit_wasm(), &shared(1))).await;
+    let addr = server.addr();
+    for i in 0..300 {
+        let mut k = Kit::connect(addr).await;
+        k.send("join").await;
+        assert_eq!(k.ask("echo x").await, "x\n", "connection {i}");
+        k.w.shutdown().await.unwrap();
+        assert!(k.ended().await);
+    }
+    let mut last = Kit::connect(addr).await;
+    let mut state = String::new();
+    for _ in 0..100 {
+        state = last.ask("served").await;
+        if state == "served=301 live=1 room=0\n" {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    assert_eq!(state, "served=301 live=1 room=0\n");
+    assert_eq!(server.shutdown().await, twill::RunEnd::Clean);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_fault_aborts_the_connections_on_its_instance_and_the_next_gets_a_fresh_one() {
+    let server = start(&server_config(&testkit_wasm(), &shared(1))).await;
+    let addr = server.addr();
+    let mut a = Kit::connect(addr).await;
+    let mut b = Kit::connect(addr).await;
+    assert_eq!(a.ask("served").await, "served=2 live=2 room=0\n");
+    assert_eq!(b.ask("echo b is up").await, "b is up\n");
+    a.send("panic").await;
+    assert!(a.ended().await, "the faulting connection is aborted");
+    // B sends nothing: the instance's fault signal ends it.
+    assert!(
+        b.ended().await,
+        "a connection on the same instance is aborted"
+    );
+    let mut c = Kit::connect(addr).await;
+    assert_eq!(
+        c.ask("served").await,
+        "served=1 live=1 room=0\n",
+        "a fresh instance"
+    );
+    let faulted = &server.stats[0].faulted;
+    for _ in 0..100 {
+        if faulted.load(Ordering::Relaxed) == 2 {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    assert_eq!(faulted.load(Ordering::Relaxed), 2);
+    assert_eq!(server.shutdown().await, twill::RunEnd::Clean);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn connections_go_round_robin_and_a_fault_stays_in_its_instance() {
+    let server = start(&server_config(&testkit_wasm(), &shared(2))).await;
+    let addr = server.addr();
+    let mut a = Kit::connect(addr).await;
+    assert_eq!(a.ask("served").await, "served=1 live=1 room=0\n");
+    let mut b = Kit::connect(addr).await;
+    assert_eq!(b.ask("served").await, "served=1 live=1 room=0\n");
+    let mut c = Kit::connect(addr).await;
+    assert_eq!(c.ask("served").await, "served=2 live=2 room=0\n");
+    a.send("panic").await;
+    assert!(a.ended().await);
+    assert!(c.ended().await, "C shared A's instance");
+    assert_eq!(b.ask("echo b lives").await, "b lives\n");
+    assert_eq!(server.shutdown().await, twill::RunEnd::Clean);
+}
