@@ -123,8 +123,11 @@ impl Conn {
     }
 
     /// Writes as much queued output as the socket takes without blocking.
-    fn flush(&mut self, session: &mut Session) -> io::Result<()> {
-        let out = &mut session.transport().out;
+    /// Returns what is still unsent, and how the guest wants the
+    /// connection to end, read under the same lock.
+    fn flush(&mut self, session: &mut Session) -> io::Result<(usize, Closing)> {
+        let mut t = session.transport();
+        let out = &mut t.out;
         while !out.is_empty() {
             let n = {
                 let mut iov = [IoSlice::new(&[]); MAX_IOVECS];
@@ -138,7 +141,7 @@ impl Conn {
                 };
                 match r {
                     Ok(n) => n,
-                    Err(e) if e.kind() == io::ErrorKind::WouldBlock => return Ok(()),
+                    Err(e) if e.kind() == io::ErrorKind::WouldBlock => break,
                     Err(e) if e.kind() == io::ErrorKind::Interrupted => continue,
                     Err(e) => return Err(e),
                 }
@@ -148,7 +151,7 @@ impl Conn {
             }
             out.advance(n);
         }
-        Ok(())
+        Ok((t.out.len(), t.closing))
     }
 
     /// Pauses or resumes a registered producer as output crosses the marks.
@@ -193,19 +196,26 @@ impl Conn {
         let fault = session.fault_listener();
         let mut fault = fault.as_ref().map(crate::shutdown::Shutdown::recv);
         loop {
-            if session.transport().closing == Closing::Abort {
+            // Twisted pauses a producer as soon as a write takes the buffer
+            // past its size, before any byte is sent; resume after the flush.
+            let producer = session.transport().producer;
+            if producer {
+                self.producer(session)?;
+            }
+            let (mut pending, mut closing) = match self.flush(session) {
+                Ok(state) => state,
+                Err(e) => return Ok(lost(&e)),
+            };
+            if producer {
+                // Resuming may write more (or close): read the state again.
+                self.producer(session)?;
+                let t = session.transport();
+                (pending, closing) = (t.out.len(), t.closing);
+            }
+            if closing == Closing::Abort {
                 self.abort();
                 return Ok(Reason::Lost("connection aborted".into()));
             }
-            // Twisted pauses a producer as soon as a write takes the buffer
-            // past its size, before any byte is sent; resume after the flush.
-            self.producer(session)?;
-            if let Err(e) = self.flush(session) {
-                return Ok(lost(&e));
-            }
-            self.producer(session)?;
-            let closing = session.transport().closing;
-            let pending = session.transport().out.len();
             if pending == 0 && (closing == Closing::Lose || self.eof) {
                 return Ok(self.close_cleanly().await);
             }

@@ -46,7 +46,7 @@ use crate::shutdown::ShutdownSignal;
 use bindings::{client_factory, protocol, server_factory};
 use limits::Limits;
 use output::{GuestOutput, Sink, Std};
-use state::{ConnState, CpuBudget, TransportState, Transports};
+use state::{ConnState, CpuBudget, TransportCell, TransportState, Transports};
 use transport::TransportHandle;
 
 /// The interface names a component must export for each role.
@@ -536,19 +536,15 @@ impl Plugin {
                 Home::Shared(shared)
             }
         };
+        let cell: TransportCell = Arc::new(std::sync::Mutex::new(self.new_transport()));
         let mut session = Session {
             plugin: self.clone(),
             home,
             protocol: None,
             slot: 0,
+            cell: cell.clone(),
         };
-        let slot = session
-            .guest()
-            .store
-            .data_mut()
-            .transports
-            .insert(self.new_transport())
-            .0;
+        let slot = session.guest().store.data_mut().transports.insert(cell).0;
         session.slot = slot;
         Ok(session)
     }
@@ -604,25 +600,6 @@ impl std::ops::DerefMut for GuestRef<'_> {
     }
 }
 
-/// One connection's transport, borrowed from its instance.
-pub struct TransportRef<'a> {
-    guest: GuestRef<'a>,
-    slot: u32,
-}
-
-impl std::ops::Deref for TransportRef<'_> {
-    type Target = TransportState;
-    fn deref(&self) -> &TransportState {
-        self.guest.store.data().transports.slot(self.slot)
-    }
-}
-
-impl std::ops::DerefMut for TransportRef<'_> {
-    fn deref_mut(&mut self) -> &mut TransportState {
-        self.guest.store.data_mut().transports.slot_mut(self.slot)
-    }
-}
-
 /// Resets the per-callback CPU budget.
 fn arm(store: &mut Store<ConnState>) {
     let cpu = &mut store.data_mut().cpu;
@@ -652,6 +629,8 @@ pub struct Session {
     protocol: Option<ResourceAny>,
     /// This connection's slot in the instance's transports.
     slot: u32,
+    /// This connection's transport state (also in the instance's slab).
+    cell: TransportCell,
 }
 
 impl std::fmt::Debug for Session {
@@ -670,7 +649,7 @@ impl Drop for Session {
         if let Home::Shared(shared) = &self.home {
             let shared = shared.clone();
             let cpu = self.plugin.limits.cpu;
-            let mut g = shared.guest.lock().unwrap_or_else(|e| e.into_inner());
+            let mut g = state::lock(&shared.guest);
             if let Some(p) = self.protocol.take()
                 && !g.poisoned
             {
@@ -705,17 +684,14 @@ impl Session {
     fn guest(&mut self) -> GuestRef<'_> {
         match &mut self.home {
             Home::Own(g) => GuestRef::Own(g),
-            Home::Shared(s) => GuestRef::Shared(s.guest.lock().unwrap_or_else(|e| e.into_inner())),
+            Home::Shared(s) => GuestRef::Shared(state::lock(&s.guest)),
         }
     }
 
-    /// The transport state the guest's calls have built up.
-    pub fn transport(&mut self) -> TransportRef<'_> {
-        let slot = self.slot;
-        TransportRef {
-            guest: self.guest(),
-            slot,
-        }
+    /// The transport state the guest's calls have built up, locked (a
+    /// shared instance's callbacks may write to it from another thread).
+    pub fn transport(&self) -> std::sync::MutexGuard<'_, TransportState> {
+        state::lock(&self.cell)
     }
 
     /// Whether the session is on a shared instance.

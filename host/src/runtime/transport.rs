@@ -10,7 +10,7 @@ use std::net::SocketAddr;
 use wasmtime::component::Resource;
 
 use super::bindings::twill::protocol::{transport, types};
-use super::state::{Closing, ConnState, TransportState};
+use super::state::{Closing, ConnState, TransportState, lock};
 
 /// The host's representation of a guest-held `transport` handle: which
 /// slot of the instance's [`Transports`](super::state::Transports) it
@@ -47,10 +47,11 @@ impl ConnState {
     ) -> wasmtime::Result<R> {
         let h = *self.table.get(handle)?;
         let current = self.current;
-        let Some(t) = self.transports.get_mut(h.slot, h.generation) else {
+        let Some(cell) = self.transports.get(h.slot, h.generation) else {
             return Ok(R::default());
         };
-        let r = f(t)?;
+        let mut t = lock(cell);
+        let r = f(&mut t)?;
         if kick && current != Some(h.slot) {
             t.kicked = true;
             if let Some(w) = &t.waker {
