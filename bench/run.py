@@ -1,6 +1,7 @@
 #!/usr/bin/env python3
-"""Twill's benchmark: twill (bundled guest-echo, release build) against a native
-tokio echo server and Twisted's echo server, in alternation, for several rounds.
+"""Twill's benchmark: twill (bundled guest-echo, release build; an instance per
+connection, and shared instances) against a native tokio echo server and
+Twisted's echo server, in alternation, for several rounds.
 
 Each scenario reports the loadgen's throughput and the *server's* CPU time per
 operation, read from /proc/PID/stat: the load generator shares the machine's
@@ -51,8 +52,10 @@ def wait_port(port, proc, timeout=60):
 
 def servers(venv_python):
     cfg = ROOT / "bench" / "twill-bench.toml"
+    shared = ROOT / "bench" / "twill-bench-shared.toml"
     return {
         "twill": ([str(TARGET / "release" / "twill"), "-q", "run", str(cfg)], 9100),
+        "shared": ([str(TARGET / "release" / "twill"), "-q", "run", str(shared)], 9103),
         "native": ([str(TARGET / "release" / "native-echo"), "127.0.0.1:9101", "2"], 9101),
         "twisted": ([venv_python, str(ROOT / "bench" / "twisted_echo.py"), "9102"], 9102),
     }
@@ -102,10 +105,10 @@ def main():
     ap.add_argument("--duration", type=float, default=5.0)
     ap.add_argument("--venv-python", default="/var/tmp/twill-bench-venv/bin/python")
     ap.add_argument("--out", default=str(ROOT / "bench" / "results" / "latest.md"))
-    ap.add_argument("--only", default="twill,native,twisted")
+    ap.add_argument("--only", default="twill,shared,native,twisted")
     a = ap.parse_args()
     srv = servers(a.venv_python)
-    names = [n for n in ["twill", "native", "twisted"] if n in a.only.split(",")]
+    names = [n for n in ["twill", "shared", "native", "twisted"] if n in a.only.split(",")]
     results = {}
     t0 = time.time()
     for rnd in range(a.rounds):
@@ -117,8 +120,11 @@ def main():
 
     lines = []
     lines.append(f"Medians of {a.rounds} rounds, {a.duration:.0f} s per scenario; servers run in alternation.\n")
-    lines.append("| scenario | metric | twill | native tokio | Twisted | twill / native | twill / Twisted |")
-    lines.append("|---|---|---:|---:|---:|---:|---:|")
+    lines.append(
+        "| scenario | metric | twill | twill shared | native tokio | Twisted "
+        "| twill / native | shared / native | twill / Twisted | shared / Twisted |"
+    )
+    lines.append("|---|---|---:|---:|---:|---:|---:|---:|---:|---:|")
 
     def cell(name, scen, key):
         v = results.get((name, scen))
@@ -130,13 +136,17 @@ def main():
     def ratio(a_, b_):
         return "–" if a_ is None or b_ is None or b_ == 0 else f"{a_ / b_:.2f}×"
 
+    def row(scen, metric, key):
+        tw, sh, na, ts = (cell(n, scen, key) for n in ["twill", "shared", "native", "twisted"])
+        return (
+            f"| {scen} | {metric} | {fmt(tw)} | {fmt(sh)} | {fmt(na)} | {fmt(ts)} "
+            f"| {ratio(tw, na)} | {ratio(sh, na)} | {ratio(tw, ts)} | {ratio(sh, ts)} |"
+        )
+
     for scen, _, op in SCENARIOS:
-        tw, na, ts = (cell(n, scen, "rate") for n in ["twill", "native", "twisted"])
-        lines.append(f"| {scen} | {op}s / s | {fmt(tw)} | {fmt(na)} | {fmt(ts)} | {ratio(tw, na)} | {ratio(tw, ts)} |")
-        tw, na, ts = (cell(n, scen, "cpu_us") for n in ["twill", "native", "twisted"])
-        lines.append(f"| {scen} | server CPU µs / {op} | {fmt(tw)} | {fmt(na)} | {fmt(ts)} | {ratio(tw, na)} | {ratio(tw, ts)} |")
-    tw, na, ts = (cell(n, "idle-10k", "kib") for n in ["twill", "native", "twisted"])
-    lines.append(f"| idle-10k | server RSS KiB / connection | {fmt(tw)} | {fmt(na)} | {fmt(ts)} | {ratio(tw, na)} | {ratio(tw, ts)} |")
+        lines.append(row(scen, f"{op}s / s", "rate"))
+        lines.append(row(scen, f"server CPU µs / {op}", "cpu_us"))
+    lines.append(row("idle-10k", "server RSS KiB / connection", "kib"))
     lines.append("")
     lines.append("Every round (rate; server CPU µs per op):\n")
     for (name, scen), v in sorted(results.items()):

@@ -2,8 +2,9 @@
 //!
 //! The host owns every socket; protocols are sandboxed WebAssembly
 //! components implementing `twill:protocol@0.1.0` (see `wit/`). For each
-//! connection the host builds a fresh instance, asks its factory for a
-//! protocol, and calls `make-connection`, `data-received` and
+//! connection the host builds a fresh instance (or, with `instance =
+//! "shared"`, uses one of the plugin's long-lived instances), asks its
+//! factory for a protocol, and calls `make-connection`, `data-received` and
 //! `connection-lost`, exactly as Twisted's reactor drives a `Protocol`.
 //!
 //! # Layout
@@ -15,10 +16,11 @@
 //! | [`listener`] | the accept loop: connection cap, EMFILE back-off |
 //! | [`connector`] | client connections: resolve, connect with timeout, client-factory callbacks |
 //! | [`connection`] | the per-socket driver: the whole data path |
-//! | [`shutdown`] | the shutdown signal and task tracking |
-//! | [`runtime`] | wasmtime: engine, linker, plugins, per-connection sessions |
+//! | [`shutdown`] | the shutdown signal (and a shared instance's fault signal), task tracking |
+//! | [`runtime`] | wasmtime: engine, linker, plugins, sessions (own or shared instances) |
 //! | [`runtime::bindings`] | the one `bindgen!` |
-//! | [`runtime::state`] | per-connection Store data and the output queue |
+//! | [`runtime::wasi`] | WASI p2 sync bindings, minus the calls that would block the reactor |
+//! | [`runtime::state`] | Store data: the transport slab and cells, the output queue |
 //! | [`runtime::transport`] | host side of the `transport` resource (no I/O) |
 //! | [`runtime::limits`] | memory, CPU, backpressure limits; the pooling allocator |
 //! | [`runtime::output`] | guest stdout/stderr, attributed to the plugin |

@@ -1,9 +1,11 @@
-//! Per-connection Store data: the WASI context, the resource table, the
-//! limits, and the transport's state (buffered output and close flags).
+//! Store data: the WASI context, the resource table, the limits, and the
+//! transports of the connections the instance serves (one, or many on a
+//! shared instance): each a [`TransportCell`] holding the buffered output
+//! and close flags, in a slab addressed by slot and generation.
 //!
 //! The transport's host functions only touch [`TransportState`]; the
-//! connection driver (`crate::connection`) reads it after each callback and
-//! does the actual I/O.
+//! connection driver (`crate::connection`) reads its own cell after each
+//! callback and does the actual I/O.
 
 use std::collections::VecDeque;
 use std::io::IoSlice;
