@@ -12,9 +12,9 @@ measures, with plain sockets:
   read the echo, close. Reported: time to first echo (median, p90, p99) and
   the server's CPU time per connection (from /proc/PID/stat), which is
   dominated by instantiating the component;
-- idle connections: open M connections, one echo each, keep them open;
-  host memory before and after, per connection: VmRSS (and its anonymous /
-  shmem parts) and PSS from smaps_rollup. Each instance maps the
+- idle connections: open M connections, one echo each, keep them open, in
+  two batches; host memory growth over the second batch, per connection:
+  VmRSS (and its anonymous / shmem parts) and PSS from smaps_rollup. Each instance maps the
   component's memory snapshot copy-on-write; pages it only reads are one
   physical copy shared by all instances, which VmRSS counts once per
   instance and PSS counts once in all;
@@ -92,12 +92,12 @@ def pct(xs, p):
 
 
 class Server:
-    def __init__(self, wasm, memory, max_instances):
+    def __init__(self, wasm, memory, max_instances, instance="per-connection"):
         self.dir = tempfile.TemporaryDirectory(prefix="twill-polyglot-bench-")
         cfg = Path(self.dir.name) / "plugins.toml"
         cfg.write_text(
             f'[host]\nmax-instances = {max_instances}\n\n'
-            f'[plugins.echo]\ncomponent = "{wasm}"\nmemory = "{memory}"\n\n'
+            f'[plugins.echo]\ncomponent = "{wasm}"\nmemory = "{memory}"\ninstance = "{instance}"\n\n'
             '[[listen]]\nport = 0\nplugin = "echo"\n'
         )
         self.log = open(Path(self.dir.name) / "stderr.log", "w+")
@@ -171,16 +171,16 @@ def stream_until_failure(port, cap_mib):
     return None
 
 
-def measure(name, wasm, memory, fresh, idle, stream_cap):
+def measure(name, wasm, memory, fresh, idle, stream_cap, instance):
     if not wasm.exists():
         raise SystemExit(f"{wasm} is missing: run scripts/build-polyglot-guests.sh")
     # The first start may compile the component into the cache; the second
     # is what every later start costs.
     # max-instances sizes the pooling allocator at 8 core instances per
     # component instance; a componentize-py component has 14, so give room.
-    first = Server(wasm, memory, 2 * (idle + 64))
+    first = Server(wasm, memory, 2 * (idle + 64), instance)
     first.stop()
-    srv = Server(wasm, memory, 2 * (idle + 64))
+    srv = Server(wasm, memory, 2 * (idle + 64), instance)
     try:
         pid = srv.proc.pid
         for _ in range(20):  # warm up the pool's slots and the code pages
@@ -189,21 +189,30 @@ def measure(name, wasm, memory, fresh, idle, stream_cap):
         c0 = cpu_secs(pid)
         lat = [echo_once(srv.port)[0] for _ in range(fresh)]
         cpu = (cpu_secs(pid) - c0) / fresh
-        time.sleep(0.5)
-        before = {**status_kib(pid), **pss_kib(pid)}
+        # Idle connections in two batches; the cost per connection is the
+        # growth over the second batch. (Measuring from before the first
+        # batch picks up one-time effects: the allocator returning start-up
+        # memory to the OS can shrink the process by more than a thousand
+        # cheap connections grow it.)
         conns = []
-        try:
-            for _ in range(idle):
-                conns.append(echo_once(srv.port, keep=True)[1])
-        except OSError as e:
-            srv.log.seek(0)
-            tail = "".join(srv.log.readlines()[-15:])
-            raise SystemExit(f"{name}: idle connection {len(conns)} failed: {e}\nserver log:\n{tail}")
-        time.sleep(1.0)
-        after = {**status_kib(pid), **pss_kib(pid)}
+
+        def open_idle(n):
+            try:
+                for _ in range(n):
+                    conns.append(echo_once(srv.port, keep=True)[1])
+            except OSError as e:
+                srv.log.seek(0)
+                tail = "".join(srv.log.readlines()[-15:])
+                raise SystemExit(f"{name}: idle connection {len(conns)} failed: {e}\nserver log:\n{tail}")
+            time.sleep(1.0)
+            return {**status_kib(pid), **pss_kib(pid)}
+
+        half = idle // 2
+        before = open_idle(half)
+        after = open_idle(idle - half)
         for s in conns:
             s.close()
-        per = {k: (after[k] - before[k]) / idle for k in after}
+        per = {k: (after[k] - before[k]) / (idle - half) for k in after}
         stream = stream_until_failure(srv.port, stream_cap)
         return {
             "name": name,
@@ -230,8 +239,14 @@ def main():
     ap.add_argument("--stream-cap", type=int, default=256, help="MiB one long connection may echo")
     ap.add_argument("--sweep", help="comma-separated memory limits for the long-connection test")
     ap.add_argument("--out", type=Path, help="write the markdown tables here")
+    ap.add_argument(
+        "--instance",
+        default="per-connection",
+        choices=["per-connection", "shared"],
+        help="the plugins' `instance` setting",
+    )
     args = ap.parse_args()
-    rows = [measure(n, w, m, args.fresh, args.idle, args.stream_cap) for n, w, m in GUESTS]
+    rows = [measure(n, w, m, args.fresh, args.idle, args.stream_cap, args.instance) for n, w, m in GUESTS]
     rust = rows[0]
     lines = [
         f"| guest | component | `memory` | start-up (cached; first) | first echo of a fresh connection p50 / p90 / p99 | server CPU per fresh connection | host PSS per idle connection | host VmRSS per idle connection (anon + shmem) | one connection echoes, then fails |",
@@ -260,7 +275,7 @@ def main():
         for name, wasm, _ in GUESTS:
             cells = []
             for m in mems:
-                srv = Server(wasm, m, 64)
+                srv = Server(wasm, m, 64, args.instance)
                 try:
                     got = [stream_until_failure(srv.port, args.stream_cap) for _ in range(3)]
                 finally:
@@ -270,7 +285,7 @@ def main():
     text = "\n".join(lines)
     print(text)
     print(
-        f"\n{args.fresh} fresh connections, {args.idle} idle connections per guest; "
+        f"\ninstance = {args.instance!r}; {args.fresh} fresh connections, {args.idle} idle connections per guest; "
         f"{os.cpu_count()} CPUs, Linux {platform.release()}, Python {platform.python_version()}"
     )
     if args.out:

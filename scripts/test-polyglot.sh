@@ -18,7 +18,10 @@
 # - tests/cli.rs, the echo tests: the seed client (this component) against a
 #   twill listener (this component) and exiting 0, against a closed port and
 #   an unresolvable name, SIGTERM with open connections, port-in-use and
-#   bad-interface errors.
+#   bad-interface errors;
+# - tests/shared.rs, the echo test: 100 concurrent clients under random
+#   chunkings on shared instances (instance = "shared"), where one instance
+#   holds many protocol resources at once.
 #
 # Environment for the tests: TWILL_TEST_MEMORY is the plugin memory limit the
 # echo tests use: by default the one the README recommends, 64MiB for Python
@@ -100,6 +103,7 @@ SOCKET_TESTS=(echo_is_byte_exact_under_random_chunkings two_hundred_concurrent_c
 CLI_TESTS=(the_seed_client_talks_to_a_twill_listener_and_exits_0 the_seed_client_against_a_closed_port_says_goodbye_and_exits_0
   an_unresolvable_name_fails_the_connection sigterm_closes_open_connections_cleanly_and_exits_0
   port_in_use_is_a_clear_error_and_exit_2 an_interface_with_no_such_address_is_exit_2)
+SHARED_TESTS=(shared_echo_is_byte_exact_for_concurrent_clients_under_random_chunkings)
 
 passed=0
 failed=0
@@ -146,6 +150,7 @@ for lang in "${LANGS[@]}"; do
   run "$lang" component
   run "$lang" sockets "${SOCKET_TESTS[@]}"
   run "$lang" cli "${CLI_TESTS[@]}"
+  run "$lang" shared "${SHARED_TESTS[@]}"
 done
 
 step "summary"
