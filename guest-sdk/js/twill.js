@@ -34,9 +34,11 @@
 // host). The host interrupts a callback that runs past the plugin's CPU
 // limit and aborts that connection; an exception that escapes a callback
 // does the same. Output written through the transport is buffered by the
-// host and sent, in order, when the callback returns. Every connection gets
-// a fresh instance of the component, so module-level and factory state lives
-// exactly as long as one connection.
+// host and sent, in order, when the callback returns. By default every
+// connection gets a fresh instance of the component, so module-level and
+// factory state lives exactly as long as one connection; with
+// `instance = "shared"` in plugins.toml one instance serves many connections
+// and that state is shared by them, as in one Twisted process.
 
 const encoder = new TextEncoder();
 

@@ -345,7 +345,9 @@ impl<P: Protocol + Default> ClientFactory for Factory<P> {
 ///
 /// Name a [`ServerFactory`] to accept connections, a [`ClientFactory`] to
 /// make them, or both. Each must implement `Default`; one instance is made
-/// per component instance. A role left out refuses every connection.
+/// per component instance (per connection by default, or per shared
+/// instance with `instance = "shared"`). A role left out refuses every
+/// connection.
 ///
 /// ```ignore
 /// twill_guest::export!(server: Factory<Echo>);

@@ -36,8 +36,12 @@ not block. The host interrupts a callback that runs past the plugin's CPU
 limit and aborts that connection; an exception that escapes a callback does
 the same (its traceback goes to the plugin's stderr). Output written through
 the transport is buffered by the host and sent, in order, when the callback
-returns. Every connection gets a fresh instance of the component, so
-module-level and factory state lives exactly as long as one connection.
+returns. By default every connection gets a fresh instance of the
+component, so module-level and factory state lives exactly as long as one
+connection. With ``instance = "shared"`` in plugins.toml one instance serves
+many connections, and that state is shared by them, as in one Twisted
+process: a factory may keep its protocols and write to any of their
+transports.
 """
 
 import sys
@@ -362,8 +366,8 @@ def serve(server=None, client=None, module=None):
     up (``module`` defaults to the caller's module).
 
     The call runs when the component is built (componentize-py snapshots the
-    initialised interpreter), so each connection's fresh instance starts
-    with these factories already made.
+    initialised interpreter), so every instance starts with these
+    factories already made.
     """
     from . import _export
 
