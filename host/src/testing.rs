@@ -27,7 +27,7 @@ use crate::config::HostSettings;
 use crate::runtime::bindings::Reason;
 use crate::runtime::limits::Limits;
 use crate::runtime::state::Closing;
-use crate::runtime::{GuestFault, Plugin, Runtime, Session};
+use crate::runtime::{GuestFault, Plugin, Runtime, Session, Sharing};
 
 /// The default peer address a test connection reports.
 pub const PEER: &str = "192.0.2.7:40000";
@@ -55,14 +55,32 @@ impl TestComponent {
         Self::load_with(path, Limits::default())
     }
 
+    /// Loads a component as `instance = "shared"` with one shared instance:
+    /// every connection made from the returned `TestComponent` is a protocol
+    /// on the same instance, so guest state spans them and a protocol may
+    /// write to another connection's transport (which that connection's
+    /// [`TestConnection::value`] then shows).
+    pub fn load_shared(path: impl AsRef<Path>) -> anyhow::Result<TestComponent> {
+        Self::load_inner(path, Limits::default(), Sharing::Shared(1))
+    }
+
     /// Loads a component with the given limits.
     pub fn load_with(path: impl AsRef<Path>, limits: Limits) -> anyhow::Result<TestComponent> {
+        Self::load_inner(path, limits, Sharing::PerConnection)
+    }
+
+    fn load_inner(
+        path: impl AsRef<Path>,
+        limits: Limits,
+        sharing: Sharing,
+    ) -> anyhow::Result<TestComponent> {
         let settings = HostSettings {
             max_instances: 64,
             ..HostSettings::default()
         };
         let mut runtime = Runtime::new(&settings, limits.memory)?;
         let mut plugin = runtime.load_plugin("test", path.as_ref(), limits, false)?;
+        plugin.set_sharing(sharing);
         let output = Arc::new(Mutex::new(Vec::new()));
         plugin.capture_output(output.clone());
         let plugin = runtime.insert_plugin(plugin);

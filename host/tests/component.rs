@@ -172,3 +172,22 @@ fn committed_component_exports_what_wit_declares() {
         );
     }
 }
+
+#[test]
+fn the_test_transport_serves_several_connections_from_one_shared_instance() {
+    use twill::testing::TestComponent;
+    let kit = TestComponent::load_shared(support::testkit_wasm()).unwrap();
+    let mut a = kit.server_connection().unwrap().unwrap();
+    let mut b = kit.server_connection().unwrap().unwrap();
+    a.data_received(b"join\n").unwrap();
+    b.data_received(b"join\nserved\n").unwrap();
+    assert_eq!(b.value(), b"served=2 live=2 room=2\n");
+    // A's callback writes to B's transport.
+    a.data_received(b"say hi\n").unwrap();
+    assert_eq!(a.value(), b"hi\n");
+    assert_eq!(b.value(), b"hi\n");
+    b.connection_lost(twill::runtime::bindings::Reason::Done)
+        .unwrap();
+    a.data_received(b"served\n").unwrap();
+    assert_eq!(a.value(), b"served=2 live=1 room=1\n");
+}
