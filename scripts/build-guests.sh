@@ -20,6 +20,7 @@ TARGET_DIR=${CARGO_TARGET_DIR:-/var/tmp/twill-target}/guests
 GUESTS=(
   "guest-echo:guest-echo/echo.wasm"
   "guests/testkit:guests/testkit/testkit.wasm:needs-sockets"
+  "guests/chat:guests/chat/chat.wasm"
 )
 
 mode=${TWILL_GUEST_TOOLCHAIN:-auto}

@@ -45,6 +45,17 @@ fn check_accepts_the_shipped_config() {
     );
 }
 
+#[test]
+fn check_accepts_the_chat_example_config() {
+    let (code, stdout, stderr) =
+        run_to_end(&["check"], &support::repo().join("guests/chat/chat.toml"));
+    assert_eq!(code, 0, "{stderr}");
+    assert!(
+        stdout.contains("ok (1 plugin(s), 1 listener(s), 0 connector(s))"),
+        "{stdout}"
+    );
+}
+
 /// Every file in tests/configs is broken in one way; `# expect:` lines say
 /// what the error must mention (file, line, column, key, message).
 #[test]

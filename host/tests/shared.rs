@@ -250,3 +250,55 @@ async fn a_producer_on_a_shared_instance_is_paused_and_resumed() {
     assert_eq!(other.ask("echo still here").await, "still here\n");
     server.shutdown().await;
 }
+
+/// A chat client: reads CRLF lines.
+async fn chat_line(k: &mut Kit) -> String {
+    let l = k.line().await;
+    l.trim_end_matches("\r\n").to_string()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_chat_example_relays_lines_between_users() {
+    let cfg = format!(
+        "[plugins.chat]\ncomponent = {:?}\ninstance = \"shared\"\nshared-instances = 1\n\n[[listen]]\nport = 0\nplugin = \"chat\"\n",
+        support::chat_wasm().display().to_string()
+    );
+    let server = start(&cfg).await;
+    let addr = server.addr();
+    let mut alice = Kit::connect(addr).await;
+    assert_eq!(chat_line(&mut alice).await, "What's your name?");
+    alice.send("alice").await;
+    assert_eq!(chat_line(&mut alice).await, "Welcome, alice!");
+    let mut bob = Kit::connect(addr).await;
+    assert_eq!(chat_line(&mut bob).await, "What's your name?");
+    // A name in use is refused; the line can arrive in pieces.
+    bob.w.write_all(b"ali").await.unwrap();
+    bob.w.write_all(b"ce\r\n").await.unwrap();
+    assert_eq!(
+        chat_line(&mut bob).await,
+        "Name taken, please choose another."
+    );
+    bob.send("bob").await;
+    assert_eq!(chat_line(&mut bob).await, "Welcome, bob!");
+    bob.send("hi alice").await;
+    assert_eq!(chat_line(&mut alice).await, "<bob> hi alice");
+    alice.send("hello bob").await;
+    assert_eq!(chat_line(&mut bob).await, "<alice> hello bob");
+    // When alice leaves, her name is free again.
+    drop(alice);
+    let mut carol = Kit::connect(addr).await;
+    assert_eq!(chat_line(&mut carol).await, "What's your name?");
+    let mut welcomed = false;
+    for _ in 0..50 {
+        carol.send("alice").await;
+        if chat_line(&mut carol).await == "Welcome, alice!" {
+            welcomed = true;
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    assert!(welcomed, "the name is released when its connection is lost");
+    carol.send("it's carol").await;
+    assert_eq!(chat_line(&mut bob).await, "<alice> it's carol");
+    assert_eq!(server.shutdown().await, twill::RunEnd::Clean);
+}

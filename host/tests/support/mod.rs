@@ -67,6 +67,11 @@ pub fn load_echo() -> twill::testing::TestComponent {
 }
 
 /// The fault/test-kit component.
+/// The chat example component (`guests/chat`, committed).
+pub fn chat_wasm() -> PathBuf {
+    repo().join("guests/chat/chat.wasm")
+}
+
 pub fn testkit_wasm() -> PathBuf {
     std::env::var_os("TWILL_TESTKIT_WASM")
         .map(PathBuf::from)

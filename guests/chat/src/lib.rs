@@ -1,0 +1,89 @@
+//! # guest-chat: Twisted's chat server, as a Twill component
+//!
+//! The chat example from Twisted's documentation ("Writing Servers"), ported
+//! line for line. Every connection is asked for a name; after that, each
+//! line it sends goes to every *other* connected user as `<name> line`.
+//!
+//! In Twisted the users live on the factory and every protocol shares them
+//! because the process is shared. Here they live in a `thread_local!`, and
+//! are shared because the plugin runs with `instance = "shared"` (see
+//! `chat.toml`): one instance serves every connection, one protocol
+//! resource each, and a protocol writes to other users through the
+//! [`Transport`] clones it keeps. (With an instance per connection every
+//! user would be alone in their own room.)
+
+use std::cell::RefCell;
+use std::collections::BTreeMap;
+
+use twill_guest::{Factory, Protocol, Reason, Transport, export};
+
+thread_local! {
+    /// Twisted's `factory.users`: name -> that user's transport.
+    static USERS: RefCell<BTreeMap<String, Transport>> = const { RefCell::new(BTreeMap::new()) };
+}
+
+/// Twisted's `Chat(LineReceiver)`.
+#[derive(Default)]
+pub struct Chat {
+    name: Option<String>,
+    line: Vec<u8>,
+}
+
+fn send_line(t: &Transport, line: &str) {
+    t.write_sequence([line.as_bytes(), b"\r\n"]);
+}
+
+impl Chat {
+    fn line_received(&mut self, t: &Transport, line: &str) {
+        match &self.name {
+            None => self.handle_getname(t, line),
+            Some(name) => {
+                let message = format!("<{name}> {line}");
+                USERS.with(|u| {
+                    for (other, peer) in u.borrow().iter() {
+                        if other != name {
+                            send_line(peer, &message);
+                        }
+                    }
+                });
+            }
+        }
+    }
+
+    fn handle_getname(&mut self, t: &Transport, name: &str) {
+        if USERS.with(|u| u.borrow().contains_key(name)) {
+            send_line(t, "Name taken, please choose another.");
+            return;
+        }
+        send_line(t, &format!("Welcome, {name}!"));
+        USERS.with(|u| u.borrow_mut().insert(name.to_string(), t.clone()));
+        self.name = Some(name.to_string());
+    }
+}
+
+impl Protocol for Chat {
+    fn connection_made(&mut self, t: &Transport) {
+        send_line(t, "What's your name?");
+    }
+
+    fn data_received(&mut self, t: &Transport, data: &[u8]) {
+        // LineReceiver: split on \n, drop a trailing \r, any chunking.
+        for &b in data {
+            if b == b'\n' {
+                let raw = std::mem::take(&mut self.line);
+                let line = String::from_utf8_lossy(&raw);
+                self.line_received(t, line.trim_end_matches('\r'));
+            } else {
+                self.line.push(b);
+            }
+        }
+    }
+
+    fn connection_lost(&mut self, _reason: Reason) {
+        if let Some(name) = &self.name {
+            USERS.with(|u| u.borrow_mut().remove(name));
+        }
+    }
+}
+
+export!(server: Factory<Chat>);
