@@ -314,19 +314,7 @@ async fn a_registered_producer_is_paused_and_resumed() {
         "high-water = \"64KiB\"\nlow-water = \"16KiB\"",
     ))
     .await;
-    let mut s = TcpStream::connect(server.addr()).await.unwrap();
-    // 251 * 512 bytes per burst, so bursts continue the pattern seamlessly.
-    let burst = 251 * 512;
-    s.write_all(format!("produce {burst}\n").as_bytes())
-        .await
-        .unwrap();
-    let want = burst * 20;
-    let mut got = vec![0u8; want];
-    tokio::time::timeout(T, s.read_exact(&mut got))
-        .await
-        .expect("the producer keeps producing")
-        .unwrap();
-    assert!(got.iter().enumerate().all(|(i, &b)| b == (i % 251) as u8));
+    support::producer_streams(server.addr()).await;
     server.shutdown().await;
 }
 

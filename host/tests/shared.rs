@@ -234,18 +234,7 @@ async fn a_producer_on_a_shared_instance_is_paused_and_resumed() {
     .await;
     let addr = server.addr();
     let mut other = Kit::connect(addr).await;
-    let mut s = TcpStream::connect(addr).await.unwrap();
-    let burst = 251 * 512;
-    s.write_all(format!("produce {burst}\n").as_bytes())
-        .await
-        .unwrap();
-    let want = burst * 20;
-    let mut got = vec![0u8; want];
-    tokio::time::timeout(T, s.read_exact(&mut got))
-        .await
-        .expect("the producer keeps producing")
-        .unwrap();
-    assert!(got.iter().enumerate().all(|(i, &b)| b == (i % 251) as u8));
+    support::producer_streams(addr).await;
     // The instance still answers its other connection.
     assert_eq!(other.ask("echo still here").await, "still here\n");
     server.shutdown().await;

@@ -297,3 +297,21 @@ pub fn closed_port() -> u16 {
     let l = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
     l.local_addr().unwrap().port()
 }
+
+/// Asks the test kit to register as a producer writing 251 x 512-byte
+/// bursts (so bursts continue the `i % 251` pattern seamlessly), and checks
+/// that 20 bursts arrive intact: the host paused and resumed it.
+pub async fn producer_streams(addr: SocketAddr) {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let mut s = tokio::net::TcpStream::connect(addr).await.unwrap();
+    let burst = 251 * 512;
+    s.write_all(format!("produce {burst}\n").as_bytes())
+        .await
+        .unwrap();
+    let mut got = vec![0u8; burst * 20];
+    tokio::time::timeout(Duration::from_secs(30), s.read_exact(&mut got))
+        .await
+        .expect("the producer keeps producing")
+        .unwrap();
+    assert!(got.iter().enumerate().all(|(i, &b)| b == (i % 251) as u8));
+}
