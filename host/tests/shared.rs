@@ -291,3 +291,44 @@ async fn the_chat_example_relays_lines_between_users() {
     assert_eq!(chat_line(&mut bob).await, "<alice> it's carol");
     assert_eq!(server.shutdown().await, twill::RunEnd::Clean);
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_runaway_guest_stalls_only_its_own_instance() {
+    let server = start(&server_config(
+        &testkit_wasm(),
+        &format!("{}\ncpu = \"300ms\"", shared(2)),
+    ))
+    .await;
+    let addr = server.addr();
+    // Round robin: A and C on one instance, B on the other.
+    let mut a = Kit::connect(addr).await;
+    assert_eq!(a.ask("served").await, "served=1 live=1 room=0\n");
+    let mut b = Kit::connect(addr).await;
+    assert_eq!(b.ask("served").await, "served=1 live=1 room=0\n");
+    let mut c = Kit::connect(addr).await;
+    assert_eq!(c.ask("served").await, "served=2 live=2 room=0\n");
+    let t0 = std::time::Instant::now();
+    a.send("loop").await;
+    tokio::time::sleep(Duration::from_millis(20)).await;
+    // C's callback must wait for A's instance: a reactor thread waits on it.
+    c.send("echo c waited").await;
+    // B, on the other instance, keeps answering meanwhile.
+    let mut worst = Duration::ZERO;
+    let mut rounds = 0;
+    while t0.elapsed() < Duration::from_millis(250) {
+        let t = std::time::Instant::now();
+        assert_eq!(b.ask("echo b").await, "b\n");
+        worst = worst.max(t.elapsed());
+        rounds += 1;
+    }
+    println!("B during A's runaway callback: {rounds} round trips, worst {worst:?}");
+    assert!(
+        worst < Duration::from_millis(100),
+        "B stalled {worst:?} behind another instance's runaway guest"
+    );
+    // A's instance traps at its CPU limit; C was on it and is aborted too.
+    assert!(a.ended().await);
+    assert!(c.ended().await);
+    assert_eq!(b.ask("echo b still").await, "b still\n");
+    server.shutdown().await;
+}

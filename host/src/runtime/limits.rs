@@ -15,6 +15,27 @@ use wasmtime::{
 /// whole ticks; a runaway guest traps at the first tick past its budget.
 pub const EPOCH_TICK: Duration = Duration::from_millis(10);
 
+/// Called when a callback has run for a whole epoch tick: makes sure some
+/// other reactor thread is awake to drive the sockets while this one is busy.
+///
+/// Callbacks run synchronously on a reactor thread. Tokio's idle worker
+/// threads sleep until another worker hands them work, and the one that
+/// polls the sockets may be the one now stuck in a long callback: then no
+/// thread would poll sockets or timers until the callback returns (up to
+/// the plugin's `cpu` limit). Spawning two no-op tasks here wakes an idle
+/// worker (the second pushes the first out of this worker's LIFO slot into
+/// its stealable queue, which notifies a sleeping worker); that worker
+/// steals the task, runs it, and, finding the socket driver free, parks on
+/// it. No effect on a current-thread runtime.
+pub fn wake_an_idle_reactor_thread() {
+    if let Ok(h) = tokio::runtime::Handle::try_current()
+        && h.runtime_flavor() == tokio::runtime::RuntimeFlavor::MultiThread
+    {
+        h.spawn(async {});
+        h.spawn(async {});
+    }
+}
+
 /// The most core memories or tables one component may hold (a Rust guest
 /// built with std has one memory; interpreters such as componentize-py may
 /// have a few).

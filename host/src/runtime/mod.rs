@@ -475,6 +475,9 @@ impl Plugin {
         store.epoch_deadline_callback(|mut ctx| {
             let cpu = &mut ctx.data_mut().cpu;
             cpu.used += 1;
+            if cpu.used == 1 {
+                limits::wake_an_idle_reactor_thread();
+            }
             if cpu.used >= cpu.max {
                 cpu.exceeded = true;
                 Err(wasmtime::format_err!("CPU limit exceeded"))

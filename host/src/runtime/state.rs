@@ -69,6 +69,13 @@ pub type TransportCell = Arc<Mutex<TransportState>>;
 /// Locks a mutex whose holders keep it for about a microsecond: spin
 /// briefly before parking, since a futex sleep and wake-up cost several
 /// times that (they dominated a shared-instance ping-pong profile).
+///
+/// A holder can keep it much longer: a shared instance's lock is held for a
+/// whole callback, up to the plugin's CPU limit if the guest spins. So when
+/// spinning does not get the lock and this is a reactor thread of a
+/// multi-threaded runtime, the wait happens in `block_in_place`: the
+/// thread's other connections move to another thread instead of stalling
+/// behind one slow guest.
 pub fn lock<T>(m: &Mutex<T>) -> MutexGuard<'_, T> {
     for _ in 0..2000 {
         match m.try_lock() {
@@ -77,7 +84,14 @@ pub fn lock<T>(m: &Mutex<T>) -> MutexGuard<'_, T> {
             Err(TryLockError::WouldBlock) => std::hint::spin_loop(),
         }
     }
-    m.lock().unwrap_or_else(|e| e.into_inner())
+    let wait = || m.lock().unwrap_or_else(|e| e.into_inner());
+    let multi_thread = tokio::runtime::Handle::try_current()
+        .is_ok_and(|h| h.runtime_flavor() == tokio::runtime::RuntimeFlavor::MultiThread);
+    if multi_thread {
+        tokio::task::block_in_place(wait)
+    } else {
+        wait()
+    }
 }
 
 /// A slab of transport cells, addressed by slot and generation so that a
