@@ -1,5 +1,6 @@
 //! The narrow core over wasmtime: one [`Engine`], one [`Linker`], one
-//! [`InstancePre`] per plugin, and a [`Session`] per connection.
+//! [`InstancePre`] per plugin, and a [`Session`] per connection (on an
+//! instance of its own, or on one of the plugin's shared instances).
 //!
 //! # Choices, and why
 //!
@@ -10,12 +11,18 @@
 //!   every [`limits::EPOCH_TICK`]; each tick inside a callback is counted,
 //!   and the guest traps once it has used its CPU budget. The price: a
 //!   runaway guest holds its reactor thread until then (at most `cpu`,
-//!   100 ms by default), while the other threads keep serving. WASI is
-//!   linked with the sync bindings, minus the functions that would block
-//!   the reactor ([`wasi`]).
-//! - **An instance per connection**, from the pooling allocator, as Twisted
-//!   builds a protocol per connection. A fault in one instance cannot reach
-//!   another connection's state.
+//!   100 ms by default). At its first tick the callback wakes an idle
+//!   reactor thread to take over the sockets
+//!   ([`limits::wake_an_idle_reactor_thread`]), so the other threads keep
+//!   serving. WASI is linked with the sync bindings, minus the functions
+//!   that would block the reactor ([`wasi`]).
+//! - **An instance per connection** by default, from the pooling allocator,
+//!   as Twisted builds a protocol per connection: a fault in one instance
+//!   cannot reach another connection's state. **Shared instances**
+//!   ([`Sharing::Shared`]) trade that isolation for a few KiB per connection:
+//!   each connection is a `protocol` resource on a long-lived instance,
+//!   whose lock a callback holds; each connection's transport state is a
+//!   cell of its own, so the data path does not take the instance lock.
 //! - **Deny by default.** WASI p2 is linked so that guests built with std
 //!   load, but the context grants nothing: no files, no sockets, no name
 //!   lookups, no environment, no arguments, an empty stdin, and frozen clocks

@@ -1,7 +1,7 @@
 //! The host side of the `transport` resource.
 //!
 //! Every method only records what the guest asked for in
-//! [`TransportState`](super::state::TransportState): writes are queued, and
+//! [`TransportState`]: writes are queued, and
 //! `lose-connection` / `abort-connection` set a flag. No method blocks or
 //! does I/O; the connection driver acts when the callback returns.
 
