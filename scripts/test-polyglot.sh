@@ -21,7 +21,8 @@
 #   bad-interface errors;
 # - tests/shared.rs, the echo test: 100 concurrent clients under random
 #   chunkings on shared instances (instance = "shared"), where one instance
-#   holds many protocol resources at once.
+#   holds many protocol resources at once; and from tests/cli.rs, both
+#   halves of the seed (client and server) on one shared instance.
 #
 # Environment for the tests: TWILL_TEST_MEMORY is the plugin memory limit the
 # echo tests use: by default the one the README recommends, 64MiB for Python
@@ -104,6 +105,7 @@ CLI_TESTS=(the_seed_client_talks_to_a_twill_listener_and_exits_0 the_seed_client
   an_unresolvable_name_fails_the_connection sigterm_closes_open_connections_cleanly_and_exits_0
   port_in_use_is_a_clear_error_and_exit_2 an_interface_with_no_such_address_is_exit_2)
 SHARED_TESTS=(shared_echo_is_byte_exact_for_concurrent_clients_under_random_chunkings)
+CLI_TESTS+=(both_halves_of_the_seed_on_one_shared_instance)
 
 passed=0
 failed=0

@@ -380,3 +380,46 @@ fn accept_backs_off_on_emfile_without_busy_looping() {
         Some(0)
     );
 }
+
+/// Both halves of the seed on one shared instance: the connector's
+/// client-factory calls and the listener's protocols all run in it.
+#[test]
+fn both_halves_of_the_seed_on_one_shared_instance() {
+    let port = closed_port();
+    let cfg = write_config(&format!(
+        "[plugins.echo]\ncomponent = {:?}\n{}instance = \"shared\"\nshared-instances = 1\n\n\
+         [[listen]]\nport = {port}\nplugin = \"echo\"\n\n\
+         [[connect]]\nhost = \"127.0.0.1\"\nport = {port}\nplugin = \"echo\"\ntimeout = \"5s\"\n",
+        echo_wasm().display().to_string(),
+        support::memory_line(),
+    ));
+    let mut run = spawn_run(&cfg, 1);
+    let t0 = Instant::now();
+    while !run
+        .stdout
+        .lock()
+        .unwrap()
+        .contains("Connection lost - goodbye")
+    {
+        assert!(
+            t0.elapsed() < Duration::from_secs(20),
+            "no goodbye: {}",
+            run.stderr.lock().unwrap()
+        );
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    let mut s = TcpStream::connect(("127.0.0.1", port)).unwrap();
+    s.write_all(b"shared too").unwrap();
+    let mut back = [0u8; 10];
+    s.read_exact(&mut back).unwrap();
+    assert_eq!(&back, b"shared too");
+    support::signal(&run.child, libc::SIGINT);
+    assert_eq!(
+        wait_exit(&mut run.child, Duration::from_secs(10)).code(),
+        Some(0)
+    );
+    assert_eq!(
+        *run.stdout.lock().unwrap(),
+        "[echo] Server said: hello world\n[echo] Connection lost\n[echo] Connection lost - goodbye\n"
+    );
+}
