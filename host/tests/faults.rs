@@ -374,3 +374,47 @@ fn deny_by_default() {
         assert_eq!(String::from_utf8(c.value()).unwrap(), "denied\n", "{cmd}");
     }
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_guest_that_sleeps_traps_instead_of_blocking_the_reactor() {
+    let server = start(&server_config(&testkit_wasm(), "")).await;
+    let addr = server.addr();
+    let t0 = Instant::now();
+    let got = fault(addr, "sleep").await;
+    // The sleep never happened: the connection is aborted at once, with
+    // nothing written after the blocking call.
+    assert!(
+        got.as_ref().map_or(true, |b| !b.ends_with(b"slept\n")),
+        "{got:?}"
+    );
+    assert!(t0.elapsed() < Duration::from_secs(2));
+    assert_eq!(counter_reaches(&server.stats[0].faulted, 1).await, 1);
+    assert!(healthy(addr, 1, 3).await > 0);
+    server.shutdown().await;
+}
+
+#[tokio::test]
+async fn sleeping_in_a_callback_is_a_trap_that_says_why() {
+    use twill::testing::TestComponent;
+    let kit = TestComponent::load(testkit_wasm()).unwrap();
+    let mut c = kit.server_connection().unwrap().unwrap();
+    let err = c.data_received(b"sleep\n").unwrap_err();
+    assert!(err.to_string().contains("must not block"), "{err}");
+    assert!(c.value().is_empty(), "nothing after the blocking call");
+}
+
+#[test]
+fn host_side_traps_report_their_own_message() {
+    use twill::testing::TestComponent;
+    let limits = twill::runtime::limits::Limits {
+        max_output: 1 << 20,
+        ..Default::default()
+    };
+    let kit = TestComponent::load_with(testkit_wasm(), limits).unwrap();
+    let mut c = kit.server_connection().unwrap().unwrap();
+    let err = c.data_received(b"flood\n").unwrap_err();
+    assert!(
+        err.to_string().contains("output limit exceeded"),
+        "the log names the limit, not just a wasm backtrace: {err}"
+    );
+}

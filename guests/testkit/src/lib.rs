@@ -20,6 +20,7 @@
 //! | `produce N` | registers as a producer and writes N bytes per resume |
 //! | `env` / `file` / `net` / `clock` / `stdin` | tries the capability and writes `denied` or `allowed: ...` |
 //! | `print TEXT` | prints TEXT to stdout |
+//! | `sleep` | sleeps 50 ms (the host must trap it: callbacks may not block) |
 //! | `join` | adds this connection to the instance's room (shared instances) |
 //! | `say TEXT` | writes `TEXT\n` to every connection in the room |
 //! | `served` | writes `served=N live=L room=M\n`: protocols this instance has built, how many are not yet dropped, connections in its room |
@@ -211,6 +212,11 @@ impl Kit {
                     Ok(0) | Err(_) => t.write(b"denied\n"),
                     Ok(n) => t.write(format!("allowed: {n} bytes\n").as_bytes()),
                 }
+            }
+            "sleep" => {
+                // Blocking the reactor: the host must trap this, not wait.
+                std::thread::sleep(std::time::Duration::from_millis(50));
+                t.write(b"slept\n");
             }
             other => t.write(format!("unknown command {other:?}\n").as_bytes()),
         }

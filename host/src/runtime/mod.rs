@@ -625,7 +625,9 @@ fn fault(store: &Store<ConnState>, cpu: Duration, e: wasmtime::Error) -> GuestFa
     } else if let Some(trap) = e.downcast_ref::<wasmtime::Trap>() {
         GuestFault::Trap(trap.to_string())
     } else {
-        GuestFault::Trap(format!("{e}"))
+        // A host function's error (output limit, a WASI call that would
+        // block) is wrapped in the wasm backtrace: report its own message.
+        GuestFault::Trap(e.root_cause().to_string())
     }
 }
 
