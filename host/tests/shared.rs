@@ -332,3 +332,30 @@ async fn a_runaway_guest_stalls_only_its_own_instance() {
     assert_eq!(b.ask("echo b still").await, "b still\n");
     server.shutdown().await;
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_transport_kept_after_its_connection_ended_reaches_nothing() {
+    let server = start(&server_config(&testkit_wasm(), &shared(1))).await;
+    let addr = server.addr();
+    let mut a = Kit::connect(addr).await;
+    a.send("keep").await;
+    assert_eq!(a.ask("echo kept").await, "kept\n");
+    a.w.shutdown().await.unwrap();
+    assert!(a.ended().await);
+    // Wait until A's protocol is gone, so that B can take its place.
+    let mut b = Kit::connect(addr).await;
+    for _ in 0..100 {
+        if b.ask("served").await == "served=2 live=1 room=0\n" {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    // B writes through A's old transport: nothing may arrive on B.
+    b.send("say-kept not for b").await;
+    assert_eq!(b.ask("echo only this").await, "only this\n");
+    // B keeps its own transport too; that one still works.
+    b.send("keep").await;
+    b.send("say-kept for b").await;
+    assert_eq!(b.line().await, "for b\n");
+    server.shutdown().await;
+}

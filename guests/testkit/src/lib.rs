@@ -23,6 +23,8 @@
 //! | `sleep` | sleeps 50 ms (the host must trap it: callbacks may not block) |
 //! | `join` | adds this connection to the instance's room (shared instances) |
 //! | `say TEXT` | writes `TEXT\n` to every connection in the room |
+//! | `keep` | keeps a clone of this transport forever, even after the connection ends |
+//! | `say-kept TEXT` | writes `TEXT\n` to every kept transport |
 //! | `served` | writes `served=N live=L room=M\n`: protocols this instance has built, how many are not yet dropped, connections in its room |
 //!
 //! Its factory refuses (returns none for) every peer whose address is
@@ -40,6 +42,8 @@ thread_local! {
     /// The room: every joined connection's id and transport. On a shared
     /// instance it spans connections, as Twisted's chat `factory.clients`.
     static ROOM: RefCell<Vec<(u64, Transport)>> = const { RefCell::new(Vec::new()) };
+    /// Transports kept forever, even after their connections end.
+    static KEPT: RefCell<Vec<Transport>> = const { RefCell::new(Vec::new()) };
 }
 
 /// Builds [`Kit`], refusing peers from 127.0.0.66.
@@ -103,6 +107,12 @@ impl Kit {
             "join" => ROOM.with(|r| r.borrow_mut().push((self.id, t.clone()))),
             "say" => ROOM.with(|r| {
                 for (_, peer) in r.borrow().iter() {
+                    peer.write(format!("{rest}\n").as_bytes());
+                }
+            }),
+            "keep" => KEPT.with(|k| k.borrow_mut().push(t.clone())),
+            "say-kept" => KEPT.with(|k| {
+                for peer in k.borrow().iter() {
                     peer.write(format!("{rest}\n").as_bytes());
                 }
             }),
