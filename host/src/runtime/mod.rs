@@ -561,7 +561,7 @@ impl Plugin {
 }
 
 /// One instance of a plugin's component: its Store and its exports.
-pub struct Guest {
+pub(crate) struct Guest {
     store: Store<ConnState>,
     api: protocol::Guest,
     server: Option<server_factory::Guest>,
@@ -570,7 +570,7 @@ pub struct Guest {
 }
 
 /// An instance that serves many connections (`instance = "shared"`).
-pub struct SharedGuest {
+pub(crate) struct SharedGuest {
     guest: std::sync::Mutex<Guest>,
     /// Fired when the instance faults: every connection on it is aborted.
     fault: ShutdownSignal,
@@ -584,7 +584,7 @@ enum Home {
 
 /// A session's access to its instance: direct, or under the shared
 /// instance's lock.
-pub enum GuestRef<'a> {
+pub(crate) enum GuestRef<'a> {
     /// An instance of the session's own.
     Own(&'a mut Guest),
     /// A shared instance, locked.
