@@ -250,14 +250,11 @@ fn shutdown_deadline_and_second_signal() {
     }
 }
 
-/// The shipped plugins.toml shows both halves of the seed from one command.
-#[test]
-fn shipped_plugins_toml_runs_both_halves_of_the_seed() {
-    if TcpListener::bind("127.0.0.1:9000").is_err() {
-        eprintln!("port 9000 is busy here; skipping the shipped-config demo");
-        return;
-    }
-    let mut run = spawn_run(&support::repo().join("plugins.toml"), 1);
+/// Runs `config`, whose connector runs the seed's client against its own
+/// listener on `port`: checks the client's three lines, that the server
+/// half keeps serving afterwards, and a clean exit on SIGINT.
+fn seed_runs_both_halves(config: &Path, port: u16) {
+    let mut run = spawn_run(config, 1);
     let t0 = Instant::now();
     while !run
         .stdout
@@ -273,7 +270,7 @@ fn shipped_plugins_toml_runs_both_halves_of_the_seed() {
         std::thread::sleep(Duration::from_millis(20));
     }
     // The server half keeps serving after the client half is done.
-    let mut s = TcpStream::connect("127.0.0.1:9000").unwrap();
+    let mut s = TcpStream::connect(("127.0.0.1", port)).unwrap();
     s.write_all(b"still here").unwrap();
     let mut back = [0u8; 10];
     s.read_exact(&mut back).unwrap();
@@ -287,6 +284,16 @@ fn shipped_plugins_toml_runs_both_halves_of_the_seed() {
         *run.stdout.lock().unwrap(),
         "[echo] Server said: hello world\n[echo] Connection lost\n[echo] Connection lost - goodbye\n"
     );
+}
+
+/// The shipped plugins.toml shows both halves of the seed from one command.
+#[test]
+fn shipped_plugins_toml_runs_both_halves_of_the_seed() {
+    if TcpListener::bind("127.0.0.1:9000").is_err() {
+        eprintln!("port 9000 is busy here; skipping the shipped-config demo");
+        return;
+    }
+    seed_runs_both_halves(&support::repo().join("plugins.toml"), 9000);
 }
 
 #[test]
@@ -393,33 +400,5 @@ fn both_halves_of_the_seed_on_one_shared_instance() {
         echo_wasm().display().to_string(),
         support::memory_line(),
     ));
-    let mut run = spawn_run(&cfg, 1);
-    let t0 = Instant::now();
-    while !run
-        .stdout
-        .lock()
-        .unwrap()
-        .contains("Connection lost - goodbye")
-    {
-        assert!(
-            t0.elapsed() < Duration::from_secs(20),
-            "no goodbye: {}",
-            run.stderr.lock().unwrap()
-        );
-        std::thread::sleep(Duration::from_millis(20));
-    }
-    let mut s = TcpStream::connect(("127.0.0.1", port)).unwrap();
-    s.write_all(b"shared too").unwrap();
-    let mut back = [0u8; 10];
-    s.read_exact(&mut back).unwrap();
-    assert_eq!(&back, b"shared too");
-    support::signal(&run.child, libc::SIGINT);
-    assert_eq!(
-        wait_exit(&mut run.child, Duration::from_secs(10)).code(),
-        Some(0)
-    );
-    assert_eq!(
-        *run.stdout.lock().unwrap(),
-        "[echo] Server said: hello world\n[echo] Connection lost\n[echo] Connection lost - goodbye\n"
-    );
+    seed_runs_both_halves(&cfg, port);
 }

@@ -64,6 +64,20 @@ impl Kit {
         self.line().await
     }
 
+    /// Asks `served` until the answer is `want` (connection teardown on the
+    /// server runs after the client sees its end), and checks it got there.
+    async fn served_becomes(&mut self, want: &str) {
+        let mut got = String::new();
+        for _ in 0..100 {
+            got = self.ask("served").await;
+            if got == want {
+                return;
+            }
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+        assert_eq!(got, want);
+    }
+
     /// Waits for the server to end the connection (EOF or reset), without
     /// sending anything.
     async fn ended(&mut self) -> bool {
@@ -135,15 +149,7 @@ async fn one_instance_serves_every_connection_and_delivers_cross_connection_writ
     assert_eq!(b.line().await, "hello from a\n");
     // B leaves: its connection-lost runs and its protocol is dropped.
     drop(b);
-    let mut state = String::new();
-    for _ in 0..100 {
-        state = a.ask("served").await;
-        if state == "served=2 live=1 room=1\n" {
-            break;
-        }
-        tokio::time::sleep(Duration::from_millis(20)).await;
-    }
-    assert_eq!(state, "served=2 live=1 room=1\n");
+    a.served_becomes("served=2 live=1 room=1\n").await;
     a.send("say only a").await;
     assert_eq!(a.line().await, "only a\n");
     assert_eq!(server.shutdown().await, twill::RunEnd::Clean);
@@ -161,15 +167,7 @@ async fn closed_connections_drop_their_protocols_on_a_shared_instance() {
         assert!(k.ended().await);
     }
     let mut last = Kit::connect(addr).await;
-    let mut state = String::new();
-    for _ in 0..100 {
-        state = last.ask("served").await;
-        if state == "served=301 live=1 room=0\n" {
-            break;
-        }
-        tokio::time::sleep(Duration::from_millis(20)).await;
-    }
-    assert_eq!(state, "served=301 live=1 room=0\n");
+    last.served_becomes("served=301 live=1 room=0\n").await;
     assert_eq!(server.shutdown().await, twill::RunEnd::Clean);
 }
 
@@ -344,12 +342,7 @@ async fn a_transport_kept_after_its_connection_ended_reaches_nothing() {
     assert!(a.ended().await);
     // Wait until A's protocol is gone, so that B can take its place.
     let mut b = Kit::connect(addr).await;
-    for _ in 0..100 {
-        if b.ask("served").await == "served=2 live=1 room=0\n" {
-            break;
-        }
-        tokio::time::sleep(Duration::from_millis(20)).await;
-    }
+    b.served_becomes("served=2 live=1 room=0\n").await;
     // B writes through A's old transport: nothing may arrive on B.
     b.send("say-kept not for b").await;
     assert_eq!(b.ask("echo only this").await, "only this\n");
