@@ -32,16 +32,22 @@ if [[ $mode == auto ]]; then
   fi
 fi
 
+# The same source gives the same bytes wherever the repository is checked
+# out: panic locations would otherwise embed absolute paths (the SDK is a
+# path dependency).
+CARGO_SRC=${CARGO_HOME:-$HOME/.cargo}/registry/src
+REMAP="--remap-path-prefix=$ROOT=/twill --remap-path-prefix=$CARGO_SRC=/cargo"
+
 build() {
   local dir=$1
   if [[ $mode == rustup ]]; then
-    (cd "$dir" && CARGO_TARGET_DIR=$TARGET_DIR cargo build --quiet --release --target wasm32-wasip2)
+    (cd "$dir" && RUSTFLAGS="$REMAP" CARGO_TARGET_DIR=$TARGET_DIR cargo build --quiet --release --target wasm32-wasip2)
   else
     if [[ ! -x /usr/bin/cargo ]] || ! dpkg -s rust-web-src >/dev/null 2>&1; then
       apt-get update -qq && apt-get install -y -qq rustc-web cargo-web rust-web-src lld-22 wasi-libc >/dev/null
     fi
     (cd "$dir" && PATH=/usr/lib/llvm-22/bin:$PATH RUSTC=/usr/bin/rustc RUSTC_BOOTSTRAP=1 \
-      RUSTFLAGS="-L /usr/lib/wasm32-wasi" CARGO_TARGET_DIR=$TARGET_DIR-debian \
+      RUSTFLAGS="-L /usr/lib/wasm32-wasi $REMAP" CARGO_TARGET_DIR=$TARGET_DIR-debian \
       /usr/bin/cargo build --quiet --release --target wasm32-wasip2 -Zbuild-std=std,panic_abort)
   fi
 }
