@@ -32,9 +32,12 @@ if [[ $mode == auto ]]; then
   fi
 fi
 
-# The same source gives the same bytes wherever the repository is checked
-# out: panic locations would otherwise embed absolute paths (the SDK is a
-# path dependency).
+# Panic locations would embed absolute paths (the SDK is a path
+# dependency); remapped, guest-echo builds to the same bytes wherever the
+# repository is checked out. The test kit and the chat example still differ
+# by a few bytes between checkout paths: cargo derives the crates' type
+# hashes from the path of a path dependency. In one checkout every build is
+# byte-identical.
 CARGO_SRC=${CARGO_HOME:-$HOME/.cargo}/registry/src
 REMAP="--remap-path-prefix=$ROOT=/twill --remap-path-prefix=$CARGO_SRC=/cargo"
 
