@@ -33,11 +33,10 @@ if [[ $mode == auto ]]; then
 fi
 
 # Panic locations would embed absolute paths (the SDK is a path
-# dependency); remapped, guest-echo builds to the same bytes wherever the
-# repository is checked out. The test kit and the chat example still differ
-# by a few bytes between checkout paths: cargo derives the crates' type
-# hashes from the path of a path dependency. In one checkout every build is
-# byte-identical.
+# dependency); remapped, no checkout path ends up in a component. Builds
+# from different checkout paths can still differ in a few bytes, because
+# cargo derives crate hashes (which order some code) from a path
+# dependency's location. In one checkout every build is byte-identical.
 CARGO_SRC=${CARGO_HOME:-$HOME/.cargo}/registry/src
 REMAP="--remap-path-prefix=$ROOT=/twill --remap-path-prefix=$CARGO_SRC=/cargo"
 
