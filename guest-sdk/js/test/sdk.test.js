@@ -53,6 +53,7 @@ class Recorder extends Protocol {
   constructor() {
     super();
     this.events = [];
+    Recorder.last = this;
   }
   connectionMade() {
     this.events.push(['made', this.connected]);
@@ -71,13 +72,15 @@ class Recorder extends Protocol {
   }
 }
 
+/** A connected protocol: its resource (`box`), the raw transport it
+ * writes to, and, for a `Recorder`, the protocol object itself (`p`). */
 function connect(protocolClass = Recorder) {
   const { serverFactory, protocol } = serve({ server: protocolClass });
   const box = serverFactory.buildProtocol(addr());
   assert.ok(box instanceof protocol.Protocol, 'build-protocol returns the exported resource class');
   const raw = rawTransport();
   box.makeConnection(raw);
-  return { box, raw };
+  return { box, raw, p: Recorder.last };
 }
 
 test('echo writes back every chunk', () => {
@@ -131,20 +134,7 @@ test('makeConnection keeps the transport, then connectionMade', () => {
 });
 
 test('connectionLost gets a Reason and later writes are dropped', () => {
-  let p;
-  const { serverFactory } = serve({
-    server: Factory.forProtocol(
-      class extends Recorder {
-        constructor() {
-          super();
-          p = this;
-        }
-      },
-    ),
-  });
-  const box = serverFactory.buildProtocol(addr());
-  const raw = rawTransport();
-  box.makeConnection(raw);
+  const { box, raw, p } = connect();
   box.connectionLost({ tag: 'lost', val: 'reset by peer' });
   const [, reason, connected] = p.events.at(-1);
   assert.equal(connected, false);
@@ -189,20 +179,7 @@ test('transport methods', () => {
 });
 
 test('producer defaults to the protocol, or is another object', () => {
-  let p;
-  const { serverFactory } = serve({
-    server: Factory.forProtocol(
-      class extends Recorder {
-        constructor() {
-          super();
-          p = this;
-        }
-      },
-    ),
-  });
-  const box = serverFactory.buildProtocol(addr());
-  const raw = rawTransport();
-  box.makeConnection(raw);
+  const { box, raw, p } = connect();
   p.transport.registerProducer();
   box.pauseProducing();
   box.resumeProducing();
