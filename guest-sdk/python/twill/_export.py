@@ -103,16 +103,21 @@ class ServerFactoryExport:
             _flush()
 
 
+def _client_hook(name, arg):
+    """Calls the client factory's optional hook `name`, if it has one."""
+    hook = getattr(_client, name, None)
+    if hook is not None:
+        try:
+            hook(arg)
+        finally:
+            _flush()
+
+
 class ClientFactoryExport:
     """Exported as ``twill:protocol/client-factory``."""
 
     def started_connecting(self, addr):
-        hook = getattr(_client, "started_connecting", None)
-        if hook is not None:
-            try:
-                hook(Address(addr.host, addr.port))
-            finally:
-                _flush()
+        _client_hook("started_connecting", Address(addr.host, addr.port))
 
     def build_protocol(self, addr):
         if _client is None:
@@ -123,17 +128,7 @@ class ClientFactoryExport:
             _flush()
 
     def client_connection_failed(self, reason):
-        hook = getattr(_client, "client_connection_failed", None)
-        if hook is not None:
-            try:
-                hook(_reason(reason))
-            finally:
-                _flush()
+        _client_hook("client_connection_failed", _reason(reason))
 
     def client_connection_lost(self, reason):
-        hook = getattr(_client, "client_connection_lost", None)
-        if hook is not None:
-            try:
-                hook(_reason(reason))
-            finally:
-                _flush()
+        _client_hook("client_connection_lost", _reason(reason))
