@@ -192,8 +192,8 @@ impl Conn {
         let mut stopping = false;
         // On a shared instance: the instance's fault signal, and wake-ups
         // from other connections' callbacks that changed this transport.
-        let shared = session.is_shared();
         let fault = session.fault_listener();
+        let shared = fault.is_some();
         let mut fault = fault.as_ref().map(crate::shutdown::Shutdown::recv);
         loop {
             // Twisted pauses a producer as soon as a write takes the buffer

@@ -28,12 +28,18 @@ pub const EPOCH_TICK: Duration = Duration::from_millis(10);
 /// steals the task, runs it, and, finding the socket driver free, parks on
 /// it. No effect on a current-thread runtime.
 pub fn wake_an_idle_reactor_thread() {
-    if let Ok(h) = tokio::runtime::Handle::try_current()
-        && h.runtime_flavor() == tokio::runtime::RuntimeFlavor::MultiThread
-    {
+    if let Some(h) = multi_thread_runtime() {
         h.spawn(async {});
         h.spawn(async {});
     }
+}
+
+/// The current tokio runtime, if this thread is in a multi-threaded one
+/// (where other reactor threads can take over while this one is busy).
+pub(crate) fn multi_thread_runtime() -> Option<tokio::runtime::Handle> {
+    tokio::runtime::Handle::try_current()
+        .ok()
+        .filter(|h| h.runtime_flavor() == tokio::runtime::RuntimeFlavor::MultiThread)
 }
 
 /// The most core memories or tables one component may hold (a Rust guest

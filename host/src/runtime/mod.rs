@@ -552,10 +552,11 @@ impl Plugin {
             home,
             protocol: None,
             slot: 0,
+            generation: 0,
             cell: cell.clone(),
         };
-        let slot = session.guest().store.data_mut().transports.insert(cell).0;
-        session.slot = slot;
+        (session.slot, session.generation) =
+            session.guest().store.data_mut().transports.insert(cell);
         Ok(session)
     }
 }
@@ -639,8 +640,10 @@ pub struct Session {
     plugin: Arc<Plugin>,
     home: Home,
     protocol: Option<ResourceAny>,
-    /// This connection's slot in the instance's transports.
+    /// This connection's slot in the instance's transports, and the
+    /// slot's generation (what the guest's transport handle names).
     slot: u32,
+    generation: u32,
     /// This connection's transport state (also in the instance's slab).
     cell: TransportCell,
 }
@@ -656,27 +659,20 @@ impl std::fmt::Debug for Session {
 impl Drop for Session {
     fn drop(&mut self) {
         // An instance of its own goes with the session. On a shared one,
-        // drop the protocol (the guest's destructor runs, under the CPU
-        // budget) and free the transport slot.
-        if let Home::Shared(shared) = &self.home {
-            let shared = shared.clone();
-            let cpu = self.plugin.limits.cpu;
-            let mut g = state::lock(&shared.guest);
-            if let Some(p) = self.protocol.take()
-                && !g.poisoned
-            {
-                arm(&mut g.store);
-                g.store.data_mut().current = Some(self.slot);
-                if let Err(e) = p.resource_drop(&mut g.store) {
-                    let f = fault(&g.store, cpu, e);
-                    tracing::warn!(plugin = %self.plugin.name, fault = %f, "shared guest faulted dropping a protocol; its connections are aborted");
-                    g.poisoned = true;
-                    shared.fault.fire();
-                }
-                g.store.data_mut().current = None;
-            }
-            g.store.data_mut().transports.remove(self.slot);
+        // drop the protocol (the guest's destructor runs as a callback, under
+        // the CPU budget; skipped if the instance already faulted) and free
+        // the transport slot.
+        if !self.is_shared() {
+            return;
         }
+        if let Some(p) = self.protocol.take()
+            && let Err(f) = self.call(|g| p.resource_drop(&mut g.store))
+            && !matches!(f, GuestFault::Poisoned)
+        {
+            tracing::warn!(plugin = %self.plugin.name, fault = %f, "shared guest faulted dropping a protocol; its connections are aborted");
+        }
+        let slot = self.slot;
+        self.guest().store.data_mut().transports.remove(slot);
     }
 }
 
@@ -734,32 +730,22 @@ impl Session {
         std::task::Poll::Pending
     }
 
-    /// Whether a protocol has been built.
-    pub fn has_protocol(&self) -> bool {
-        self.protocol.is_some()
-    }
-
-    /// Whether the instance faulted.
-    pub fn is_poisoned(&mut self) -> bool {
-        self.guest().poisoned
-    }
-
     /// Runs one guest callback: refuses if the instance already faulted,
     /// arms the CPU budget, marks this connection as the caller, and turns
     /// a trap into a [`GuestFault`] that poisons the instance (and, for a
     /// shared one, aborts every connection on it).
     fn call<R>(
         &mut self,
-        f: impl FnOnce(&mut Guest, Option<ResourceAny>) -> wasmtime::Result<R>,
+        f: impl FnOnce(&mut Guest) -> wasmtime::Result<R>,
     ) -> Result<R, GuestFault> {
-        let (slot, protocol, cpu) = (self.slot, self.protocol, self.plugin.limits.cpu);
+        let (slot, cpu) = (self.slot, self.plugin.limits.cpu);
         let mut g = self.guest();
         if g.poisoned {
             return Err(GuestFault::Poisoned);
         }
         arm(&mut g.store);
         g.store.data_mut().current = Some(slot);
-        let r = f(&mut g, protocol);
+        let r = f(&mut g);
         g.store.data_mut().current = None;
         match r {
             Ok(v) => Ok(v),
@@ -779,7 +765,7 @@ impl Session {
     /// refused the connection.
     pub fn build_server_protocol(&mut self, peer: SocketAddr) -> Result<bool, GuestFault> {
         let addr = address(peer);
-        let p = self.call(|g, _| match g.server.clone() {
+        let p = self.call(|g| match g.server.clone() {
             Some(server) => server.call_build_protocol(&mut g.store, &addr),
             None => Ok(None),
         })?;
@@ -793,7 +779,7 @@ impl Session {
             host: host.to_string(),
             port,
         };
-        self.call(|g, _| match g.client.clone() {
+        self.call(|g| match g.client.clone() {
             Some(client) => client.call_started_connecting(&mut g.store, &addr),
             None => Ok(()),
         })
@@ -803,7 +789,7 @@ impl Session {
     /// declined.
     pub fn build_client_protocol(&mut self, remote: SocketAddr) -> Result<bool, GuestFault> {
         let addr = address(remote);
-        let p = self.call(|g, _| match g.client.clone() {
+        let p = self.call(|g| match g.client.clone() {
             Some(client) => client.call_build_protocol(&mut g.store, &addr),
             None => Ok(None),
         })?;
@@ -816,7 +802,7 @@ impl Session {
         &mut self,
         reason: &bindings::Reason,
     ) -> Result<(), GuestFault> {
-        self.call(|g, _| match g.client.clone() {
+        self.call(|g| match g.client.clone() {
             Some(client) => client.call_client_connection_failed(&mut g.store, reason),
             None => Ok(()),
         })
@@ -824,7 +810,7 @@ impl Session {
 
     /// `client-factory.client-connection-lost(reason)`.
     pub fn client_connection_lost(&mut self, reason: &bindings::Reason) -> Result<(), GuestFault> {
-        self.call(|g, _| match g.client.clone() {
+        self.call(|g| match g.client.clone() {
             Some(client) => client.call_client_connection_lost(&mut g.store, reason),
             None => Ok(()),
         })
@@ -837,22 +823,22 @@ impl Session {
         peer: SocketAddr,
         host: SocketAddr,
     ) -> Result<(), GuestFault> {
-        if self.protocol.is_none() {
+        let Some(p) = self.protocol else {
             return Ok(());
-        }
-        let slot = self.slot;
+        };
         {
             let mut t = self.transport();
             t.peer = Some(peer);
             t.host = Some(host);
         }
-        self.call(|g, p| {
-            let state = g.store.data_mut();
-            let (slot, generation) = (slot, state.transports.generation(slot));
-            let handle = state.table.push(TransportHandle { slot, generation })?;
+        let handle = TransportHandle {
+            slot: self.slot,
+            generation: self.generation,
+        };
+        self.call(|g| {
+            let handle = g.store.data_mut().table.push(handle)?;
             let api = g.api.clone();
-            api.protocol()
-                .call_make_connection(&mut g.store, p.expect("checked above"), handle)
+            api.protocol().call_make_connection(&mut g.store, p, handle)
         })
     }
 
@@ -861,7 +847,7 @@ impl Session {
         let Some(p) = self.protocol else {
             return Ok(());
         };
-        self.call(|g, _| {
+        self.call(|g| {
             let api = g.api.clone();
             api.protocol().call_data_received(&mut g.store, p, data)
         })
@@ -874,7 +860,7 @@ impl Session {
         let Some(p) = self.protocol else {
             return Ok(());
         };
-        self.call(|g, _| {
+        self.call(|g| {
             let api = g.api.clone();
             api.protocol().call_connection_lost(&mut g.store, p, reason)
         })
@@ -885,7 +871,7 @@ impl Session {
         let Some(p) = self.protocol else {
             return Ok(());
         };
-        self.call(|g, _| {
+        self.call(|g| {
             let api = g.api.clone();
             api.protocol().call_pause_producing(&mut g.store, p)
         })
@@ -896,7 +882,7 @@ impl Session {
         let Some(p) = self.protocol else {
             return Ok(());
         };
-        self.call(|g, _| {
+        self.call(|g| {
             let api = g.api.clone();
             api.protocol().call_resume_producing(&mut g.store, p)
         })

@@ -85,9 +85,7 @@ pub fn lock<T>(m: &Mutex<T>) -> MutexGuard<'_, T> {
         }
     }
     let wait = || m.lock().unwrap_or_else(|e| e.into_inner());
-    let multi_thread = tokio::runtime::Handle::try_current()
-        .is_ok_and(|h| h.runtime_flavor() == tokio::runtime::RuntimeFlavor::MultiThread);
-    if multi_thread {
+    if super::limits::multi_thread_runtime().is_some() {
         tokio::task::block_in_place(wait)
     } else {
         wait()
@@ -124,11 +122,6 @@ impl Transports {
             Some((g, Some(t))) if *g == generation => Some(t),
             _ => None,
         }
-    }
-
-    /// The current generation of `slot`.
-    pub fn generation(&self, slot: u32) -> u32 {
-        self.slots[slot as usize].0
     }
 
     /// Frees a slot when its connection ends.
