@@ -3,6 +3,10 @@
 connection, and shared instances) against a native tokio echo server and
 Twisted's echo server, in alternation, for several rounds.
 
+A fifth server, the floor (src/bin/floor-echo.rs), runs the same component
+with nothing but one guest call per read: no limits, locks or bookkeeping,
+one instance per thread. It shows what the engine's call path costs alone.
+
 Each scenario reports the loadgen's throughput and the *server's* CPU time per
 operation, read from /proc/PID/stat: the load generator shares the machine's
 cores, so CPU per operation is the stable figure. Loopback only.
@@ -29,6 +33,7 @@ SCENARIOS = [
     ("connrate-64B", ["--mode", "connrate", "-c", "50", "-s", "64"], "connection"),
 ]
 IDLE_CONNS = 10_000
+NAMES = ["twill", "shared", "floor", "native", "twisted"]
 
 
 def cpu_secs(pid):
@@ -56,6 +61,7 @@ def servers(venv_python):
     return {
         "twill": ([str(TARGET / "release" / "twill"), "-q", "run", str(cfg)], 9100),
         "shared": ([str(TARGET / "release" / "twill"), "-q", "run", str(shared)], 9103),
+        "floor": ([str(TARGET / "release" / "floor-echo"), "127.0.0.1:9104", "2", str(ROOT / "guest-echo" / "echo.wasm")], 9104),
         "native": ([str(TARGET / "release" / "native-echo"), "127.0.0.1:9101", "2"], 9101),
         "twisted": ([venv_python, str(ROOT / "bench" / "twisted_echo.py"), "9102"], 9102),
     }
@@ -105,10 +111,10 @@ def main():
     ap.add_argument("--duration", type=float, default=5.0)
     ap.add_argument("--venv-python", default="/var/tmp/twill-bench-venv/bin/python")
     ap.add_argument("--out", default=str(ROOT / "bench" / "results" / "latest.md"))
-    ap.add_argument("--only", default="twill,shared,native,twisted")
+    ap.add_argument("--only", default=",".join(NAMES))
     a = ap.parse_args()
     srv = servers(a.venv_python)
-    names = [n for n in ["twill", "shared", "native", "twisted"] if n in a.only.split(",")]
+    names = [n for n in NAMES if n in a.only.split(",")]
     results = {}
     t0 = time.time()
     for rnd in range(a.rounds):
@@ -121,10 +127,10 @@ def main():
     lines = []
     lines.append(f"Medians of {a.rounds} rounds, {a.duration:.0f} s per scenario; servers run in alternation.\n")
     lines.append(
-        "| scenario | metric | twill | twill shared | native tokio | Twisted "
-        "| twill / native | shared / native | twill / Twisted | shared / Twisted |"
+        "| scenario | metric | twill | twill shared | floor | native tokio | Twisted "
+        "| twill / native | shared / native | floor / native | twill / Twisted | shared / Twisted |"
     )
-    lines.append("|---|---|---:|---:|---:|---:|---:|---:|---:|---:|")
+    lines.append("|---|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|")
 
     def cell(name, scen, key):
         v = results.get((name, scen))
@@ -137,10 +143,10 @@ def main():
         return "–" if a_ is None or b_ is None or b_ == 0 else f"{a_ / b_:.2f}×"
 
     def row(scen, metric, key):
-        tw, sh, na, ts = (cell(n, scen, key) for n in ["twill", "shared", "native", "twisted"])
+        tw, sh, fl, na, ts = (cell(n, scen, key) for n in NAMES)
         return (
-            f"| {scen} | {metric} | {fmt(tw)} | {fmt(sh)} | {fmt(na)} | {fmt(ts)} "
-            f"| {ratio(tw, na)} | {ratio(sh, na)} | {ratio(tw, ts)} | {ratio(sh, ts)} |"
+            f"| {scen} | {metric} | {fmt(tw)} | {fmt(sh)} | {fmt(fl)} | {fmt(na)} | {fmt(ts)} "
+            f"| {ratio(tw, na)} | {ratio(sh, na)} | {ratio(fl, na)} | {ratio(tw, ts)} | {ratio(sh, ts)} |"
         )
 
     for scen, _, op in SCENARIOS:
