@@ -31,7 +31,7 @@ wasmtime::component::bindgen!({
     with: { "twill:protocol/transport.transport": Conn },
 });
 
-use twill::protocol::{transport, types};
+use self::twill::protocol::{transport, types};
 
 /// The host side of a guest's transport handle. Unused: every write of a
 /// callback is for the connection whose callback runs.
