@@ -89,6 +89,10 @@ pub struct HostSettings {
     /// How many component instances may be alive at once, across plugins:
     /// the size of the pooling allocator. Each live connection holds one.
     pub max_instances: u32,
+    /// How many reactor threads run callbacks and drive the sockets (tokio
+    /// worker threads). `None`: one per CPU. Twisted's reactor is one
+    /// thread; `threads = 1` is the same model.
+    pub threads: Option<usize>,
 }
 
 impl Default for HostSettings {
@@ -96,6 +100,7 @@ impl Default for HostSettings {
         HostSettings {
             shutdown_timeout: Duration::from_secs(5),
             max_instances: 10_000,
+            threads: None,
         }
     }
 }
@@ -113,7 +118,7 @@ pub struct PluginConfig {
     /// this grant both are frozen at zero.
     pub clock: bool,
     /// `instance`: a fresh instance per connection (the default), or
-    /// shared instances (`shared-instances` of them, default one per CPU).
+    /// shared instances (`shared-instances` of them, default one per reactor thread).
     pub sharing: Sharing,
     /// Line of the plugin's table, for later errors (such as a component
     /// that fails to load).
@@ -172,6 +177,7 @@ struct RawConfig {
 struct RawHost {
     shutdown_timeout: Option<Spanned<String>>,
     max_instances: Option<Spanned<i64>>,
+    threads: Option<Spanned<i64>>,
 }
 
 #[derive(Deserialize)]
@@ -403,6 +409,16 @@ impl Config {
                     )),
                 }
             }
+            if let Some(n) = h.threads {
+                match usize::try_from(*n.get_ref()) {
+                    Ok(v) if (1..=1024).contains(&v) => host.threads = Some(v),
+                    _ => errors.push(loc.error(
+                        Some(n.span()),
+                        "host.threads",
+                        format!("must be between 1 and 1024, got {}", n.get_ref()),
+                    )),
+                }
+            }
         }
 
         // [plugins.NAME]
@@ -519,7 +535,11 @@ impl Config {
                 }
             }
             let shared_instances = match &p.shared_instances {
-                None => std::thread::available_parallelism().map_or(1, |n| n.get() as u32),
+                // One per reactor thread.
+                None => host.threads.map_or_else(
+                    || std::thread::available_parallelism().map_or(1, |n| n.get() as u32),
+                    |t| t as u32,
+                ),
                 Some(v) => match u32::try_from(*v.get_ref()) {
                     Ok(n) if (1..=1024).contains(&n) => n,
                     _ => {

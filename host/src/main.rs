@@ -80,39 +80,55 @@ fn init_tracing(cli: &Cli) {
         .init();
 }
 
-/// Loads and validates the config and its components, printing every error.
-fn load(path: &std::path::Path) -> Result<(Config, Runtime), ExitCode> {
-    let config = Config::load(path).map_err(|errs| {
+/// Parses and validates the config file, printing every error.
+fn load_config(path: &std::path::Path) -> Result<Config, ExitCode> {
+    Config::load(path).map_err(|errs| {
         eprintln!("{errs}");
         ExitCode::from(2)
-    })?;
-    let runtime = Runtime::load(&config).map_err(|errs| {
+    })
+}
+
+/// Loads and type-checks every component the config names, printing every
+/// error. Runs inside the reactor's runtime.
+fn load_components(config: &Config) -> Result<Runtime, ExitCode> {
+    Runtime::load(config).map_err(|errs| {
         for e in errs {
             eprintln!("{e:#}");
         }
         ExitCode::from(2)
-    })?;
-    Ok((config, runtime))
+    })
+}
+
+/// The reactor's runtime: `[host] threads` worker threads (one per CPU by
+/// default).
+fn reactor_runtime(config: &Config) -> Result<tokio::runtime::Runtime, ExitCode> {
+    let mut b = tokio::runtime::Builder::new_multi_thread();
+    if let Some(n) = config.host.threads {
+        b.worker_threads(n);
+    }
+    b.enable_all().build().map_err(|e| {
+        eprintln!("twill: cannot start the tokio runtime: {e}");
+        ExitCode::from(1)
+    })
 }
 
 fn main() -> ExitCode {
     let cli = Cli::parse();
     init_tracing(&cli);
-    let rt = match tokio::runtime::Builder::new_multi_thread()
-        .enable_all()
-        .build()
-    {
+    let (Command::Check { config: path } | Command::Run { config: path }) = &cli.command;
+    let config = match load_config(path) {
+        Ok(c) => c,
+        Err(code) => return code,
+    };
+    let rt = match reactor_runtime(&config) {
         Ok(rt) => rt,
-        Err(e) => {
-            eprintln!("twill: cannot start the tokio runtime: {e}");
-            return ExitCode::from(1);
-        }
+        Err(code) => return code,
     };
     match cli.command {
-        Command::Check { config } => {
+        Command::Check { .. } => {
             let _guard = rt.enter();
-            match load(&config) {
-                Ok((config, _)) => {
+            match load_components(&config) {
+                Ok(_) => {
                     println!(
                         "{}: ok ({} plugin(s), {} listener(s), {} connector(s))",
                         config.path.display(),
@@ -125,13 +141,13 @@ fn main() -> ExitCode {
                 Err(code) => code,
             }
         }
-        Command::Run { config } => rt.block_on(run(config)),
+        Command::Run { config: path } => rt.block_on(run(path, config)),
     }
 }
 
-async fn run(path: PathBuf) -> ExitCode {
-    let (config, runtime) = match load(&path) {
-        Ok(x) => x,
+async fn run(path: PathBuf, config: Config) -> ExitCode {
+    let runtime = match load_components(&config) {
+        Ok(r) => r,
         Err(code) => return code,
     };
     let reactor = match Reactor::bind(config, runtime) {

@@ -402,3 +402,40 @@ fn both_halves_of_the_seed_on_one_shared_instance() {
     ));
     seed_runs_both_halves(&cfg, port);
 }
+
+/// The reactor threads a process runs: tokio's worker threads, which are
+/// all its threads named `tokio-rt-worker` until a blocking task starts.
+fn reactor_threads(pid: u32) -> usize {
+    std::fs::read_dir(format!("/proc/{pid}/task"))
+        .unwrap()
+        .filter_map(|t| std::fs::read_to_string(t.unwrap().path().join("comm")).ok())
+        .filter(|name| name.trim_end() == "tokio-rt-worker")
+        .count()
+}
+
+/// `[host] threads` sets how many reactor threads run; one thread (Twisted's
+/// model) serves connections like any other count.
+#[test]
+fn host_threads_sets_the_reactor_thread_count() {
+    for threads in [1, 3] {
+        let cfg = write_config(&format!(
+            "[host]\nthreads = {threads}\n\n{}",
+            support::server_config(&echo_wasm(), "")
+        ));
+        let mut server = spawn_run(&cfg, 1);
+        assert_eq!(reactor_threads(server.child.id()), threads);
+        let mut conns: Vec<TcpStream> = (0..4)
+            .map(|_| TcpStream::connect(server.addrs[0]).unwrap())
+            .collect();
+        for (i, c) in conns.iter_mut().enumerate() {
+            c.set_read_timeout(Some(Duration::from_secs(10))).unwrap();
+            let msg = format!("hello from {i} on {threads} thread(s)");
+            c.write_all(msg.as_bytes()).unwrap();
+            let mut got = vec![0; msg.len()];
+            c.read_exact(&mut got).unwrap();
+            assert_eq!(got, msg.as_bytes());
+        }
+        support::signal(&server.child, libc::SIGTERM);
+        assert!(wait_exit(&mut server.child, Duration::from_secs(10)).success());
+    }
+}
