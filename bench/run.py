@@ -7,6 +7,9 @@ A fifth server, the floor (src/bin/floor-echo.rs), runs the same component
 with nothing but one guest call per read: no limits, locks or bookkeeping,
 one instance per thread. It shows what the engine's call path costs alone.
 
+A second table runs twill (shared instance), the floor and the native server
+on one thread each, Twisted's own model.
+
 Each scenario reports the loadgen's throughput and the *server's* CPU time per
 operation, read from /proc/PID/stat: the load generator shares the machine's
 cores, so CPU per operation is the stable figure. Loopback only.
@@ -29,11 +32,26 @@ TICK = os.sysconf("SC_CLK_TCK")
 SCENARIOS = [
     # name, loadgen args, what "op" means
     ("pingpong-64B-100c", ["--mode", "pingpong", "-c", "100", "-s", "64"], "round trip"),
-    ("bulk-16KiB-10c", ["--mode", "bulk", "-c", "10", "-s", "16384"], "16 KiB echoed"),
+    ("bulk-16KiB-10c", ["--mode", "bulk", "-c", "10", "-s", "16384"], "16 KiB block"),
     ("connrate-64B", ["--mode", "connrate", "-c", "50", "-s", "64"], "connection"),
 ]
 IDLE_CONNS = 10_000
-NAMES = ["twill", "shared", "floor", "native", "twisted"]
+NAMES = ["twill", "shared", "floor", "native", "twisted", "shared-1t", "floor-1t", "native-1t"]
+# The single-thread servers skip the idle scenario (memory does not depend
+# on the thread count) to keep the run under 10 minutes.
+NO_IDLE = {"shared-1t", "floor-1t", "native-1t"}
+TABLES = [
+    (
+        "Default threading (one reactor thread per CPU; Twisted is single-threaded)",
+        [("twill", "twill"), ("shared", "twill shared"), ("floor", "floor"), ("native", "native tokio"), ("twisted", "Twisted")],
+        [("twill", "native"), ("shared", "native"), ("floor", "native"), ("twill", "twisted"), ("shared", "twisted")],
+    ),
+    (
+        "One thread each (`[host] threads = 1`, one shared instance; the floor and the native server on one thread)",
+        [("shared-1t", "twill shared, 1 thread"), ("floor-1t", "floor, 1 thread"), ("native-1t", "native, 1 thread"), ("twisted", "Twisted")],
+        [("shared-1t", "native-1t"), ("floor-1t", "native-1t"), ("shared-1t", "twisted")],
+    ),
+]
 
 
 def cpu_secs(pid):
@@ -58,12 +76,17 @@ def wait_port(port, proc, timeout=60):
 def servers(venv_python):
     cfg = ROOT / "bench" / "twill-bench.toml"
     shared = ROOT / "bench" / "twill-bench-shared.toml"
+    shared1 = ROOT / "bench" / "twill-bench-shared-1t.toml"
+    echo = str(ROOT / "guest-echo" / "echo.wasm")
     return {
         "twill": ([str(TARGET / "release" / "twill"), "-q", "run", str(cfg)], 9100),
         "shared": ([str(TARGET / "release" / "twill"), "-q", "run", str(shared)], 9103),
-        "floor": ([str(TARGET / "release" / "floor-echo"), "127.0.0.1:9104", "2", str(ROOT / "guest-echo" / "echo.wasm")], 9104),
+        "floor": ([str(TARGET / "release" / "floor-echo"), "127.0.0.1:9104", "2", echo], 9104),
         "native": ([str(TARGET / "release" / "native-echo"), "127.0.0.1:9101", "2"], 9101),
         "twisted": ([venv_python, str(ROOT / "bench" / "twisted_echo.py"), "9102"], 9102),
+        "shared-1t": ([str(TARGET / "release" / "twill"), "-q", "run", str(shared1)], 9105),
+        "floor-1t": ([str(TARGET / "release" / "floor-echo"), "127.0.0.1:9106", "1", echo], 9106),
+        "native-1t": ([str(TARGET / "release" / "native-echo"), "127.0.0.1:9107", "1"], 9107),
     }
 
 
@@ -90,6 +113,8 @@ def run_server(name, cmd, port, duration, results):
                 {"rate": float(r["rate"]), "cpu_us": (c1 - c0) * 1e6 / max(ops, 1), "p99": r.get("p99_us")}
             )
             time.sleep(0.5)
+        if name in NO_IDLE:
+            return
         r = loadgen(["--addr", f"127.0.0.1:{port}", "--mode", "idle", "-c", str(IDLE_CONNS), "-s", "64", "--server-pid", str(proc.pid)])
         results.setdefault((name, "idle-10k"), []).append({"kib": float(r["kib_per_conn"])})
     finally:
@@ -108,7 +133,7 @@ def med(xs):
 def main():
     ap = argparse.ArgumentParser()
     ap.add_argument("--rounds", type=int, default=3)
-    ap.add_argument("--duration", type=float, default=5.0)
+    ap.add_argument("--duration", type=float, default=4.0)
     ap.add_argument("--venv-python", default="/var/tmp/twill-bench-venv/bin/python")
     ap.add_argument("--out", default=str(ROOT / "bench" / "results" / "latest.md"))
     ap.add_argument("--only", default=",".join(NAMES))
@@ -126,11 +151,6 @@ def main():
 
     lines = []
     lines.append(f"Medians of {a.rounds} rounds, {a.duration:.0f} s per scenario; servers run in alternation.\n")
-    lines.append(
-        "| scenario | metric | twill | twill shared | floor | native tokio | Twisted "
-        "| twill / native | shared / native | floor / native | twill / Twisted | shared / Twisted |"
-    )
-    lines.append("|---|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|")
 
     def cell(name, scen, key):
         v = results.get((name, scen))
@@ -142,18 +162,24 @@ def main():
     def ratio(a_, b_):
         return "–" if a_ is None or b_ is None or b_ == 0 else f"{a_ / b_:.2f}×"
 
-    def row(scen, metric, key):
-        tw, sh, fl, na, ts = (cell(n, scen, key) for n in NAMES)
-        return (
-            f"| {scen} | {metric} | {fmt(tw)} | {fmt(sh)} | {fmt(fl)} | {fmt(na)} | {fmt(ts)} "
-            f"| {ratio(tw, na)} | {ratio(sh, na)} | {ratio(fl, na)} | {ratio(tw, ts)} | {ratio(sh, ts)} |"
-        )
+    label = {n: l for _, cols, _ in TABLES for n, l in cols}
+    for title, cols, ratios in TABLES:
+        lines.append(f"### {title}\n")
+        head = [l for _, l in cols] + [f"{label[a_]} / {label[b_]}" for a_, b_ in ratios]
+        lines.append("| scenario | metric | " + " | ".join(head) + " |")
+        lines.append("|---|---|" + "---:|" * len(head))
 
-    for scen, _, op in SCENARIOS:
-        lines.append(row(scen, f"{op}s / s", "rate"))
-        lines.append(row(scen, f"server CPU µs / {op}", "cpu_us"))
-    lines.append(row("idle-10k", "server RSS KiB / connection", "kib"))
-    lines.append("")
+        def row(scen, metric, key):
+            vals = [fmt(cell(n, scen, key)) for n, _ in cols]
+            rs = [ratio(cell(a_, scen, key), cell(b_, scen, key)) for a_, b_ in ratios]
+            return f"| {scen} | {metric} | " + " | ".join(vals + rs) + " |"
+
+        for scen, _, op in SCENARIOS:
+            lines.append(row(scen, f"{op}s / s", "rate"))
+            lines.append(row(scen, f"server CPU µs / {op}", "cpu_us"))
+        if (cols[0][0], "idle-10k") in results:
+            lines.append(row("idle-10k", "server RSS KiB / connection", "kib"))
+        lines.append("")
     lines.append("Every round (rate; server CPU µs per op):\n")
     for (name, scen), v in sorted(results.items()):
         vals = ", ".join(

@@ -1,7 +1,8 @@
 #!/usr/bin/env bash
 # Builds everything the benchmark needs (release host, loadgen, native echo,
-# a venv with Twisted) and runs bench/run.py. Loopback only; about 5 minutes.
-#   bench/run.sh                 # 3 rounds, 5 s per scenario
+# the floor server, a venv with Twisted) and runs bench/run.py. Loopback
+# only; about 7 minutes.
+#   bench/run.sh                 # 3 rounds, 4 s per scenario
 #   bench/run.sh --rounds 1 --duration 2
 set -euo pipefail
 cd "$(dirname "$0")/.."
