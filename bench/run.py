@@ -150,7 +150,10 @@ def main():
     elapsed = time.time() - t0
 
     lines = []
-    lines.append(f"Medians of {a.rounds} rounds, {a.duration:.0f} s per scenario; servers run in alternation.\n")
+    lines.append(
+        f"Medians of {a.rounds} rounds, {a.duration:.0f} s per scenario; servers run in alternation. "
+        "A ratio is the median of the ratios within each round.\n"
+    )
 
     def cell(name, scen, key):
         v = results.get((name, scen))
@@ -159,8 +162,14 @@ def main():
     def fmt(v, unit=""):
         return "–" if v is None else (f"{v:,.0f}{unit}" if v >= 100 else f"{v:.2f}{unit}")
 
-    def ratio(a_, b_):
-        return "–" if a_ is None or b_ is None or b_ == 0 else f"{a_ / b_:.2f}×"
+    def ratio(a_, b_, scen, key):
+        # The median of the per-round ratios: a round runs every server back
+        # to back, so pairing within a round cancels the machine's drift.
+        xs, ys = results.get((a_, scen)), results.get((b_, scen))
+        if not xs or not ys:
+            return "–"
+        rs = [x[key] / y[key] for x, y in zip(xs, ys) if y[key]]
+        return f"{med(rs):.2f}×" if rs else "–"
 
     label = {n: l for _, cols, _ in TABLES for n, l in cols}
     for title, cols, ratios in TABLES:
@@ -171,7 +180,7 @@ def main():
 
         def row(scen, metric, key):
             vals = [fmt(cell(n, scen, key)) for n, _ in cols]
-            rs = [ratio(cell(a_, scen, key), cell(b_, scen, key)) for a_, b_ in ratios]
+            rs = [ratio(a_, b_, scen, key) for a_, b_ in ratios]
             return f"| {scen} | {metric} | " + " | ".join(vals + rs) + " |"
 
         for scen, _, op in SCENARIOS:
