@@ -13,7 +13,7 @@
 //! |---|---|
 //! | [`config`] | `plugins.toml`: schema, strict validation, file:line errors |
 //! | [`reactor`] | start-up, the shutdown broadcast, "done when idle" |
-//! | [`listener`] | the accept loop: connection cap, EMFILE back-off |
+//! | [`listener`] | the accept loops: connection cap, EMFILE back-off, spreading connections over shared instances |
 //! | [`connector`] | client connections: resolve, connect with timeout, client-factory callbacks |
 //! | [`connection`] | the per-socket driver: the whole data path |
 //! | [`shutdown`] | the shutdown signal (and a shared instance's fault signal), task tracking |
@@ -23,6 +23,7 @@
 //! | [`runtime::state`] | Store data: the transport slab and cells, the output queue |
 //! | [`runtime::transport`] | host side of the `transport` resource (no I/O) |
 //! | [`runtime::limits`] | memory, CPU, backpressure limits; the pooling allocator |
+//! | [`runtime::threads`] | the thread each shared instance and its connections live on |
 //! | [`runtime::output`] | guest stdout/stderr, attributed to the plugin |
 //! | [`testing`] | the StringTransport-style test transport for guest authors |
 //!

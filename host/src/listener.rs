@@ -108,15 +108,87 @@ impl Listener {
 
     /// Accepts until shutdown. Each connection runs in its own task holding
     /// a clone of `guard`, so the reactor can wait for them to finish.
+    ///
+    /// For a plugin with shared instances, every instance's thread (see
+    /// [`crate::runtime::Plugin::instance_threads`]) accepts on its own copy
+    /// of the socket, and a connection stays on the thread that accepted it
+    /// unless that instance has more live connections than another: then it
+    /// moves to the least busy one. So connections spread evenly, and a
+    /// connection's socket, timers and callbacks stay on its instance's
+    /// thread without a hand-over per connection.
     pub async fn serve(self, engine: Engine, notify: ShutdownSignal, guard: TaskGuard) {
-        let shutdown = notify.subscribe();
         let addr = self.local_addr();
         let plugin_name = self.plugin.name.clone();
         tracing::info!(plugin = %plugin_name, %addr, "listening");
+        let acceptor = Arc::new(Acceptor {
+            plugin: self.plugin.clone(),
+            engine,
+            stats: self.stats.clone(),
+            limit: self.limit.clone(),
+            notify,
+            guard,
+            addr,
+        });
+        match self.plugin.instance_threads() {
+            Some(threads) => {
+                let listener = match self.listener.into_std() {
+                    Ok(l) => l,
+                    Err(e) => {
+                        tracing::error!(plugin = %plugin_name, %addr, error = %e, "cannot hand the listening socket to the shared instances' threads");
+                        return;
+                    }
+                };
+                let mut loops = Vec::with_capacity(threads.len());
+                for (i, thread) in threads.iter().enumerate() {
+                    let copy = match listener.try_clone() {
+                        Ok(c) => c,
+                        Err(e) => {
+                            tracing::error!(plugin = %plugin_name, %addr, error = %e, "cannot copy the listening socket");
+                            continue;
+                        }
+                    };
+                    let acceptor = acceptor.clone();
+                    loops.push(thread.handle().spawn(async move {
+                        match TcpListener::from_std(copy) {
+                            Ok(l) => acceptor.accept_loop(l, Some(i)).await,
+                            Err(e) => {
+                                tracing::error!(plugin = %acceptor.plugin.name, addr = %acceptor.addr, error = %e, "cannot register the listening socket")
+                            }
+                        }
+                    }));
+                }
+                drop(listener);
+                for l in loops {
+                    let _ = l.await;
+                }
+            }
+            None => acceptor.accept_loop(self.listener, None).await,
+        }
+        tracing::info!(plugin = %plugin_name, %addr, "stopped listening");
+    }
+}
+
+/// What every accept loop of one listener shares.
+struct Acceptor {
+    plugin: Arc<Plugin>,
+    engine: Engine,
+    stats: Arc<ListenerStats>,
+    limit: Arc<Semaphore>,
+    notify: ShutdownSignal,
+    guard: TaskGuard,
+    addr: SocketAddr,
+}
+
+impl Acceptor {
+    /// Accepts on `listener` until shutdown. `thread`: the shared instance
+    /// whose thread this loop runs on, if any.
+    async fn accept_loop(&self, listener: TcpListener, thread: Option<usize>) {
+        let shutdown = self.notify.subscribe();
+        let (plugin_name, addr) = (&self.plugin.name, self.addr);
         let mut backoff = Duration::from_millis(5);
         loop {
             let accepted = tokio::select! {
-                r = self.listener.accept() => r,
+                r = listener.accept() => r,
                 () = shutdown.recv() => break,
             };
             let (stream, peer) = match accepted {
@@ -149,19 +221,45 @@ impl Listener {
             let _ = stream.set_nodelay(true);
             let task = ServerConnection {
                 plugin: self.plugin.clone(),
-                engine: engine.clone(),
+                engine: self.engine.clone(),
                 stats: self.stats.clone(),
                 peer,
             };
-            let conn_shutdown = notify.subscribe();
-            let conn_guard = guard.clone();
-            tokio::spawn(async move {
-                task.run(stream, &conn_shutdown).await;
-                drop(permit);
-                drop(conn_guard);
+            let conn_shutdown = self.notify.subscribe();
+            let conn_guard = self.guard.clone();
+            let Some(here) = thread else {
+                tokio::spawn(async move {
+                    task.run(stream, None, &conn_shutdown).await;
+                    drop(permit);
+                    drop(conn_guard);
+                });
+                continue;
+            };
+            let live = self.plugin.assign_instance(here);
+            let instance = live.instance();
+            if instance == here {
+                tokio::spawn(async move {
+                    task.run(stream, Some(instance), &conn_shutdown).await;
+                    drop((live, permit, conn_guard));
+                });
+                continue;
+            }
+            // Another instance is less busy: the socket moves to its
+            // thread's reactor.
+            let (Some(threads), Ok(stream)) = (self.plugin.instance_threads(), stream.into_std())
+            else {
+                continue;
+            };
+            threads[instance].handle().spawn(async move {
+                match TcpStream::from_std(stream) {
+                    Ok(stream) => task.run(stream, Some(instance), &conn_shutdown).await,
+                    Err(e) => {
+                        tracing::debug!(plugin = %task.plugin.name, peer = %task.peer, error = %e, "cannot register the connection")
+                    }
+                }
+                drop((live, permit, conn_guard));
             });
         }
-        tracing::info!(plugin = %plugin_name, %addr, "stopped listening");
     }
 }
 
@@ -181,7 +279,10 @@ struct ServerConnection {
 }
 
 impl ServerConnection {
-    async fn run(self, stream: TcpStream, shutdown: &Shutdown) {
+    /// Serves the connection to its end: on shared instance `instance` if
+    /// given (this task then runs on that instance's thread), else on a
+    /// fresh instance or the next shared one.
+    async fn run(self, stream: TcpStream, instance: Option<usize>, shutdown: &Shutdown) {
         let Self {
             plugin,
             engine,
@@ -189,7 +290,11 @@ impl ServerConnection {
             peer,
         } = self;
         let name = &plugin.name;
-        let mut session = match plugin.instantiate(&engine) {
+        let session = match instance {
+            Some(i) => plugin.instantiate_on(&engine, i),
+            None => plugin.instantiate(&engine),
+        };
+        let mut session = match session {
             Ok(s) => s,
             Err(e) => {
                 stats.instantiation_failed.fetch_add(1, Ordering::Relaxed);

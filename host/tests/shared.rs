@@ -177,8 +177,8 @@ async fn a_fault_aborts_the_connections_on_its_instance_and_the_next_gets_a_fres
     let addr = server.addr();
     let mut a = Kit::connect(addr).await;
     let mut b = Kit::connect(addr).await;
-    assert_eq!(a.ask("served").await, "served=2 live=2 room=0\n");
     assert_eq!(b.ask("echo b is up").await, "b is up\n");
+    assert_eq!(a.ask("served").await, "served=2 live=2 room=0\n");
     a.send("panic").await;
     assert!(a.ended().await, "the faulting connection is aborted");
     // B sends nothing: the instance's fault signal ends it.
@@ -203,20 +203,61 @@ async fn a_fault_aborts_the_connections_on_its_instance_and_the_next_gets_a_fres
     assert_eq!(server.shutdown().await, twill::RunEnd::Clean);
 }
 
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn connections_go_round_robin_and_a_fault_stays_in_its_instance() {
-    let server = start(&server_config(&testkit_wasm(), &shared(2))).await;
-    let addr = server.addr();
+/// Three connections on two shared instances: A and B on different ones
+/// (a connection goes to the least busy instance), and C with one of them,
+/// found through the room, which A's instance alone has a member of.
+/// Returns A, B, C, and whether C is on A's instance.
+async fn three_on_two_instances(addr: SocketAddr) -> (Kit, Kit, Kit, bool) {
     let mut a = Kit::connect(addr).await;
     assert_eq!(a.ask("served").await, "served=1 live=1 room=0\n");
     let mut b = Kit::connect(addr).await;
-    assert_eq!(b.ask("served").await, "served=1 live=1 room=0\n");
+    assert_eq!(
+        b.ask("served").await,
+        "served=1 live=1 room=0\n",
+        "B goes to the instance with no connection"
+    );
+    a.send("join").await;
+    assert_eq!(a.ask("served").await, "served=1 live=1 room=1\n");
     let mut c = Kit::connect(addr).await;
-    assert_eq!(c.ask("served").await, "served=2 live=2 room=0\n");
-    a.send("panic").await;
-    assert!(a.ended().await);
-    assert!(c.ended().await, "C shared A's instance");
-    assert_eq!(b.ask("echo b lives").await, "b lives\n");
+    let with_a = match c.ask("served").await.as_str() {
+        "served=2 live=2 room=1\n" => true,
+        "served=2 live=2 room=0\n" => false,
+        other => panic!("C is on neither instance: {other}"),
+    };
+    (a, b, c, with_a)
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn connections_spread_over_instances_and_a_fault_stays_in_its_instance() {
+    let server = start(&server_config(&testkit_wasm(), &shared(2))).await;
+    let (a, b, mut c, with_a) = three_on_two_instances(server.addr()).await;
+    let (mut mate, mut other) = if with_a { (a, b) } else { (b, a) };
+    mate.send("panic").await;
+    assert!(mate.ended().await);
+    assert!(c.ended().await, "C shared the faulting instance");
+    assert_eq!(other.ask("echo other lives").await, "other lives\n");
+    assert_eq!(server.shutdown().await, twill::RunEnd::Clean);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn connections_made_one_after_another_are_spread_evenly() {
+    let server = start(&server_config(&testkit_wasm(), &shared(2))).await;
+    let mut kits = Vec::new();
+    for _ in 0..40 {
+        let mut k = Kit::connect(server.addr()).await;
+        assert_eq!(k.ask("echo up").await, "up\n");
+        kits.push(k);
+    }
+    let mut live = std::collections::BTreeMap::new();
+    for k in &mut kits {
+        let served = k.ask("served").await;
+        *live.entry(served).or_insert(0) += 1;
+    }
+    assert_eq!(
+        live.into_iter().collect::<Vec<_>>(),
+        [("served=20 live=20 room=0\n".to_string(), 40)],
+        "two instances with 20 connections each"
+    );
     assert_eq!(server.shutdown().await, twill::RunEnd::Clean);
 }
 
@@ -297,18 +338,13 @@ async fn a_runaway_guest_stalls_only_its_own_instance() {
         &format!("{}\ncpu = \"300ms\"", shared(2)),
     ))
     .await;
-    let addr = server.addr();
-    // Round robin: A and C on one instance, B on the other.
-    let mut a = Kit::connect(addr).await;
-    assert_eq!(a.ask("served").await, "served=1 live=1 room=0\n");
-    let mut b = Kit::connect(addr).await;
-    assert_eq!(b.ask("served").await, "served=1 live=1 room=0\n");
-    let mut c = Kit::connect(addr).await;
-    assert_eq!(c.ask("served").await, "served=2 live=2 room=0\n");
+    // A runs away on the instance C shares; B is on the other one.
+    let (a, b, mut c, with_a) = three_on_two_instances(server.addr()).await;
+    let (mut a, mut b) = if with_a { (a, b) } else { (b, a) };
     let t0 = std::time::Instant::now();
     a.send("loop").await;
     tokio::time::sleep(Duration::from_millis(20)).await;
-    // C's callback must wait for A's instance: a reactor thread waits on it.
+    // C's callback must wait for A's: they share an instance and its thread.
     c.send("echo c waited").await;
     // B, on the other instance, keeps answering meanwhile.
     let mut worst = Duration::ZERO;

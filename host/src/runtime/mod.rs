@@ -23,6 +23,8 @@
 //!   each connection is a `protocol` resource on a long-lived instance,
 //!   whose lock a callback holds; each connection's transport state is a
 //!   cell of its own, so the data path does not take the instance lock.
+//!   Each shared instance has a thread of its own, where its listeners'
+//!   connections run ([`threads`]).
 //! - **Deny by default.** WASI p2 is linked so that guests built with std
 //!   load, but the context grants nothing: no files, no sockets, no name
 //!   lookups, no environment, no arguments, an empty stdin, and frozen clocks
@@ -33,6 +35,7 @@ pub mod bindings;
 pub mod limits;
 pub mod output;
 pub mod state;
+pub mod threads;
 pub mod transport;
 pub mod wasi;
 
@@ -97,6 +100,11 @@ pub struct Plugin {
     /// With `Sharing::Shared(n)`: the n instance slots, filled on first use.
     shared: Vec<std::sync::Mutex<Option<Arc<SharedGuest>>>>,
     next_shared: std::sync::atomic::AtomicUsize,
+    /// With `Sharing::Shared(n)`: the n threads the instances live on,
+    /// started when a listener first serves the plugin.
+    threads: std::sync::OnceLock<Vec<threads::InstanceThread>>,
+    /// With `Sharing::Shared(n)`: live listener connections per instance.
+    live: Vec<std::sync::atomic::AtomicUsize>,
 }
 
 /// How a plugin's instances map to connections (`instance` in
@@ -108,7 +116,9 @@ pub enum Sharing {
     #[default]
     PerConnection,
     /// This many long-lived instances, each serving many connections (one
-    /// protocol resource per connection), assigned round robin. Guest
+    /// protocol resource per connection): a listener's connections go to
+    /// the least busy, on its thread ([`threads`]); a connector's, round
+    /// robin. Guest
     /// state is shared as in one Twisted process (a factory can keep a list
     /// of its protocols and write to any of them); a fault aborts every
     /// connection on that instance, and the next connection gets a fresh
@@ -326,6 +336,8 @@ impl Runtime {
             sharing: Sharing::PerConnection,
             shared: Vec::new(),
             next_shared: std::sync::atomic::AtomicUsize::new(0),
+            threads: std::sync::OnceLock::new(),
+            live: Vec::new(),
         })
     }
 
@@ -411,6 +423,9 @@ impl Plugin {
             Sharing::PerConnection => Vec::new(),
             Sharing::Shared(n) => (0..n.max(1)).map(|_| std::sync::Mutex::new(None)).collect(),
         };
+        self.live = (0..self.shared.len())
+            .map(|_| std::sync::atomic::AtomicUsize::new(0))
+            .collect();
     }
 
     /// How instances map to connections.
@@ -525,27 +540,94 @@ impl Plugin {
     /// A session for one connection (or, for a client, one connector): a
     /// fresh instance, or with `instance = "shared"` a place on one of the
     /// plugin's shared instances (round robin; an instance that faulted is
-    /// replaced by a fresh one).
+    /// replaced by a fresh one). Listeners use [`Plugin::assign_instance`]
+    /// and [`Plugin::instantiate_on`] instead.
     pub fn instantiate(self: &Arc<Self>, engine: &Engine) -> Result<Session, GuestFault> {
         let home = match self.sharing {
             Sharing::PerConnection => Home::Own(Box::new(self.new_guest(engine)?)),
             Sharing::Shared(_) => {
                 let i = self.next_shared.fetch_add(1, Ordering::Relaxed) % self.shared.len();
-                let mut cell = self.shared[i].lock().unwrap_or_else(|e| e.into_inner());
-                let shared = match &*cell {
-                    Some(s) if !s.fault.is_fired() => s.clone(),
-                    _ => {
-                        let s = Arc::new(SharedGuest {
-                            guest: std::sync::Mutex::new(self.new_guest(engine)?),
-                            fault: ShutdownSignal::default(),
-                        });
-                        *cell = Some(s.clone());
-                        s
-                    }
-                };
-                Home::Shared(shared)
+                Home::Shared(self.shared_guest(engine, i)?)
             }
         };
+        self.session(home)
+    }
+
+    /// With shared instances: the threads they live on, one per instance
+    /// (see [`threads`]), started on first use. A listener accepts on each
+    /// and runs a connection's task on its instance's thread. `None` with an
+    /// instance per connection, or if the threads could not be started (the
+    /// connections then run on the reactor's runtime, round robin).
+    pub fn instance_threads(&self) -> Option<&[threads::InstanceThread]> {
+        let Sharing::Shared(_) = self.sharing else {
+            return None;
+        };
+        let threads = self.threads.get_or_init(|| {
+            (0..self.shared.len())
+                .map(|i| threads::InstanceThread::start(&self.name, i))
+                .collect::<Result<Vec<_>, _>>()
+                .unwrap_or_else(|e| {
+                    tracing::warn!(plugin = %self.name, error = %e, "cannot start the shared instances' threads; their connections run on the reactor's threads");
+                    Vec::new()
+                })
+        });
+        (!threads.is_empty()).then_some(threads.as_slice())
+    }
+
+    /// Picks the shared instance for a connection accepted on instance
+    /// `here`'s thread: `here`, unless it has more live connections than
+    /// another instance; then the first of the least busy. The connection
+    /// counts as live on it until the returned guard is dropped.
+    pub fn assign_instance(self: &Arc<Self>, here: usize) -> threads::LiveGuard {
+        let live = |i: usize| self.live[i].load(Ordering::Relaxed);
+        let least = (0..self.live.len()).min_by_key(|&i| live(i)).unwrap_or(0);
+        let instance = if here < self.live.len() && live(here) <= live(least) {
+            here
+        } else {
+            least
+        };
+        threads::LiveGuard::new(self.clone(), instance)
+    }
+
+    /// The live-connection counter of shared instance `i`.
+    pub(crate) fn live_count(&self, i: usize) -> &std::sync::atomic::AtomicUsize {
+        &self.live[i]
+    }
+
+    /// A session on shared instance `index` (from
+    /// [`Plugin::assign_instance`]); an instance that faulted is
+    /// replaced by a fresh one. Falls back to [`Plugin::instantiate`] for a
+    /// plugin without shared instances.
+    pub fn instantiate_on(
+        self: &Arc<Self>,
+        engine: &Engine,
+        index: usize,
+    ) -> Result<Session, GuestFault> {
+        if self.shared.is_empty() {
+            return self.instantiate(engine);
+        }
+        let home = Home::Shared(self.shared_guest(engine, index % self.shared.len())?);
+        self.session(home)
+    }
+
+    /// Shared instance `i`, made (again) if it does not exist or faulted.
+    fn shared_guest(&self, engine: &Engine, i: usize) -> Result<Arc<SharedGuest>, GuestFault> {
+        let mut cell = self.shared[i].lock().unwrap_or_else(|e| e.into_inner());
+        Ok(match &*cell {
+            Some(s) if !s.fault.is_fired() => s.clone(),
+            _ => {
+                let s = Arc::new(SharedGuest {
+                    guest: std::sync::Mutex::new(self.new_guest(engine)?),
+                    fault: ShutdownSignal::default(),
+                });
+                *cell = Some(s.clone());
+                s
+            }
+        })
+    }
+
+    /// A session for one connection on `home`, with its transport cell.
+    fn session(self: &Arc<Self>, home: Home) -> Result<Session, GuestFault> {
         let cell: TransportCell = Arc::new(std::sync::Mutex::new(self.new_transport()));
         let mut session = Session {
             plugin: self.clone(),
