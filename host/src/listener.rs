@@ -246,8 +246,15 @@ impl Acceptor {
             }
             // Another instance is less busy: the socket moves to its
             // thread's reactor.
-            let (Some(threads), Ok(stream)) = (self.plugin.instance_threads(), stream.into_std())
-            else {
+            let moved = match (self.plugin.instance_threads(), stream.into_std()) {
+                (Some(threads), Ok(stream)) => Some((threads, stream)),
+                (_, Err(e)) => {
+                    tracing::warn!(plugin = %plugin_name, %peer, error = %e, "cannot move the connection to its instance's thread; closing it");
+                    None
+                }
+                (None, Ok(_)) => None,
+            };
+            let Some((threads, stream)) = moved else {
                 continue;
             };
             threads[instance].handle().spawn(async move {

@@ -118,11 +118,11 @@ pub enum Sharing {
     /// This many long-lived instances, each serving many connections (one
     /// protocol resource per connection): a listener's connections go to
     /// the least busy, on its thread ([`threads`]); a connector's, round
-    /// robin. Guest
-    /// state is shared as in one Twisted process (a factory can keep a list
-    /// of its protocols and write to any of them); a fault aborts every
-    /// connection on that instance, and the next connection gets a fresh
-    /// one. Memory per idle connection is a few KiB instead of tens.
+    /// robin. Guest state is shared as in one Twisted process (a factory
+    /// can keep a list of its protocols and write to any of them); a fault
+    /// aborts every connection on that instance, and the next connection
+    /// gets a fresh one. Memory per idle connection is a few KiB instead of
+    /// tens.
     Shared(u32),
 }
 
