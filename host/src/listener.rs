@@ -109,13 +109,12 @@ impl Listener {
     /// Accepts until shutdown. Each connection runs in its own task holding
     /// a clone of `guard`, so the reactor can wait for them to finish.
     ///
-    /// For a plugin with shared instances, every instance's thread (see
-    /// [`crate::runtime::Plugin::instance_threads`]) accepts on its own copy
-    /// of the socket, and a connection stays on the thread that accepted it
-    /// unless that instance has more live connections than another: then it
-    /// moves to the least busy one. So connections spread evenly, and a
-    /// connection's socket, timers and callbacks stay on its instance's
-    /// thread without a hand-over per connection.
+    /// For a plugin with shared instances, the first instance's thread
+    /// (see [`crate::runtime::Plugin::instance_threads`]) accepts, and a
+    /// connection stays there unless that instance has more live
+    /// connections than another: then it moves to the least busy one's
+    /// thread. So connections spread evenly, and a connection's socket,
+    /// timers and callbacks stay on its instance's thread.
     pub async fn serve(self, engine: Engine, notify: ShutdownSignal, guard: TaskGuard) {
         let addr = self.local_addr();
         let plugin_name = self.plugin.name.clone();
@@ -138,29 +137,16 @@ impl Listener {
                         return;
                     }
                 };
-                let mut loops = Vec::with_capacity(threads.len());
-                for (i, thread) in threads.iter().enumerate() {
-                    let copy = match listener.try_clone() {
-                        Ok(c) => c,
+                // The first instance's thread accepts for all of them.
+                let accepting = threads[0].handle().spawn(async move {
+                    match TcpListener::from_std(listener) {
+                        Ok(l) => acceptor.accept_loop(l, Some(0)).await,
                         Err(e) => {
-                            tracing::error!(plugin = %plugin_name, %addr, error = %e, "cannot copy the listening socket");
-                            continue;
+                            tracing::error!(plugin = %acceptor.plugin.name, addr = %acceptor.addr, error = %e, "cannot register the listening socket")
                         }
-                    };
-                    let acceptor = acceptor.clone();
-                    loops.push(thread.handle().spawn(async move {
-                        match TcpListener::from_std(copy) {
-                            Ok(l) => acceptor.accept_loop(l, Some(i)).await,
-                            Err(e) => {
-                                tracing::error!(plugin = %acceptor.plugin.name, addr = %acceptor.addr, error = %e, "cannot register the listening socket")
-                            }
-                        }
-                    }));
-                }
-                drop(listener);
-                for l in loops {
-                    let _ = l.await;
-                }
+                    }
+                });
+                let _ = accepting.await;
             }
             None => acceptor.accept_loop(self.listener, None).await,
         }
@@ -181,7 +167,8 @@ struct Acceptor {
 
 impl Acceptor {
     /// Accepts on `listener` until shutdown. `thread`: the shared instance
-    /// whose thread this loop runs on, if any.
+    /// whose thread this loop runs on, if any; connections assigned to
+    /// another instance move to that instance's thread.
     async fn accept_loop(&self, listener: TcpListener, thread: Option<usize>) {
         let shutdown = self.notify.subscribe();
         let (plugin_name, addr) = (&self.plugin.name, self.addr);

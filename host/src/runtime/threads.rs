@@ -6,17 +6,23 @@
 //! would take turns on one instance: they wait for each other's callbacks,
 //! and the instance's memory and tables move between their caches on every
 //! turn. Instead, each shared instance has a thread of its own, running a
-//! single-threaded tokio runtime. Each of these threads accepts on its own
-//! copy of the listening socket, and a connection runs on the thread that
-//! accepted it, unless that instance has more live connections than
-//! another: then it moves, once, to the least busy one
-//! ([`Plugin::assign_instance`]). A connection's socket, timers and
-//! callbacks then all stay on its instance's thread, and its instance's
-//! lock is not contended by the instance's own connections.
+//! single-threaded tokio runtime. The first instance's thread accepts the
+//! listener's connections; a connection stays there unless that instance
+//! has more live connections than another, and then moves, once, to the
+//! least busy instance's thread ([`Plugin::assign_instance`]). A
+//! connection's socket, timers and callbacks then all stay on its
+//! instance's thread, and its instance's lock is not contended by the
+//! instance's own connections.
 //!
 //! In `bench/` this cut the shared instances' CPU per 64-byte round trip
-//! by about a tenth; the price is a few more wake-ups per new connection
-//! (both threads hear of each one), about 3 µs of CPU.
+//! by 5–10%. The price is paid by connections that move: waking the other
+//! thread and moving the socket to its reactor. With 50 clients connecting,
+//! echoing once and closing in a loop, a connection cost about 30 µs of
+//! CPU instead of 24 µs; a client that connects, echoes and closes one
+//! connection at a time never moves. (A
+//! version where every instance's thread accepted on its own copy of the
+//! socket woke both threads for every connection: 60 → 80 µs per
+//! connection made one at a time.)
 //!
 //! It does not change what a runaway guest can stall: a callback holds its
 //! instance's lock, so every connection on that instance already waited for
