@@ -15,14 +15,13 @@
 //! instance's own connections.
 //!
 //! In `bench/` this cut the shared instances' CPU per 64-byte round trip
-//! by 5–10%. The price is paid by connections that move: waking the other
+//! by 5–12%. The price is paid by connections that move: waking the other
 //! thread and moving the socket to its reactor. With 50 clients connecting,
 //! echoing once and closing in a loop, a connection cost about 30 µs of
 //! CPU instead of 24 µs; a client that connects, echoes and closes one
-//! connection at a time never moves. (A
-//! version where every instance's thread accepted on its own copy of the
-//! socket woke both threads for every connection: 60 → 80 µs per
-//! connection made one at a time.)
+//! connection at a time never moves. (A version where every instance's
+//! thread accepted on its own copy of the socket woke both threads for
+//! every connection: 60 → 80 µs per connection made one at a time.)
 //!
 //! It does not change what a runaway guest can stall: a callback holds its
 //! instance's lock, so every connection on that instance already waited for
