@@ -388,3 +388,41 @@ async fn a_transport_kept_after_its_connection_ended_reaches_nothing() {
     assert_eq!(b.line().await, "for b\n");
     server.shutdown().await;
 }
+
+/// This test process's threads named `name` (the kernel keeps 15 bytes).
+fn threads_named(name: &str) -> usize {
+    std::fs::read_dir("/proc/self/task")
+        .unwrap()
+        .filter_map(|t| std::fs::read_to_string(t.unwrap().path().join("comm")).ok())
+        .filter(|comm| comm.trim_end() == name)
+        .count()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn each_shared_instance_has_a_thread_until_the_reactor_stops() {
+    // A plugin name no other test uses: its threads are `twill-lifecycle-N`.
+    let name = "twill-lifecycle";
+    assert_eq!(threads_named(name), 0);
+    let server = start(&format!(
+        "[plugins.lifecycle]\ncomponent = {:?}\n{}instance = \"shared\"\nshared-instances = 2\n\n\
+         [[listen]]\nport = 0\nplugin = \"lifecycle\"\n",
+        echo_wasm().display().to_string(),
+        support::memory_line(),
+    ))
+    .await;
+    let mut c = TcpStream::connect(server.addr()).await.unwrap();
+    c.write_all(b"ping").await.unwrap();
+    let mut got = [0; 4];
+    tokio::time::timeout(T, c.read_exact(&mut got))
+        .await
+        .unwrap()
+        .unwrap();
+    assert_eq!(&got, b"ping");
+    assert_eq!(threads_named(name), 2, "one thread per shared instance");
+    assert_eq!(server.shutdown().await, twill::RunEnd::Clean);
+    let t0 = std::time::Instant::now();
+    while threads_named(name) > 0 && t0.elapsed() < Duration::from_secs(10) {
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    assert_eq!(threads_named(name), 0, "the threads end with the plugin");
+}
