@@ -17,7 +17,7 @@ use wasmtime::Engine;
 
 use crate::config::ListenConfig;
 use crate::connection::{self, End};
-use crate::runtime::Plugin;
+use crate::runtime::{Plugin, threads};
 use crate::shutdown::{Shutdown, ShutdownSignal, TaskGuard};
 
 /// Why a listener could not start.
@@ -119,7 +119,7 @@ impl Listener {
         let addr = self.local_addr();
         let plugin_name = self.plugin.name.clone();
         tracing::info!(plugin = %plugin_name, %addr, "listening");
-        let acceptor = Arc::new(Acceptor {
+        let acceptor = Acceptor {
             plugin: self.plugin.clone(),
             engine,
             stats: self.stats.clone(),
@@ -127,7 +127,7 @@ impl Listener {
             notify,
             guard,
             addr,
-        });
+        };
         match self.plugin.instance_threads() {
             Some(threads) => {
                 let listener = match self.listener.into_std() {
@@ -154,7 +154,8 @@ impl Listener {
     }
 }
 
-/// What every accept loop of one listener shares.
+/// What a listener's accept loop needs, so that it can run on a shared
+/// instance's thread.
 struct Acceptor {
     plugin: Arc<Plugin>,
     engine: Engine,
@@ -167,8 +168,8 @@ struct Acceptor {
 
 impl Acceptor {
     /// Accepts on `listener` until shutdown. `thread`: the shared instance
-    /// whose thread this loop runs on, if any; connections assigned to
-    /// another instance move to that instance's thread.
+    /// whose thread this loop runs on, if any; a connection assigned to
+    /// another instance moves to that instance's thread.
     async fn accept_loop(&self, listener: TcpListener, thread: Option<usize>) {
         let shutdown = self.notify.subscribe();
         let (plugin_name, addr) = (&self.plugin.name, self.addr);
@@ -214,39 +215,30 @@ impl Acceptor {
             };
             let conn_shutdown = self.notify.subscribe();
             let conn_guard = self.guard.clone();
-            let Some(here) = thread else {
+            let live = thread.map(|here| self.plugin.assign_instance(here));
+            let instance = live.as_ref().map(threads::LiveGuard::instance);
+            if instance == thread {
                 tokio::spawn(async move {
-                    task.run(stream, None, &conn_shutdown).await;
-                    drop(permit);
-                    drop(conn_guard);
-                });
-                continue;
-            };
-            let live = self.plugin.assign_instance(here);
-            let instance = live.instance();
-            if instance == here {
-                tokio::spawn(async move {
-                    task.run(stream, Some(instance), &conn_shutdown).await;
+                    task.run(stream, instance, &conn_shutdown).await;
                     drop((live, permit, conn_guard));
                 });
                 continue;
             }
             // Another instance is less busy: the socket moves to its
             // thread's reactor.
-            let moved = match (self.plugin.instance_threads(), stream.into_std()) {
-                (Some(threads), Ok(stream)) => Some((threads, stream)),
-                (_, Err(e)) => {
-                    tracing::warn!(plugin = %plugin_name, %peer, error = %e, "cannot move the connection to its instance's thread; closing it");
-                    None
-                }
-                (None, Ok(_)) => None,
-            };
-            let Some((threads, stream)) = moved else {
+            let (Some(i), Some(threads)) = (instance, self.plugin.instance_threads()) else {
                 continue;
             };
-            threads[instance].handle().spawn(async move {
+            let stream = match stream.into_std() {
+                Ok(s) => s,
+                Err(e) => {
+                    tracing::warn!(plugin = %plugin_name, %peer, error = %e, "cannot move the connection to its instance's thread; closing it");
+                    continue;
+                }
+            };
+            threads[i].handle().spawn(async move {
                 match TcpStream::from_std(stream) {
-                    Ok(stream) => task.run(stream, Some(instance), &conn_shutdown).await,
+                    Ok(stream) => task.run(stream, instance, &conn_shutdown).await,
                     Err(e) => {
                         tracing::debug!(plugin = %task.plugin.name, peer = %task.peer, error = %e, "cannot register the connection")
                     }
