@@ -141,19 +141,20 @@ fn main() -> ExitCode {
                 Err(code) => code,
             }
         }
-        Command::Run { config: path } => rt.block_on(run(path, config)),
+        Command::Run { .. } => rt.block_on(run(config)),
     }
 }
 
-async fn run(path: PathBuf, config: Config) -> ExitCode {
+async fn run(config: Config) -> ExitCode {
     let runtime = match load_components(&config) {
         Ok(r) => r,
         Err(code) => return code,
     };
+    let config_path = config.path.clone();
     let reactor = match Reactor::bind(config, runtime) {
         Ok(r) => r,
         Err(e) => {
-            eprintln!("{}: {e}", path.display());
+            eprintln!("{}: {e}", config_path.display());
             return ExitCode::from(2);
         }
     };
