@@ -24,7 +24,7 @@
 //         }
 //       }
 //
-//       export const { protocol, serverFactory, clientFactory } =
+//       export const { protocol, batch, serverFactory, clientFactory } =
 //         serve({ server: Factory.forProtocol(Echo) });
 //
 // Build it with guest-sdk/js/build.mjs (ComponentizeJS, world `peer`).
@@ -312,6 +312,11 @@ class ProtocolExport {
     this.#protocol.dataReceived(data);
   }
 
+  /** A chunk of a batch: skipped if an earlier chunk's callback closed it. */
+  _batchReceived(data) {
+    if (!this.#transport?.disconnecting) this.#protocol.dataReceived(data);
+  }
+
   connectionLost(reason) {
     this.#transport?._connectionLost();
     this.#protocol.connected = false;
@@ -350,15 +355,26 @@ function wrap(p) {
 /**
  * The component's exports for `server` and/or `client` (factory instances,
  * or `Protocol` subclasses, which get a `Factory`). A role left out refuses
- * every connection. Export the result under these three names:
+ * every connection. Export the result under these four names (`batch`
+ * delivers several connections' reads in one call; the SDK turns it back
+ * into `dataReceived` calls):
  *
- *     export const { protocol, serverFactory, clientFactory } = serve({ server, client });
+ *     export const { protocol, batch, serverFactory, clientFactory } = serve({ server, client });
  */
 export function serve({ server = null, client = null } = {}) {
   server = asFactory(server, 'server');
   client = asFactory(client, 'client');
   return {
     protocol: { Protocol: ProtocolExport },
+    batch: {
+      dataReceived(chunks, data) {
+        let offset = 0;
+        for (const { protocol, len } of chunks) {
+          protocol._batchReceived(data.subarray(offset, offset + len));
+          offset += len;
+        }
+      },
+    },
     serverFactory: {
       buildProtocol(addr) {
         return server ? wrap(server.buildProtocol(new Address(addr.host, addr.port))) : undefined;

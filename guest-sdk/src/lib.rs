@@ -67,7 +67,7 @@ pub mod __bindings {
 }
 
 use __bindings::exports::twill::protocol::{
-    client_factory, protocol as wit_protocol, server_factory,
+    batch as wit_batch, client_factory, protocol as wit_protocol, server_factory,
 };
 use __bindings::twill::protocol::{transport as wit_transport, types as wit_types};
 
@@ -152,7 +152,21 @@ impl From<wit_types::Reason> for Reason {
 /// Once a connection is lost, writes through a kept clone are ignored.
 #[derive(Clone)]
 pub struct Transport {
-    inner: std::rc::Rc<wit_transport::Transport>,
+    inner: std::rc::Rc<TransportInner>,
+}
+
+/// The handle, and whether this guest closed it (a batch skips the
+/// connection's later chunks then, as the host would).
+struct TransportInner {
+    handle: wit_transport::Transport,
+    closing: std::cell::Cell<bool>,
+}
+
+impl std::ops::Deref for TransportInner {
+    type Target = wit_transport::Transport;
+    fn deref(&self) -> &wit_transport::Transport {
+        &self.handle
+    }
 }
 
 impl fmt::Debug for Transport {
@@ -183,12 +197,14 @@ impl Transport {
     /// [`Protocol::connection_lost`] follows with [`Reason::Done`]; no more
     /// data is delivered.
     pub fn lose_connection(&self) {
+        self.inner.closing.set(true);
         self.inner.lose_connection();
     }
 
     /// Close the connection now, dropping pending data (a TCP reset).
     /// [`Protocol::connection_lost`] follows with [`Reason::Lost`].
     pub fn abort_connection(&self) {
+        self.inner.closing.set(true);
         self.inner.abort_connection();
     }
 
@@ -454,7 +470,10 @@ pub mod __private {
                 transport: slot,
             } = &mut *state;
             let transport = slot.insert(Transport {
-                inner: std::rc::Rc::new(transport),
+                inner: std::rc::Rc::new(TransportInner {
+                    handle: transport,
+                    closing: std::cell::Cell::new(false),
+                }),
             });
             protocol.make_connection(transport);
         }
@@ -481,6 +500,23 @@ pub mod __private {
 
     impl<E: Exports> wit_protocol::Guest for Glue<E> {
         type Protocol = ProtocolBox;
+    }
+
+    impl<E: Exports> wit_batch::Guest for Glue<E> {
+        fn data_received(chunks: Vec<wit_batch::Chunk<'_>>, data: Vec<u8>) {
+            let mut rest = &data[..];
+            for chunk in chunks {
+                let (mine, next) = rest.split_at((chunk.len as usize).min(rest.len()));
+                rest = next;
+                chunk.protocol.get::<ProtocolBox>().with_transport(|p, t| {
+                    // Closed by an earlier chunk's callback: the host would
+                    // not have delivered this read.
+                    if !t.inner.closing.get() {
+                        p.data_received(t, mine);
+                    }
+                });
+            }
+        }
     }
 
     fn wrap(p: Option<Box<dyn Protocol>>) -> Option<wit_protocol::Protocol> {

@@ -16,15 +16,17 @@
 //!   reading (and pauses a registered producer) until output drains to the
 //!   low-water mark.
 
-use std::io::{self, IoSlice};
+use std::io;
 use std::net::SocketAddr;
+use std::sync::Arc;
 use std::time::Duration;
 
-use tokio::io::{AsyncReadExt, AsyncWriteExt, Interest};
+use tokio::io::Interest;
 use tokio::net::TcpStream;
 
+use crate::runtime::batch::MAX_QUEUED;
 use crate::runtime::bindings::Reason;
-use crate::runtime::state::{Closing, MAX_IOVECS};
+use crate::runtime::state::Closing;
 use crate::runtime::{GuestFault, Session};
 use crate::shutdown::Shutdown;
 
@@ -57,7 +59,7 @@ pub async fn run(stream: TcpStream, session: &mut Session, shutdown: &Shutdown) 
         .local_addr()
         .unwrap_or_else(|_| SocketAddr::from(([0, 0, 0, 0], 0)));
     let mut conn = Conn {
-        stream,
+        stream: Arc::new(stream),
         eof: false,
         paused: false,
     };
@@ -80,7 +82,9 @@ pub async fn run(stream: TcpStream, session: &mut Session, shutdown: &Shutdown) 
 }
 
 struct Conn {
-    stream: TcpStream,
+    /// Shared with the instance's batch queue, which writes a batched
+    /// read's output straight to the socket ([`crate::runtime::batch`]).
+    stream: Arc<TcpStream>,
     eof: bool,
     paused: bool,
 }
@@ -123,35 +127,13 @@ impl Conn {
     }
 
     /// Writes as much queued output as the socket takes without blocking.
-    /// Returns what is still unsent, and how the guest wants the
-    /// connection to end, read under the same lock.
-    fn flush(&mut self, session: &mut Session) -> io::Result<(usize, Closing)> {
+    /// Returns what is still unsent, how the guest wants the connection to
+    /// end, and how many read bytes wait for batched delivery, read under
+    /// the same lock.
+    fn flush(&mut self, session: &mut Session) -> io::Result<(usize, Closing, usize)> {
         let mut t = session.transport();
-        let out = &mut t.out;
-        while !out.is_empty() {
-            let n = {
-                let mut iov = [IoSlice::new(&[]); MAX_IOVECS];
-                let k = out.slices(&mut iov);
-                // One chunk (the common case for an echo): `send`, which
-                // takes a shorter kernel path than `writev`.
-                let r = if k == 1 {
-                    self.stream.try_write(&iov[0])
-                } else {
-                    self.stream.try_write_vectored(&iov[..k])
-                };
-                match r {
-                    Ok(n) => n,
-                    Err(e) if e.kind() == io::ErrorKind::WouldBlock => break,
-                    Err(e) if e.kind() == io::ErrorKind::Interrupted => continue,
-                    Err(e) => return Err(e),
-                }
-            };
-            if n == 0 {
-                return Err(io::ErrorKind::WriteZero.into());
-            }
-            out.advance(n);
-        }
-        Ok((t.out.len(), t.closing))
+        t.write_to(&self.stream)?;
+        Ok((t.out.len(), t.closing, t.queued))
     }
 
     /// Pauses or resumes a registered producer as output crosses the marks.
@@ -194,6 +176,7 @@ impl Conn {
         // from other connections' callbacks that changed this transport.
         let fault = session.fault_listener();
         let shared = fault.is_some();
+        let batched = session.is_batched();
         let mut fault = fault.as_ref().map(crate::shutdown::Shutdown::recv);
         loop {
             // Twisted pauses a producer as soon as a write takes the buffer
@@ -202,7 +185,7 @@ impl Conn {
             if producer {
                 self.producer(session)?;
             }
-            let (mut pending, mut closing) = match self.flush(session) {
+            let (mut pending, mut closing, queued) = match self.flush(session) {
                 Ok(state) => state,
                 Err(e) => return Ok(lost(&e)),
             };
@@ -216,7 +199,10 @@ impl Conn {
                 self.abort();
                 return Ok(Reason::Lost("connection aborted".into()));
             }
-            if pending == 0 && (closing == Closing::Lose || self.eof) {
+            // A clean close after the peer's FIN waits for the reads queued
+            // before it to be delivered (after lose-connection they are
+            // skipped).
+            if pending == 0 && (closing == Closing::Lose || (self.eof && queued == 0)) {
                 return Ok(self.close_cleanly().await);
             }
             // Read-side backpressure with hysteresis.
@@ -225,18 +211,24 @@ impl Conn {
             } else if !reading_paused && pending > high {
                 reading_paused = true;
             }
-            let want_read = closing == Closing::Open && !self.eof && !reading_paused;
+            let want_read =
+                closing == Closing::Open && !self.eof && !reading_paused && queued < MAX_QUEUED;
             let interest = match (want_read, pending > 0) {
-                (true, true) => Interest::READABLE | Interest::WRITABLE,
-                (true, false) => Interest::READABLE,
-                (false, true) => Interest::WRITABLE,
-                // Nothing pending means the loop returned above (lose, EOF)
-                // or reading resumed (pending <= low-water).
-                (false, false) => unreachable!("idle connection with reading paused"),
+                (true, true) => Some(Interest::READABLE | Interest::WRITABLE),
+                (true, false) => Some(Interest::READABLE),
+                (false, true) => Some(Interest::WRITABLE),
+                // Nothing to send and not reading: the loop returned above
+                // (lose, EOF with nothing queued), or reads wait for batched
+                // delivery, which kicks this task when done.
+                (false, false) => {
+                    debug_assert!(queued > 0, "idle connection with reading paused");
+                    session.transport().await_delivery = true;
+                    None
+                }
             };
             tokio::select! {
                 biased;
-                ready = self.stream.ready(interest) => {
+                ready = async { self.stream.ready(interest.unwrap_or(Interest::READABLE)).await }, if interest.is_some() => {
                     let ready = match ready {
                         Ok(r) => r,
                         Err(e) => return Ok(lost(&e)),
@@ -245,6 +237,7 @@ impl Conn {
                         let mut buf = ReadBuf::take();
                         match self.read(&mut buf.0) {
                             Ok(0) => self.eof = true,
+                            Ok(n) if batched => session.queue_data(&buf.0[..n], &self.stream),
                             Ok(n) => session.data_received(&buf.0[..n])?,
                             Err(e) if e.kind() == io::ErrorKind::WouldBlock => {}
                             Err(e) if e.kind() == io::ErrorKind::Interrupted => {}
@@ -271,14 +264,19 @@ impl Conn {
     /// Sends FIN, waits briefly for the peer's FIN (discarding input), and
     /// reports a clean close.
     async fn close_cleanly(&mut self) -> Reason {
-        let _ = self.stream.shutdown().await;
+        let _ = socket2::SockRef::from(&*self.stream).shutdown(std::net::Shutdown::Write);
         if !self.eof {
             let mut sink = [0u8; 4096];
             let _ = tokio::time::timeout(LINGER, async {
                 loop {
-                    match self.stream.read(&mut sink).await {
-                        Ok(0) | Err(_) => break,
+                    if self.stream.readable().await.is_err() {
+                        break;
+                    }
+                    match self.stream.try_read(&mut sink) {
+                        Ok(0) => break,
                         Ok(_) => {}
+                        Err(e) if e.kind() == io::ErrorKind::WouldBlock => {}
+                        Err(_) => break,
                     }
                 }
             })

@@ -112,6 +112,24 @@ impl TestComponent {
         }))
     }
 
+    /// Delivers several connections' reads in one call, as the host does
+    /// on a shared instance whose component exports `batch`: each
+    /// connection's protocol gets its bytes through `data-received`, in
+    /// order, and a connection closed by an earlier read's callback in the
+    /// same call gets nothing more. The connections must come from this
+    /// `TestComponent`, loaded with [`TestComponent::load_shared`]. Without
+    /// a `batch` export, each read is a `data-received` call of its own.
+    pub fn data_received_batch(
+        &self,
+        reads: &mut [(&mut TestConnection, &[u8])],
+    ) -> Result<(), GuestFault> {
+        let mut sessions: Vec<(&mut Session, &[u8])> = reads
+            .iter_mut()
+            .map(|(c, d)| (&mut c.session, *d))
+            .collect();
+        crate::runtime::batch::data_received_batch(&mut sessions)
+    }
+
     /// A fresh instance, as a connector makes: `started-connecting`,
     /// `build-protocol(PEER)`, then `make-connection`. `None` if the factory
     /// declined.

@@ -115,7 +115,7 @@ fn echo_client_factory_reports_a_failed_connection() {
 #[test]
 fn committed_component_exports_what_wit_declares() {
     // Parse wit/ with wasmtime's own bindgen expectations: the component must
-    // export the protocol and both factories at version 0.1.0. The engine is
+    // export the protocol, the batch and both factories at wit/'s version. The engine is
     // the host's (same settings as a plugin with the test memory limit), so a
     // large component comes from the compile cache instead of being compiled
     // again.
@@ -136,7 +136,7 @@ fn committed_component_exports_what_wit_declares() {
         .find_map(|l| l.strip_prefix("package twill:protocol@"))
         .map(|v| v.trim_end_matches(';').to_string())
         .expect("world.wit declares the package");
-    for name in ["protocol", "server-factory", "client-factory"] {
+    for name in ["protocol", "batch", "server-factory", "client-factory"] {
         let want = format!("twill:protocol/{name}@{version}");
         assert!(
             exports.contains(&want),
@@ -190,4 +190,83 @@ fn the_test_transport_serves_several_connections_from_one_shared_instance() {
         .unwrap();
     a.data_received(b"served\n").unwrap();
     assert_eq!(a.value(), b"served=2 live=1 room=1\n");
+}
+
+#[test]
+fn a_batch_gives_each_connection_its_own_bytes_in_order_down_to_one_byte() {
+    use twill::testing::TestComponent;
+    let echo = TestComponent::load_shared(support::echo_wasm()).unwrap();
+    let mut conns: Vec<_> = (0..3)
+        .map(|_| echo.server_connection().unwrap().unwrap())
+        .collect();
+    let payloads: Vec<Vec<u8>> = (0..3).map(|i| payload(700 + i * 31)).collect();
+    // Every batch carries one chunk per connection, in a rotating order;
+    // the chunk size runs from one byte up.
+    let mut offsets = [0usize; 3];
+    let mut round = 0;
+    while offsets.iter().zip(&payloads).any(|(o, p)| o < &p.len()) {
+        let size = 1 + round % 7;
+        let [a, b, c] = &mut conns[..] else {
+            unreachable!()
+        };
+        let mut batch: Vec<(&mut twill::testing::TestConnection, &[u8])> = Vec::new();
+        for (i, conn) in [a, b, c].into_iter().enumerate() {
+            let p = &payloads[i];
+            let end = (offsets[i] + size).min(p.len());
+            batch.push((conn, &p[offsets[i]..end]));
+            offsets[i] = end;
+        }
+        batch.rotate_left(round % 3);
+        echo.data_received_batch(&mut batch).unwrap();
+        round += 1;
+    }
+    for (conn, p) in conns.iter_mut().zip(&payloads) {
+        assert_eq!(&conn.value(), p);
+    }
+}
+
+#[test]
+fn a_connection_closed_earlier_in_a_batch_is_not_delivered_the_rest() {
+    use twill::testing::TestComponent;
+    // A's read makes the guest lose every other connection in the room;
+    // B's read, after it in the same call, would say something to the room
+    // (A included, which is still open): nobody hears it.
+    let kit = TestComponent::load_shared(support::testkit_wasm()).unwrap();
+    let mut a = kit.server_connection().unwrap().unwrap();
+    let mut b = kit.server_connection().unwrap().unwrap();
+    a.data_received(b"join\n").unwrap();
+    b.data_received(b"join\n").unwrap();
+    kit.data_received_batch(&mut [(&mut a, b"lose-room\n"), (&mut b, b"say late\n")])
+        .unwrap();
+    assert!(b.disconnecting());
+    assert_eq!(a.value(), b"", "B's read was delivered after B was closed");
+    // Nor in a later batch: the host skips a closing connection's read.
+    kit.data_received_batch(&mut [(&mut b, b"say later\n"), (&mut a, b"echo a\n")])
+        .unwrap();
+    assert_eq!(a.value(), b"a\n");
+
+    // The other order: B's read is delivered before A's closes it.
+    let kit = TestComponent::load_shared(support::testkit_wasm()).unwrap();
+    let mut a = kit.server_connection().unwrap().unwrap();
+    let mut b = kit.server_connection().unwrap().unwrap();
+    a.data_received(b"join\n").unwrap();
+    b.data_received(b"join\n").unwrap();
+    kit.data_received_batch(&mut [(&mut b, b"say early\n"), (&mut a, b"lose-room\n")])
+        .unwrap();
+    assert_eq!(a.value(), b"early\n");
+    assert_eq!(b.value(), b"early\n");
+    assert!(b.disconnecting());
+}
+
+#[test]
+fn a_component_built_before_batch_still_loads_and_gets_one_call_per_read() {
+    use twill::testing::TestComponent;
+    let old = support::repo().join("host/tests/configs/echo-without-batch.wasm");
+    let echo = TestComponent::load_shared(&old).unwrap();
+    let mut a = echo.server_connection().unwrap().unwrap();
+    let mut b = echo.server_connection().unwrap().unwrap();
+    echo.data_received_batch(&mut [(&mut a, b"one"), (&mut b, b"two")])
+        .unwrap();
+    assert_eq!(a.value(), b"one");
+    assert_eq!(b.value(), b"two");
 }

@@ -426,3 +426,87 @@ async fn each_shared_instance_has_a_thread_until_the_reactor_stops() {
     }
     assert_eq!(threads_named(name), 0, "the threads end with the plugin");
 }
+
+/// Sends `msg` and reads its echo back.
+async fn round_trip(s: &mut TcpStream, msg: &[u8]) -> Vec<u8> {
+    s.write_all(msg).await.unwrap();
+    let mut got = vec![0u8; msg.len()];
+    tokio::time::timeout(T, s.read_exact(&mut got))
+        .await
+        .expect("echo arrives")
+        .unwrap();
+    got
+}
+
+/// 50 clients, each doing `rounds` 64-byte round trips at the same time.
+async fn ping_pong_together(addr: SocketAddr, rounds: usize) {
+    let barrier = std::sync::Arc::new(tokio::sync::Barrier::new(50));
+    let mut tasks = Vec::new();
+    for i in 0..50u8 {
+        let barrier = barrier.clone();
+        tasks.push(tokio::spawn(async move {
+            let mut s = TcpStream::connect(addr).await.unwrap();
+            barrier.wait().await;
+            for r in 0..rounds {
+                let msg = [i.wrapping_mul(7).wrapping_add(r as u8); 64];
+                assert_eq!(round_trip(&mut s, &msg).await, msg, "client {i} round {r}");
+            }
+        }));
+    }
+    for t in tasks {
+        t.await.unwrap();
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn reads_that_arrive_together_are_delivered_in_batches() {
+    let server = start(&server_config(&echo_wasm(), &shared(1))).await;
+    let plugin = server.plugin.clone().unwrap();
+    assert!(plugin.has_batch(), "the echo component exports batch");
+    ping_pong_together(server.addr(), 20).await;
+    let stats = plugin.batch_stats();
+    let (calls, reads) = (
+        stats.calls.load(Ordering::Relaxed),
+        stats.reads.load(Ordering::Relaxed),
+    );
+    println!("{reads} reads in {calls} calls");
+    // Every message arrives in one read or more.
+    assert!(reads >= 50 * 20, "{reads} reads");
+    assert!(
+        calls < reads,
+        "some call carried several reads: {reads} reads in {calls} calls"
+    );
+    server.shutdown().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_component_without_batch_is_served_one_call_per_read() {
+    let old = support::repo().join("host/tests/configs/echo-without-batch.wasm");
+    let server = start(&server_config(&old, &shared(1))).await;
+    let plugin = server.plugin.clone().unwrap();
+    assert!(!plugin.has_batch());
+    ping_pong_together(server.addr(), 5).await;
+    assert_eq!(plugin.batch_stats().calls.load(Ordering::Relaxed), 0);
+    server.shutdown().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_runaway_callback_in_a_batch_is_stopped_and_the_next_connection_is_served() {
+    let server = start(&server_config(
+        &testkit_wasm(),
+        &format!("cpu = \"300ms\"\n{}", shared(1)),
+    ))
+    .await;
+    let mut a = Kit::connect(server.addr()).await;
+    assert_eq!(a.ask("echo up").await, "up\n");
+    a.send("loop").await;
+    assert!(a.ended().await, "the looping connection is aborted");
+    let mut b = Kit::connect(server.addr()).await;
+    assert_eq!(b.ask("echo after").await, "after\n");
+    assert_eq!(
+        b.ask("served").await,
+        "served=1 live=1 room=0\n",
+        "a fresh instance"
+    );
+    server.shutdown().await;
+}

@@ -244,3 +244,32 @@ test('a plain Factory serves the client role', () => {
   clientFactory.clientConnectionFailed({ tag: 'failed', val: 'x' });
   clientFactory.clientConnectionLost({ tag: 'done' });
 });
+
+test('a batch gives each chunk to its protocol, in order, and skips a connection closed earlier in the call', () => {
+  const kept = [];
+  class Closer extends Protocol {
+    connectionMade() {
+      kept.push(this.transport);
+    }
+    dataReceived(data) {
+      const text = new TextDecoder().decode(data);
+      if (text.startsWith('lose ')) kept[Number(text.slice(5))].loseConnection();
+      else this.transport.write(data);
+    }
+  }
+  const { serverFactory, batch } = serve({ server: Closer });
+  const conns = [0, 1].map(() => {
+    const box = serverFactory.buildProtocol(addr());
+    const raw = rawTransport();
+    box.makeConnection(raw);
+    return { box, raw };
+  });
+  const [a, b] = conns;
+  const parts = [[a, 'a1'], [b, 'b'], [a, 'a2'], [a, 'lose 1'], [b, 'late']];
+  const data = bytes(parts.map(([, d]) => d).join(''));
+  // ComponentizeJS's record for `batch.chunk`: the borrowed protocol
+  // arrives as the exported object itself.
+  batch.dataReceived(parts.map(([c, d]) => ({ protocol: c.box, len: d.length })), data);
+  assert.deepEqual(a.raw.calls, [['write', bytes('a1')], ['write', bytes('a2')]]);
+  assert.deepEqual(b.raw.calls, [['write', bytes('b')], ['loseConnection']]);
+});

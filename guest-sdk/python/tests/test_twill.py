@@ -96,6 +96,7 @@ class ServeTest(unittest.TestCase):
             del sys.modules["guest"]
         self.assertIs(m.ServerFactory, _export.ServerFactoryExport)
         self.assertIs(m.ClientFactory, _export.ClientFactoryExport)
+        self.assertIs(m.Batch, _export.BatchExport)
 
     def test_a_protocol_class_gets_a_factory(self):
         server, _ = export(server=Echo)
@@ -207,6 +208,54 @@ class ProtocolTest(unittest.TestCase):
         p.transport.unregister_producer()
         with self.assertRaises(ValueError):
             p.transport.register_producer(other, False)
+
+
+class Closer(twill.Protocol):
+    """Loses the connection named in the data (a kept transport)."""
+
+    others = {}
+
+    def connection_made(self):
+        Closer.others[len(Closer.others)] = self.transport
+
+    def data_received(self, data):
+        if data.startswith(b"lose "):
+            Closer.others[int(data[5:])].lose_connection()
+        else:
+            self.transport.write(data)
+
+
+def chunk(box, data):
+    # componentize-py's record for `batch.chunk`: the borrowed protocol
+    # arrives as the exported object itself.
+    return types.SimpleNamespace(protocol=box, len=len(data))
+
+
+class BatchTest(unittest.TestCase):
+    def connect(self, n):
+        Closer.others = {}
+        server, _ = export(server=Closer)
+        boxes = []
+        for _ in range(n):
+            box = server.build_protocol(wit_addr())
+            raw = RawTransport()
+            box.make_connection(raw)
+            boxes.append((box, raw))
+        return boxes
+
+    def test_each_chunk_goes_to_its_protocol_in_order(self):
+        (a, ra), (b, rb) = self.connect(2)
+        parts = [(a, b"a1"), (b, b"b"), (a, b"a2")]
+        _export.BatchExport().data_received([chunk(x, d) for x, d in parts], b"a1ba2")
+        self.assertEqual(ra.calls, [("write", b"a1"), ("write", b"a2")])
+        self.assertEqual(rb.calls, [("write", b"b")])
+
+    def test_a_connection_closed_earlier_in_the_call_gets_nothing_more(self):
+        (a, ra), (b, rb) = self.connect(2)
+        parts = [(b, b"x"), (a, b"lose 1"), (b, b"y")]
+        data = b"".join(d for _, d in parts)
+        _export.BatchExport().data_received([chunk(x, d) for x, d in parts], data)
+        self.assertEqual(rb.calls, [("write", b"x"), ("lose_connection",)])
 
 
 class ClientTest(unittest.TestCase):

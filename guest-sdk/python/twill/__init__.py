@@ -361,9 +361,9 @@ def serve(server=None, client=None, module=None):
     Each is a factory instance (or a :class:`Protocol` subclass, which is
     wrapped in a :class:`Factory`). A role left out refuses every
     connection. Call it once, last, at the top level of the module you hand
-    to componentize-py: it defines that module's ``ServerFactory`` and
-    ``ClientFactory`` attributes, which are the names componentize-py looks
-    up (``module`` defaults to the caller's module).
+    to componentize-py: it defines that module's ``ServerFactory``,
+    ``ClientFactory`` and ``Batch`` attributes, which are the names
+    componentize-py looks up (``module`` defaults to the caller's module).
 
     The call runs when the component is built (componentize-py snapshots the
     initialised interpreter), so every instance starts with these
@@ -380,6 +380,7 @@ def serve(server=None, client=None, module=None):
     _export.register(server, client)
     module.ServerFactory = _export.ServerFactoryExport
     module.ClientFactory = _export.ClientFactoryExport
+    module.Batch = _export.BatchExport
 
 
 def _as_factory(f, role):

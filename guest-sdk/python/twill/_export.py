@@ -87,6 +87,26 @@ class ProtocolExport:
             _flush()
 
 
+class BatchExport:
+    """Exported as ``twill:protocol/batch``: several connections' reads in
+    one call, turned back into ``data_received`` calls, in order."""
+
+    def data_received(self, chunks, data):
+        offset = 0
+        try:
+            for chunk in chunks:
+                end = offset + chunk.len
+                export = chunk.protocol
+                t = export.transport
+                # Closed by an earlier chunk's callback: the host would not
+                # have delivered this read.
+                if t is None or not t.disconnecting:
+                    export.protocol.data_received(data[offset:end])
+                offset = end
+        finally:
+            _flush()
+
+
 def _wrap(p):
     return None if p is None else ProtocolExport(p)
 

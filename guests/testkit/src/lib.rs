@@ -23,6 +23,7 @@
 //! | `sleep` | sleeps 50 ms (the host must trap it: callbacks may not block) |
 //! | `join` | adds this connection to the instance's room (shared instances) |
 //! | `say TEXT` | writes `TEXT\n` to every connection in the room |
+//! | `lose-room` | `lose-connection` on every other connection in the room |
 //! | `keep` | keeps a clone of this transport forever, even after the connection ends |
 //! | `say-kept TEXT` | writes `TEXT\n` to every kept transport |
 //! | `served` | writes `served=N live=L room=M\n`: protocols this instance has built, how many are not yet dropped, connections in its room |
@@ -108,6 +109,13 @@ impl Kit {
             "say" => ROOM.with(|r| {
                 for (_, peer) in r.borrow().iter() {
                     peer.write(format!("{rest}\n").as_bytes());
+                }
+            }),
+            "lose-room" => ROOM.with(|r| {
+                for (id, peer) in r.borrow().iter() {
+                    if *id != self.id {
+                        peer.lose_connection();
+                    }
                 }
             }),
             "keep" => KEPT.with(|k| k.borrow_mut().push(t.clone())),

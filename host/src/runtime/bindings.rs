@@ -13,6 +13,7 @@ wasmtime::component::bindgen!({
     },
 });
 
+pub use self::exports::twill::protocol::batch;
 pub use self::exports::twill::protocol::client_factory;
 pub use self::exports::twill::protocol::protocol;
 pub use self::exports::twill::protocol::server_factory;

@@ -31,6 +31,7 @@
 //!   unless the plugin is granted `clock = true`. Stdout and stderr go to the
 //!   host's output, prefixed with the plugin's name.
 
+pub mod batch;
 pub mod bindings;
 pub mod limits;
 pub mod output;
@@ -53,7 +54,7 @@ use wasmtime_wasi::{HostMonotonicClock, HostWallClock, WasiCtxBuilder};
 
 use crate::config::{Config, HostSettings};
 use crate::shutdown::ShutdownSignal;
-use bindings::{client_factory, protocol, server_factory};
+use bindings::{batch as wit_batch, client_factory, protocol, server_factory};
 use limits::Limits;
 use output::{GuestOutput, Sink, Std};
 use state::{ConnState, CpuBudget, TransportCell, TransportState, Transports};
@@ -65,6 +66,8 @@ pub const SERVER_FACTORY: &str = "twill:protocol/server-factory@0.1.0";
 pub const CLIENT_FACTORY: &str = "twill:protocol/client-factory@0.1.0";
 /// See [`SERVER_FACTORY`].
 pub const PROTOCOL: &str = "twill:protocol/protocol@0.1.0";
+/// The optional batched-delivery export (see [`batch`]).
+pub const BATCH: &str = "twill:protocol/batch@0.1.0";
 
 /// A plugin that failed to load, or that cannot play the role it is used in.
 #[derive(Debug, Clone, thiserror::Error)]
@@ -90,6 +93,7 @@ pub struct Plugin {
     pub limits: Limits,
     pre: InstancePre<ConnState>,
     protocol: protocol::GuestIndices,
+    batch: Option<wit_batch::GuestIndices>,
     server: Option<server_factory::GuestIndices>,
     client: Option<client_factory::GuestIndices>,
     clock: bool,
@@ -105,6 +109,8 @@ pub struct Plugin {
     threads: std::sync::OnceLock<Vec<threads::InstanceThread>>,
     /// With `Sharing::Shared(n)`: live listener connections per instance.
     live: Vec<std::sync::atomic::AtomicUsize>,
+    /// Batched delivery's counters.
+    batch_stats: Arc<batch::BatchStats>,
 }
 
 /// How a plugin's instances map to connections (`instance` in
@@ -318,6 +324,7 @@ impl Runtime {
         let protocol = protocol::GuestIndices::new(&pre).map_err(|_| {
             anyhow::anyhow!("{}", missing_export(&exports, PROTOCOL, "every plugin"))
         })?;
+        let batch = wit_batch::GuestIndices::new(&pre).ok();
         let server = server_factory::GuestIndices::new(&pre).ok();
         let client = client_factory::GuestIndices::new(&pre).ok();
         if server.is_none() && client.is_none() {
@@ -328,6 +335,7 @@ impl Runtime {
             limits,
             pre,
             protocol,
+            batch,
             server,
             client,
             clock,
@@ -338,6 +346,7 @@ impl Runtime {
             next_shared: std::sync::atomic::AtomicUsize::new(0),
             threads: std::sync::OnceLock::new(),
             live: Vec::new(),
+            batch_stats: Arc::default(),
         })
     }
 
@@ -386,8 +395,9 @@ pub enum GuestFault {
     /// running out of memory, or a bad value across the boundary.
     #[error("guest trapped: {0}")]
     Trap(String),
-    /// The callback ran past the plugin's CPU limit.
-    #[error("guest exceeded its CPU limit of {0:?} in one callback")]
+    /// The call ran past its CPU budget: the plugin's `cpu` limit per
+    /// callback (a batch of n reads has n times that).
+    #[error("guest exceeded its CPU limit of {0:?} in one call")]
     CpuLimit(Duration),
     /// The instance already trapped earlier and cannot be entered.
     #[error("guest instance is unusable after an earlier fault")]
@@ -449,6 +459,17 @@ impl Plugin {
         self.client.is_some()
     }
 
+    /// Whether the component exports `batch` (see [`batch`]).
+    pub fn has_batch(&self) -> bool {
+        self.batch.is_some()
+    }
+
+    /// How many batches of reads, and reads in them, this plugin's shared
+    /// instances have been handed.
+    pub fn batch_stats(&self) -> &Arc<batch::BatchStats> {
+        &self.batch_stats
+    }
+
     fn wasi(&self) -> wasmtime_wasi::WasiCtx {
         let sink = |std| match &self.capture {
             Some(buf) => GuestOutput(Sink::Capture(buf.clone())),
@@ -486,6 +507,7 @@ impl Plugin {
             limits: self.limits.store_limits(),
             cpu: CpuBudget {
                 used: 0,
+                per_callback: self.limits.cpu_ticks(),
                 max: self.limits.cpu_ticks(),
                 exceeded: false,
             },
@@ -507,7 +529,7 @@ impl Plugin {
                 Ok(UpdateDeadline::Continue(1))
             }
         });
-        arm(&mut store);
+        arm(&mut store, 1);
         let cpu = self.limits.cpu;
         let instance = self
             .pre
@@ -515,6 +537,11 @@ impl Plugin {
             .map_err(|e| fault(&store, cpu, e))?;
         let loaded = (|| {
             let api = self.protocol.load(&mut store, &instance)?;
+            let batch = self
+                .batch
+                .as_ref()
+                .map(|i| i.load(&mut store, &instance))
+                .transpose()?;
             let server = self
                 .server
                 .as_ref()
@@ -525,12 +552,13 @@ impl Plugin {
                 .as_ref()
                 .map(|i| i.load(&mut store, &instance))
                 .transpose()?;
-            Ok::<_, wasmtime::Error>((api, server, client))
+            Ok::<_, wasmtime::Error>((api, batch, server, client))
         })();
-        let (api, server, client) = loaded.map_err(|e| fault(&store, cpu, e))?;
+        let (api, batch, server, client) = loaded.map_err(|e| fault(&store, cpu, e))?;
         Ok(Guest {
             store,
             api,
+            batch,
             server,
             client,
             poisoned: false,
@@ -550,7 +578,7 @@ impl Plugin {
                 Home::Shared(self.shared_guest(engine, i)?)
             }
         };
-        self.session(home)
+        self.session(home, false)
     }
 
     /// With shared instances: the threads they live on, one per instance
@@ -595,9 +623,11 @@ impl Plugin {
     }
 
     /// A session on shared instance `index` (from
-    /// [`Plugin::assign_instance`]); an instance that faulted is
-    /// replaced by a fresh one. Falls back to [`Plugin::instantiate`] for a
-    /// plugin without shared instances.
+    /// [`Plugin::assign_instance`]), for a connection whose task runs on
+    /// that instance's thread; an instance that faulted is replaced by a
+    /// fresh one. Its reads are delivered in batches if the component
+    /// exports `batch` ([`batch`]). Falls back to [`Plugin::instantiate`]
+    /// for a plugin without shared instances.
     pub fn instantiate_on(
         self: &Arc<Self>,
         engine: &Engine,
@@ -607,7 +637,7 @@ impl Plugin {
             return self.instantiate(engine);
         }
         let home = Home::Shared(self.shared_guest(engine, index % self.shared.len())?);
-        self.session(home)
+        self.session(home, self.batch.is_some())
     }
 
     /// Shared instance `i`, made (again) if it does not exist or faulted.
@@ -619,6 +649,7 @@ impl Plugin {
                 let s = Arc::new(SharedGuest {
                     guest: std::sync::Mutex::new(self.new_guest(engine)?),
                     fault: ShutdownSignal::default(),
+                    queue: batch::Queue::default(),
                 });
                 *cell = Some(s.clone());
                 s
@@ -627,11 +658,12 @@ impl Plugin {
     }
 
     /// A session for one connection on `home`, with its transport cell.
-    fn session(self: &Arc<Self>, home: Home) -> Result<Session, GuestFault> {
+    fn session(self: &Arc<Self>, home: Home, batched: bool) -> Result<Session, GuestFault> {
         let cell: TransportCell = Arc::new(std::sync::Mutex::new(self.new_transport()));
         let mut session = Session {
             plugin: self.clone(),
             home,
+            batched,
             protocol: None,
             slot: 0,
             generation: 0,
@@ -647,6 +679,7 @@ impl Plugin {
 pub(crate) struct Guest {
     store: Store<ConnState>,
     api: protocol::Guest,
+    batch: Option<wit_batch::Guest>,
     server: Option<server_factory::Guest>,
     client: Option<client_factory::Guest>,
     poisoned: bool,
@@ -657,6 +690,8 @@ pub(crate) struct SharedGuest {
     guest: std::sync::Mutex<Guest>,
     /// Fired when the instance faults: every connection on it is aborted.
     fault: ShutdownSignal,
+    /// Reads waiting for batched delivery ([`batch`]).
+    queue: batch::Queue,
 }
 
 /// Where a session's instance lives.
@@ -693,10 +728,54 @@ impl std::ops::DerefMut for GuestRef<'_> {
     }
 }
 
-/// Resets the per-callback CPU budget.
-fn arm(store: &mut Store<ConnState>) {
+/// Whose callback is running, for the transport's wake-ups (see
+/// `ConnState::current`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) enum Caller {
+    /// One connection's callback (on the transport at this slot).
+    Connection(u32),
+    /// A batch: the connections with reads in it are settled after the
+    /// call.
+    Batch,
+}
+
+impl Guest {
+    /// Whether the component exports `batch`.
+    fn has_batch(&self) -> bool {
+        self.batch.is_some()
+    }
+
+    /// Runs one guest call that carries `callbacks` callbacks (one, or a
+    /// batch's reads): refuses if the instance already faulted, arms the
+    /// CPU budget (`cpu` per callback), records the caller, and turns a
+    /// failure into a [`GuestFault`] that poisons the instance.
+    fn call<R>(
+        &mut self,
+        cpu: Duration,
+        callbacks: u32,
+        caller: Caller,
+        f: impl FnOnce(&mut Guest) -> wasmtime::Result<R>,
+    ) -> Result<R, GuestFault> {
+        if self.poisoned {
+            return Err(GuestFault::Poisoned);
+        }
+        let cpu = cpu * callbacks;
+        arm(&mut self.store, callbacks);
+        self.store.data_mut().current = Some(caller);
+        let r = f(self);
+        self.store.data_mut().current = None;
+        r.map_err(|e| {
+            self.poisoned = true;
+            fault(&self.store, cpu, e)
+        })
+    }
+}
+
+/// Resets the CPU budget, for a call carrying `callbacks` callbacks.
+fn arm(store: &mut Store<ConnState>, callbacks: u32) {
     let cpu = &mut store.data_mut().cpu;
     cpu.used = 0;
+    cpu.max = cpu.per_callback.saturating_mul(u64::from(callbacks.max(1)));
     cpu.exceeded = false;
     store.set_epoch_deadline(1);
 }
@@ -721,6 +800,8 @@ fn fault(store: &Store<ConnState>, cpu: Duration, e: wasmtime::Error) -> GuestFa
 pub struct Session {
     plugin: Arc<Plugin>,
     home: Home,
+    /// Reads go through the shared instance's batch queue.
+    batched: bool,
     protocol: Option<ResourceAny>,
     /// This connection's slot in the instance's transports, and the
     /// slot's generation (what the guest's transport handle names).
@@ -747,6 +828,8 @@ impl Drop for Session {
         if !self.is_shared() {
             return;
         }
+        // A read still queued for batched delivery is skipped.
+        self.transport().lost = true;
         if let Some(p) = self.protocol.take()
             && let Err(f) = self.call(|g| p.resource_drop(&mut g.store))
             && !matches!(f, GuestFault::Poisoned)
@@ -782,6 +865,26 @@ impl Session {
     /// shared instance's callbacks may write to it from another thread).
     pub fn transport(&self) -> std::sync::MutexGuard<'_, TransportState> {
         state::lock(&self.cell)
+    }
+
+    /// Whether this connection's reads are delivered in batches (a shared
+    /// instance whose component exports `batch`, from a listener): then
+    /// use [`Session::queue_data`], not [`Session::data_received`].
+    pub fn is_batched(&self) -> bool {
+        self.batched
+    }
+
+    /// Queues `data` for batched delivery to this connection's protocol
+    /// ([`batch`]); the output it causes is written to `stream`. The
+    /// connection must not close cleanly while its transport's `queued`
+    /// is not zero.
+    pub fn queue_data(&mut self, data: &[u8], stream: &Arc<tokio::net::TcpStream>) {
+        let (Home::Shared(s), Some(protocol)) = (&self.home, self.protocol) else {
+            return;
+        };
+        self.cell.lock().unwrap_or_else(|e| e.into_inner()).queued += data.len();
+        s.queue
+            .push(s, &self.plugin, protocol, &self.cell, stream, data);
     }
 
     /// Whether the session is on a shared instance.
@@ -821,26 +924,11 @@ impl Session {
         f: impl FnOnce(&mut Guest) -> wasmtime::Result<R>,
     ) -> Result<R, GuestFault> {
         let (slot, cpu) = (self.slot, self.plugin.limits.cpu);
-        let mut g = self.guest();
-        if g.poisoned {
-            return Err(GuestFault::Poisoned);
+        let r = self.guest().call(cpu, 1, Caller::Connection(slot), f);
+        if let (Err(_), Home::Shared(s)) = (&r, &self.home) {
+            s.fault.fire();
         }
-        arm(&mut g.store);
-        g.store.data_mut().current = Some(slot);
-        let r = f(&mut g);
-        g.store.data_mut().current = None;
-        match r {
-            Ok(v) => Ok(v),
-            Err(e) => {
-                let f = fault(&g.store, cpu, e);
-                g.poisoned = true;
-                drop(g);
-                if let Home::Shared(s) = &self.home {
-                    s.fault.fire();
-                }
-                Err(f)
-            }
-        }
+        r
     }
 
     /// `server-factory.build-protocol(addr)`. Returns false if the guest

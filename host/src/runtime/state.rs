@@ -8,7 +8,7 @@
 //! callback and does the actual I/O.
 
 use std::collections::VecDeque;
-use std::io::IoSlice;
+use std::io::{self, IoSlice};
 use std::net::SocketAddr;
 use std::sync::{Arc, Mutex, MutexGuard, TryLockError};
 
@@ -25,9 +25,10 @@ pub struct ConnState {
     /// The transports of every connection this instance serves: one for an
     /// instance per connection, many for a shared instance.
     pub(crate) transports: Transports,
-    /// The transport slot of the connection whose callback is running.
-    /// Writes to any other transport wake that connection's task.
-    pub(crate) current: Option<u32>,
+    /// Whose callback is running. A write to any other connection's
+    /// transport wakes that connection's task; in a batch, so does a write
+    /// to a connection without a read in the batch.
+    pub(crate) current: Option<super::Caller>,
 }
 
 impl WasiView for ConnState {
@@ -43,6 +44,10 @@ impl WasiView for ConnState {
 #[derive(Debug, Default)]
 pub(crate) struct CpuBudget {
     pub(crate) used: u64,
+    /// The budget of one callback (the plugin's `cpu`, in ticks).
+    pub(crate) per_callback: u64,
+    /// The budget of the running call: `per_callback` times the callbacks
+    /// it carries (a batch carries several).
     pub(crate) max: u64,
     pub(crate) exceeded: bool,
 }
@@ -156,6 +161,11 @@ pub struct TransportState {
     pub kicked: bool,
     /// The connection task's waker, for `kicked`.
     pub waker: Option<std::task::Waker>,
+    /// Bytes read and queued for batched delivery, not yet delivered.
+    pub queued: usize,
+    /// The connection's task waits for its queued reads to be delivered
+    /// (to read more, or to close): kick it when they are.
+    pub await_delivery: bool,
 }
 
 impl TransportState {
@@ -163,6 +173,43 @@ impl TransportState {
     /// connection is closing or gone).
     pub fn accepts_writes(&self) -> bool {
         self.closing == Closing::Open && !self.lost
+    }
+
+    /// Marks the transport changed and wakes its connection's task.
+    pub fn kick(&mut self) {
+        self.kicked = true;
+        if let Some(w) = &self.waker {
+            w.wake_by_ref();
+        }
+    }
+
+    /// Writes as much queued output to `stream` as it takes without
+    /// blocking: one `send` for one chunk (a shorter kernel path than
+    /// `writev`), else a vectored write.
+    pub fn write_to(&mut self, stream: &tokio::net::TcpStream) -> io::Result<()> {
+        let out = &mut self.out;
+        while !out.is_empty() {
+            let n = {
+                let mut iov = [IoSlice::new(&[]); MAX_IOVECS];
+                let k = out.slices(&mut iov);
+                let r = if k == 1 {
+                    stream.try_write(&iov[0])
+                } else {
+                    stream.try_write_vectored(&iov[..k])
+                };
+                match r {
+                    Ok(n) => n,
+                    Err(e) if e.kind() == io::ErrorKind::WouldBlock => break,
+                    Err(e) if e.kind() == io::ErrorKind::Interrupted => continue,
+                    Err(e) => return Err(e),
+                }
+            };
+            if n == 0 {
+                return Err(io::ErrorKind::WriteZero.into());
+            }
+            out.advance(n);
+        }
+        Ok(())
     }
 }
 

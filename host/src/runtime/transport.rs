@@ -9,6 +9,7 @@ use std::net::SocketAddr;
 
 use wasmtime::component::Resource;
 
+use super::Caller;
 use super::bindings::twill::protocol::{transport, types};
 use super::state::{Closing, ConnState, TransportState, lock};
 
@@ -38,7 +39,8 @@ impl ConnState {
     /// Runs `f` on the transport `handle` names, if its connection is still
     /// there (Twisted ignores writes to a closed transport). If `kick`, the
     /// call changed the transport: wake its connection's task unless it is
-    /// the one whose callback is running.
+    /// the one whose callback is running, or (in a batch) one with a read
+    /// in the batch, which the batch settles when the call returns.
     fn with_transport<R: Default>(
         &mut self,
         handle: &Resource<TransportHandle>,
@@ -52,11 +54,13 @@ impl ConnState {
         };
         let mut t = lock(cell);
         let r = f(&mut t)?;
-        if kick && current != Some(h.slot) {
-            t.kicked = true;
-            if let Some(w) = &t.waker {
-                w.wake_by_ref();
-            }
+        let settled_after = match current {
+            Some(Caller::Connection(slot)) => slot == h.slot,
+            Some(Caller::Batch) => t.queued > 0,
+            None => false,
+        };
+        if kick && !settled_after {
+            t.kick();
         }
         Ok(r)
     }

@@ -124,6 +124,8 @@ pub struct Running {
     pub stop: mpsc::Sender<()>,
     pub task: JoinHandle<RunEnd>,
     pub stats: Vec<std::sync::Arc<twill::listener::ListenerStats>>,
+    /// The plugin called `p`, if the config has one.
+    pub plugin: Option<std::sync::Arc<twill::runtime::Plugin>>,
 }
 
 impl Running {
@@ -155,6 +157,7 @@ pub async fn start(config_text: &str) -> Running {
     let path = write_config(config_text);
     let config = Config::load(&path).unwrap_or_else(|e| panic!("config: {e}"));
     let runtime = Runtime::load(&config).unwrap_or_else(|e| panic!("runtime: {e:?}"));
+    let plugin = runtime.plugin("p");
     let reactor = Reactor::bind(config, runtime).unwrap();
     let addrs = reactor.listen_addrs();
     let stats = reactor.stats();
@@ -165,6 +168,7 @@ pub async fn start(config_text: &str) -> Running {
         stop,
         task,
         stats,
+        plugin,
     }
 }
 
