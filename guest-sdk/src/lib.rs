@@ -42,6 +42,14 @@
 //! [`Protocol::make_connection`] is therefore a hook you rarely override: its
 //! default calls [`Protocol::connection_made`].
 //!
+//! ## Batches
+//!
+//! On a shared instance the host may deliver several connections' reads in
+//! one call (`twill:protocol/batch`). The SDK implements that export and
+//! calls each protocol's [`Protocol::data_received`] in turn, so a protocol
+//! cannot tell; a connection whose transport an earlier callback in the
+//! same batch closed gets no more data, as the host would guarantee.
+//!
 //! ## Rules of the reactor
 //!
 //! Callbacks run inside the host's event loop. They must not block; the host

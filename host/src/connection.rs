@@ -2,8 +2,13 @@
 //!
 //! socket → read buffer → guest `data-received` → `transport.write` (queued
 //! in [`TransportState`](crate::runtime::state::TransportState)) → vectored
-//! write → socket. One task owns the socket and the guest's Session; nothing
-//! else touches either, so callbacks never overlap.
+//! write → socket. One task owns the socket and the guest's Session, so
+//! callbacks never overlap. On a shared instance whose component exports
+//! `batch`, the task queues the read instead, and the instance's delivery
+//! task ([`crate::runtime::batch`]) makes the call and writes the output it
+//! caused; the task is woken only if more is left to do. A connection then
+//! has at most [`MAX_QUEUED`] bytes queued, and after the peer's FIN it
+//! closes only once they are delivered.
 //!
 //! Twisted's semantics, as implemented here:
 //! - bytes are delivered in order; a chunk boundary means nothing;

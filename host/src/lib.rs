@@ -24,12 +24,16 @@
 //! | [`runtime::transport`] | host side of the `transport` resource (no I/O) |
 //! | [`runtime::limits`] | memory, CPU, backpressure limits; the pooling allocator |
 //! | [`runtime::threads`] | the thread each shared instance and its connections live on |
+//! | [`runtime::batch`] | batched delivery: several connections' reads in one guest call on a shared instance |
 //! | [`runtime::output`] | guest stdout/stderr, attributed to the plugin |
 //! | [`testing`] | the StringTransport-style test transport for guest authors |
 //!
 //! The data path reads in three files: [`connection`] (socket ↔ buffer ↔
 //! guest call), [`runtime`] (`Session::data_received`) and
-//! [`runtime::transport`] (`write` queues bytes).
+//! [`runtime::transport`] (`write` queues bytes). On a shared instance whose
+//! component exports `batch`, the read goes through [`runtime::batch`]
+//! instead: queued, delivered with the other reads of the same moment in
+//! one call, and the output written back from there.
 
 pub mod config;
 pub mod connection;

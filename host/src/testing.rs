@@ -64,6 +64,14 @@ impl TestComponent {
         Self::load_inner(path, Limits::default(), Sharing::Shared(1))
     }
 
+    /// [`TestComponent::load_shared`] with the given limits.
+    pub fn load_shared_with(
+        path: impl AsRef<Path>,
+        limits: Limits,
+    ) -> anyhow::Result<TestComponent> {
+        Self::load_inner(path, limits, Sharing::Shared(1))
+    }
+
     /// Loads a component with the given limits.
     pub fn load_with(path: impl AsRef<Path>, limits: Limits) -> anyhow::Result<TestComponent> {
         Self::load_inner(path, limits, Sharing::PerConnection)

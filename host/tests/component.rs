@@ -195,7 +195,10 @@ fn the_test_transport_serves_several_connections_from_one_shared_instance() {
 #[test]
 fn a_batch_gives_each_connection_its_own_bytes_in_order_down_to_one_byte() {
     use twill::testing::TestComponent;
-    let echo = TestComponent::load_shared(support::echo_wasm()).unwrap();
+    // The test limits, as every echo test here: with them a large (Python,
+    // JavaScript) echo comes from the compile cache.
+    let echo =
+        TestComponent::load_shared_with(support::echo_wasm(), support::test_limits()).unwrap();
     let mut conns: Vec<_> = (0..3)
         .map(|_| echo.server_connection().unwrap().unwrap())
         .collect();

@@ -510,3 +510,48 @@ async fn a_runaway_callback_in_a_batch_is_stopped_and_the_next_connection_is_ser
     );
     server.shutdown().await;
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn bulk_from_many_clients_at_once_is_byte_exact_through_batches() {
+    // 40 clients each send 1 MiB at once and read it back: one instance's
+    // queue fills with many 64 KiB reads, past what one call carries and
+    // past what a queue holds before the reading task delivers it itself.
+    let server = start(&server_config(&echo_wasm(), &shared(1))).await;
+    let addr = server.addr();
+    let mut tasks = Vec::new();
+    for i in 0..40u32 {
+        tasks.push(tokio::spawn(async move {
+            let data: Vec<u8> = (0..1u32 << 20)
+                .map(|j| (j.wrapping_mul(31) ^ i) as u8)
+                .collect();
+            let (mut r, mut w) = TcpStream::connect(addr).await.unwrap().into_split();
+            let sent = data.clone();
+            let writer = tokio::spawn(async move {
+                w.write_all(&sent).await.unwrap();
+                w.shutdown().await.unwrap();
+            });
+            let mut got = Vec::new();
+            tokio::time::timeout(T, r.read_to_end(&mut got))
+                .await
+                .expect("echo and close")
+                .unwrap();
+            writer.await.unwrap();
+            assert!(
+                got == data,
+                "client {i}: {} bytes back of {}",
+                got.len(),
+                data.len()
+            );
+        }));
+    }
+    for t in tasks {
+        t.await.unwrap();
+    }
+    let stats = server.plugin.clone().unwrap().batch_stats().clone();
+    println!(
+        "{} reads in {} calls",
+        stats.reads.load(Ordering::Relaxed),
+        stats.calls.load(Ordering::Relaxed)
+    );
+    server.shutdown().await;
+}

@@ -47,6 +47,12 @@ pub const MAX_QUEUED: usize = crate::connection::READ_CHUNK;
 /// calls.
 const MAX_BATCH_BYTES: usize = 256 << 10;
 
+/// The most bytes a queue holds: a read that takes it past this is
+/// delivered at once, with everything queued before it, by the task that
+/// read it. (One readiness event can wake up to 1,024 connections, each
+/// with up to [`MAX_QUEUED`] bytes.)
+const MAX_QUEUE_BYTES: usize = 1 << 20;
+
 /// The most reads in one call. A call carrying n reads has n times the
 /// plugin's per-callback CPU budget, so that no read gets less than a
 /// callback of its own would; this bounds how long a runaway guest can hold
@@ -119,6 +125,13 @@ impl Queue {
             len: data.len(),
         });
         p.data.extend_from_slice(data);
+        if p.data.len() >= MAX_QUEUE_BYTES {
+            let mut reads = std::mem::take(&mut p.reads);
+            let data = std::mem::take(&mut p.data);
+            drop(p);
+            deliver(shared, &Who::of(plugin), &mut reads, &data, &mut Vec::new());
+            return;
+        }
         if let Some(w) = p.waker.take() {
             w.wake();
         } else if !p.started {
@@ -126,12 +139,7 @@ impl Queue {
             // Only weak and plain references: the task must not keep the
             // instance (or the plugin, which owns the thread it runs on)
             // alive.
-            let who = Who {
-                plugin: plugin.name.clone(),
-                cpu: plugin.limits.cpu,
-                stats: plugin.batch_stats().clone(),
-            };
-            tokio::spawn(deliver_forever(Arc::downgrade(shared), who));
+            tokio::spawn(deliver_forever(Arc::downgrade(shared), Who::of(plugin)));
         }
     }
 }
@@ -141,6 +149,16 @@ struct Who {
     plugin: Arc<str>,
     cpu: Duration,
     stats: Arc<BatchStats>,
+}
+
+impl Who {
+    fn of(plugin: &Plugin) -> Who {
+        Who {
+            plugin: plugin.name.clone(),
+            cpu: plugin.limits.cpu,
+            stats: plugin.batch_stats().clone(),
+        }
+    }
 }
 
 /// The delivery task of one shared instance: waits for queued reads and
@@ -169,6 +187,8 @@ async fn deliver_forever(shared: Weak<SharedGuest>, who: Who) {
         deliver(&s, &who, &mut reads, &data, &mut chunks);
         reads.clear();
         data.clear();
+        // Keep the buffer of a usual batch, not of a burst.
+        data.shrink_to(MAX_BATCH_BYTES);
     }
 }
 

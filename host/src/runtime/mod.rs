@@ -25,6 +25,12 @@
 //!   cell of its own, so the data path does not take the instance lock.
 //!   Each shared instance has a thread of its own, where its listeners'
 //!   connections run ([`threads`]).
+//! - **Batched delivery on shared instances.** One call per read costs the
+//!   same fixed engine overhead whatever the read's size; a shared
+//!   instance's connections' reads that are ready at the same moment go to
+//!   the guest in one `batch.data-received` call ([`batch`]), if the
+//!   component exports it (the SDKs do). 64-byte ping-pong on one thread:
+//!   4.4 → 3.9 µs of server CPU per round trip.
 //! - **Deny by default.** WASI p2 is linked so that guests built with std
 //!   load, but the context grants nothing: no files, no sockets, no name
 //!   lookups, no environment, no arguments, an empty stdin, and frozen clocks
