@@ -227,7 +227,13 @@ impl Conn {
                 // delivery, which kicks this task when done.
                 (false, false) => {
                     debug_assert!(queued > 0, "idle connection with reading paused");
-                    session.transport().await_delivery = true;
+                    // Under the lock: if the reads were delivered since
+                    // `flush` looked, go round again instead of waiting.
+                    let mut t = session.transport();
+                    if t.queued == 0 {
+                        continue;
+                    }
+                    t.await_delivery = true;
                     None
                 }
             };

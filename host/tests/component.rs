@@ -228,17 +228,26 @@ fn a_batch_gives_each_connection_its_own_bytes_in_order_down_to_one_byte() {
     }
 }
 
-#[test]
-fn a_connection_closed_earlier_in_a_batch_is_not_delivered_the_rest() {
-    use twill::testing::TestComponent;
-    // A's read makes the guest lose every other connection in the room;
-    // B's read, after it in the same call, would say something to the room
-    // (A included, which is still open): nobody hears it.
-    let kit = TestComponent::load_shared(support::testkit_wasm()).unwrap();
+/// A shared test-kit instance with two connections in its room.
+fn two_in_a_room() -> (
+    twill::testing::TestComponent,
+    twill::testing::TestConnection,
+    twill::testing::TestConnection,
+) {
+    let kit = twill::testing::TestComponent::load_shared(support::testkit_wasm()).unwrap();
     let mut a = kit.server_connection().unwrap().unwrap();
     let mut b = kit.server_connection().unwrap().unwrap();
     a.data_received(b"join\n").unwrap();
     b.data_received(b"join\n").unwrap();
+    (kit, a, b)
+}
+
+#[test]
+fn a_connection_closed_earlier_in_a_batch_is_not_delivered_the_rest() {
+    // A's read makes the guest lose every other connection in the room;
+    // B's read, after it in the same call, would say something to the room
+    // (A included, which is still open): nobody hears it.
+    let (kit, mut a, mut b) = two_in_a_room();
     kit.data_received_batch(&mut [(&mut a, b"lose-room\n"), (&mut b, b"say late\n")])
         .unwrap();
     assert!(b.disconnecting());
@@ -249,11 +258,7 @@ fn a_connection_closed_earlier_in_a_batch_is_not_delivered_the_rest() {
     assert_eq!(a.value(), b"a\n");
 
     // The other order: B's read is delivered before A's closes it.
-    let kit = TestComponent::load_shared(support::testkit_wasm()).unwrap();
-    let mut a = kit.server_connection().unwrap().unwrap();
-    let mut b = kit.server_connection().unwrap().unwrap();
-    a.data_received(b"join\n").unwrap();
-    b.data_received(b"join\n").unwrap();
+    let (kit, mut a, mut b) = two_in_a_room();
     kit.data_received_batch(&mut [(&mut b, b"say early\n"), (&mut a, b"lose-room\n")])
         .unwrap();
     assert_eq!(a.value(), b"early\n");

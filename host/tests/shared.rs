@@ -88,6 +88,33 @@ impl Kit {
     }
 }
 
+/// Connects to `addr`, writes `data` in pieces of `piece(bytes left)`
+/// bytes, half-closes, and returns everything the server sends until it
+/// closes.
+async fn echo_through(
+    addr: SocketAddr,
+    data: Vec<u8>,
+    mut piece: impl FnMut(usize) -> usize + Send + 'static,
+) -> Vec<u8> {
+    let (mut r, mut w) = TcpStream::connect(addr).await.unwrap().into_split();
+    let writer = tokio::spawn(async move {
+        let mut off = 0;
+        while off < data.len() {
+            let n = piece(data.len() - off);
+            w.write_all(&data[off..off + n]).await.unwrap();
+            off += n;
+        }
+        w.shutdown().await.unwrap();
+    });
+    let mut got = Vec::new();
+    tokio::time::timeout(T, r.read_to_end(&mut got))
+        .await
+        .expect("echo and close")
+        .unwrap();
+    writer.await.unwrap();
+    got
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn shared_echo_is_byte_exact_for_concurrent_clients_under_random_chunkings() {
     let server = start(&server_config(&echo_wasm(), &shared(2))).await;
@@ -103,23 +130,10 @@ async fn shared_echo_is_byte_exact_for_concurrent_clients_under_random_chunkings
             rng.fill(&mut data[..]);
             // Every tenth client writes one byte at a time.
             let max_chunk = if i % 10 == 0 { 1 } else { 1 << (i % 12) };
-            let (mut r, mut w) = TcpStream::connect(addr).await.unwrap().into_split();
-            let sent = data.clone();
-            let writer = tokio::spawn(async move {
-                let mut off = 0;
-                while off < sent.len() {
-                    let n = rng.random_range(1..=max_chunk).min(sent.len() - off);
-                    w.write_all(&sent[off..off + n]).await.unwrap();
-                    off += n;
-                }
-                w.shutdown().await.unwrap();
-            });
-            let mut got = Vec::new();
-            tokio::time::timeout(T, r.read_to_end(&mut got))
-                .await
-                .expect("echo and close")
-                .unwrap();
-            writer.await.unwrap();
+            let got = echo_through(addr, data.clone(), move |left| {
+                rng.random_range(1..=max_chunk).min(left)
+            })
+            .await;
             assert!(got == data, "client {i} (seed {seed}): echo differs");
         }));
     }
@@ -524,18 +538,7 @@ async fn bulk_from_many_clients_at_once_is_byte_exact_through_batches() {
             let data: Vec<u8> = (0..1u32 << 20)
                 .map(|j| (j.wrapping_mul(31) ^ i) as u8)
                 .collect();
-            let (mut r, mut w) = TcpStream::connect(addr).await.unwrap().into_split();
-            let sent = data.clone();
-            let writer = tokio::spawn(async move {
-                w.write_all(&sent).await.unwrap();
-                w.shutdown().await.unwrap();
-            });
-            let mut got = Vec::new();
-            tokio::time::timeout(T, r.read_to_end(&mut got))
-                .await
-                .expect("echo and close")
-                .unwrap();
-            writer.await.unwrap();
+            let got = echo_through(addr, data.clone(), |left| left).await;
             assert!(
                 got == data,
                 "client {i}: {} bytes back of {}",
