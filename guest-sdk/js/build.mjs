@@ -56,13 +56,25 @@ function commonDir(a, b) {
 process.chdir(commonDir(dirname(source), here));
 
 const t0 = Date.now();
-const { component } = await componentize({
-  sourcePath: source,
-  witPath: wit,
-  worldName: world,
-  // No fetch() and no incoming HTTP: the host links neither.
-  disableFeatures: ['http', 'fetch-event'],
-});
+let component;
+try {
+  ({ component } = await componentize({
+    sourcePath: source,
+    witPath: wit,
+    worldName: world,
+    // No fetch() and no incoming HTTP: the host links neither.
+    disableFeatures: ['http', 'fetch-event'],
+  }));
+} catch (e) {
+  const missing = /does not export a "([\w-]+)" interface/.exec(String(e?.message ?? e));
+  if (!missing) throw e;
+  console.error(`${source}: ${e.message}`);
+  console.error(
+    `hint: export every name serve() returns: ` +
+      `export const { protocol, batch, serverFactory, clientFactory } = serve({ server, client });`,
+  );
+  process.exit(1);
+}
 await mkdir(dirname(out), { recursive: true });
 await writeFile(out, component);
 console.log(`${out}: ${component.length} bytes in ${((Date.now() - t0) / 1000).toFixed(1)} s`);
