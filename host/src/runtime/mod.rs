@@ -264,6 +264,9 @@ impl Runtime {
             match rt.load_plugin(name, &p.component, p.limits.clone(), p.clock) {
                 Ok(mut plugin) => {
                     plugin.set_sharing(p.sharing);
+                    if matches!(p.sharing, Sharing::Shared(_)) && !plugin.has_batch() {
+                        tracing::info!(plugin = %name, "the component does not export `{BATCH}`: its shared instances get one data-received call per read");
+                    }
                     let needs_server = config.listen.iter().any(|l| &l.plugin == name);
                     let needs_client = config.connect.iter().any(|c| &c.plugin == name);
                     if needs_server && plugin.server.is_none() {
@@ -543,9 +546,11 @@ impl Plugin {
             .map_err(|e| fault(&store, cpu, e))?;
         let loaded = (|| {
             let api = self.protocol.load(&mut store, &instance)?;
+            // Only shared instances get batches.
             let batch = self
                 .batch
                 .as_ref()
+                .filter(|_| matches!(self.sharing, Sharing::Shared(_)))
                 .map(|i| i.load(&mut store, &instance))
                 .transpose()?;
             let server = self
