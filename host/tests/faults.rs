@@ -242,9 +242,23 @@ async fn memory_faults_stay_within_the_limit() {
 /// The host runs as its own process here, so its RSS is measured alone.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_client_that_never_reads_cannot_grow_host_memory() {
+    clients_that_never_read("").await;
+}
+
+/// The same on one shared instance, whose reads go through batched
+/// delivery: a read waits in the instance's queue before the guest sees it.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_client_that_never_reads_cannot_grow_host_memory_on_a_shared_instance() {
+    clients_that_never_read("instance = \"shared\"\nshared-instances = 1").await;
+}
+
+/// 8 clients try to push 1 GiB each without reading, to a host run with
+/// `extra` plugin settings; the host's RSS must stay bounded, and every
+/// byte it accepted must come back.
+async fn clients_that_never_read(extra: &str) {
     let cfg = support::write_config(&server_config(
         &support::echo_wasm(),
-        "high-water = \"256KiB\"\nlow-water = \"64KiB\"",
+        &format!("high-water = \"256KiB\"\nlow-water = \"64KiB\"\n{extra}"),
     ));
     let mut server = support::spawn_run(&cfg, 1);
     let (addr, pid) = (server.addrs[0], server.child.id());
@@ -294,8 +308,10 @@ async fn a_client_that_never_reads_cannot_grow_host_memory() {
         "backpressure stopped the clients long before 1 GiB"
     );
     // high-water (plus up to one read chunk past it) x connections, plus an
-    // instance per connection, plus a constant for the allocator's segments
-    // and the runtime: 8 MiB, against the 8 GiB the clients tried to push.
+    // instance per connection (or a read queued for batched delivery), plus
+    // a constant for the allocator's segments and the runtime (and a shared
+    // instance's queue, at most 1 MiB): 8 MiB, against the 8 GiB the
+    // clients tried to push.
     let bound = (256 + 64 + 64 + 64) * conns as u64 + 8 * 1024;
     assert!(growth < bound, "RSS grew {growth} KiB, bound {bound} KiB");
     // Reading now drains everything that was accepted, byte for byte.
