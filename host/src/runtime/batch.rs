@@ -35,7 +35,7 @@ use tokio::net::TcpStream;
 use wasmtime::component::ResourceAny;
 
 use super::bindings::batch::Chunk;
-use super::state::{Closing, TransportCell, lock};
+use super::state::{TransportCell, lock};
 use super::{Caller, GuestFault, Home, Plugin, Session, SharedGuest};
 
 /// The most bytes one connection may have queued and undelivered; its task
@@ -221,11 +221,7 @@ fn deliver(
             let range = offset..offset + r.len;
             offset += r.len;
             end += 1;
-            let open = {
-                let t = lock(&r.cell);
-                t.closing == Closing::Open && !t.lost
-            };
-            if !open {
+            if !lock(&r.cell).is_open() {
                 joined.get_or_insert_with(|| data[first..range.start].to_vec());
                 continue;
             }
@@ -292,8 +288,7 @@ fn settle(r: &Read) {
     if t.queued > 0 {
         return;
     }
-    let quiet = t.closing == Closing::Open
-        && !t.lost
+    let quiet = t.is_open()
         && !t.producer
         && !t.await_delivery
         && t.write_to(&r.stream).is_ok()
@@ -333,10 +328,7 @@ pub fn data_received_batch(reads: &mut [(&mut Session, &[u8])]) -> Result<(), Gu
             same,
             "data_received_batch: the sessions must share one instance"
         );
-        let open = {
-            let t = session.transport();
-            t.closing == Closing::Open && !t.lost
-        };
+        let open = session.transport().is_open();
         if let (true, Some(protocol)) = (open, session.protocol) {
             chunks.push(Chunk {
                 protocol,

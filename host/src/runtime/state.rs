@@ -169,9 +169,10 @@ pub struct TransportState {
 }
 
 impl TransportState {
-    /// Whether writes are accepted now (Twisted ignores writes once the
-    /// connection is closing or gone).
-    pub fn accepts_writes(&self) -> bool {
+    /// Whether the connection is open: not closing, not gone. Only then
+    /// are writes accepted (Twisted ignores them once the connection is
+    /// closing) and reads delivered.
+    pub fn is_open(&self) -> bool {
         self.closing == Closing::Open && !self.lost
     }
 

@@ -49,20 +49,27 @@ pub struct InstanceThread {
 
 impl InstanceThread {
     /// Starts thread `index` of `plugin`, named `twill-PLUGIN-INDEX`
-    /// (Linux keeps the first 15 bytes).
+    /// (Linux keeps the first 15 bytes), and returns once it runs.
     pub(crate) fn start(plugin: &str, index: usize) -> std::io::Result<InstanceThread> {
         let rt = tokio::runtime::Builder::new_current_thread()
             .enable_all()
             .build()?;
         let handle = rt.handle().clone();
         let (stop, stopped) = oneshot::channel::<()>();
+        let (running, started) = std::sync::mpsc::sync_channel::<()>(1);
         std::thread::Builder::new()
             .name(format!("twill-{plugin}-{index}"))
             .spawn(move || {
+                let _ = running.send(());
                 rt.block_on(async {
                     let _ = stopped.await;
                 });
             })?;
+        // Return once the thread runs (and bears its name), not merely once
+        // it was asked for.
+        started
+            .recv()
+            .map_err(|_| std::io::Error::other("the instance thread ended at start"))?;
         Ok(InstanceThread {
             handle,
             _stop: stop,

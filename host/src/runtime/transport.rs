@@ -73,7 +73,7 @@ impl TransportState {
         len: usize,
         chunks: impl IntoIterator<Item = Vec<u8>>,
     ) -> wasmtime::Result<()> {
-        if !self.accepts_writes() {
+        if !self.is_open() {
             return Ok(());
         }
         if self.out.len().saturating_add(len) > self.max_output {
