@@ -370,7 +370,9 @@ export function serve({ server = null, client = null } = {}) {
       dataReceived(chunks, data) {
         let offset = 0;
         for (const { protocol, len } of chunks) {
-          protocol._batchReceived(data.subarray(offset, offset + len));
+          // A copy, not a view: a protocol that keeps part of its data (a
+          // partial line, say) must not keep the whole batch's buffer alive.
+          protocol._batchReceived(data.slice(offset, offset + len));
           offset += len;
         }
       },

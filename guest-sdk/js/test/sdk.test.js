@@ -271,5 +271,7 @@ test('a batch gives each chunk to its protocol, in order, and skips a connection
   // arrives as the exported object itself.
   batch.dataReceived(parts.map(([c, d]) => ({ protocol: c.box, len: d.length })), data);
   assert.deepEqual(a.raw.calls, [['write', bytes('a1')], ['write', bytes('a2')]]);
+  // Each protocol gets a copy, not a view that would keep the batch alive.
+  assert.notEqual(a.raw.calls[0][1].buffer, data.buffer);
   assert.deepEqual(b.raw.calls, [['write', bytes('b')], ['loseConnection']]);
 });
