@@ -248,8 +248,8 @@ fn deliver(
             if !matches!(fault, GuestFault::Poisoned) {
                 tracing::warn!(plugin = %who.plugin, %fault, reads = end - start, "shared guest faulted in a batch of reads; its connections are aborted");
             }
-            // Every connection on the instance is aborted: send nothing.
-            shared.fault.fire();
+            // `call` fired the instance's fault: every connection on it is
+            // aborted, so send nothing.
             for r in &reads[start..] {
                 let mut t = lock(&r.cell);
                 t.queued -= r.len;
@@ -264,7 +264,8 @@ fn deliver(
     }
 }
 
-/// One `batch.data-received` call.
+/// One `batch.data-received` call. A fault poisons the instance and fires
+/// its fault signal, which aborts every connection on it.
 fn call(
     shared: &SharedGuest,
     cpu: Duration,
@@ -273,10 +274,15 @@ fn call(
 ) -> Result<(), GuestFault> {
     let mut g = lock(&shared.guest);
     let callbacks = u32::try_from(chunks.len()).unwrap_or(u32::MAX);
-    g.call(cpu, callbacks, Caller::Batch, |g| match g.batch.clone() {
+    let r = g.call(cpu, callbacks, Caller::Batch, |g| match g.batch.clone() {
         Some(batch) => batch.call_data_received(&mut g.store, chunks, data),
         None => Ok(()),
-    })
+    });
+    drop(g);
+    if r.is_err() {
+        shared.fault.fire();
+    }
+    r
 }
 
 /// After a read's delivery: once a connection has nothing left queued,
@@ -314,7 +320,7 @@ pub fn data_received_batch(reads: &mut [(&mut Session, &[u8])]) -> Result<(), Gu
         panic!("data_received_batch: the sessions must be on a shared instance");
     };
     let shared = shared.clone();
-    if !lock(&shared.guest).has_batch() {
+    if !first.plugin.has_batch() {
         for (session, data) in reads.iter_mut() {
             session.data_received(data)?;
         }
@@ -340,9 +346,5 @@ pub fn data_received_batch(reads: &mut [(&mut Session, &[u8])]) -> Result<(), Gu
     if chunks.is_empty() {
         return Ok(());
     }
-    let r = call(&shared, first.plugin.limits.cpu, &chunks, &data);
-    if r.is_err() {
-        shared.fault.fire();
-    }
-    r
+    call(&shared, first.plugin.limits.cpu, &chunks, &data)
 }

@@ -751,11 +751,6 @@ pub(crate) enum Caller {
 }
 
 impl Guest {
-    /// Whether the component exports `batch`.
-    fn has_batch(&self) -> bool {
-        self.batch.is_some()
-    }
-
     /// Runs one guest call that carries `callbacks` callbacks (one, or a
     /// batch's reads): refuses if the instance already faulted, arms the
     /// CPU budget (`cpu` per callback), records the caller, and turns a
@@ -893,7 +888,7 @@ impl Session {
         let (Home::Shared(s), Some(protocol)) = (&self.home, self.protocol) else {
             return;
         };
-        self.cell.lock().unwrap_or_else(|e| e.into_inner()).queued += data.len();
+        self.transport().queued += data.len();
         s.queue
             .push(s, &self.plugin, protocol, &self.cell, stream, data);
     }
