@@ -23,7 +23,7 @@
 //! | [`runtime::state`] | Store data: the transport slab and cells, the output queue |
 //! | [`runtime::transport`] | host side of the `transport` resource (no I/O) |
 //! | [`runtime::limits`] | memory, CPU, backpressure limits; the pooling allocator |
-//! | [`runtime::groups`] | the task each shared instance and its connections live in |
+//! | [`runtime::threads`] | the thread each shared instance and its connections live on |
 //! | [`runtime::batch`] | batched delivery: several connections' reads in one guest call on a shared instance |
 //! | [`runtime::output`] | guest stdout/stderr, attributed to the plugin |
 //! | [`testing`] | the StringTransport-style test transport for guest authors |

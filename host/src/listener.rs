@@ -17,7 +17,7 @@ use wasmtime::Engine;
 
 use crate::config::ListenConfig;
 use crate::connection::{self, End};
-use crate::runtime::{Plugin, groups};
+use crate::runtime::{Plugin, threads};
 use crate::shutdown::{Shutdown, ShutdownSignal, TaskGuard};
 
 /// Why a listener could not start.
@@ -109,10 +109,12 @@ impl Listener {
     /// Accepts until shutdown. Each connection runs in its own task holding
     /// a clone of `guard`, so the reactor can wait for them to finish.
     ///
-    /// For a plugin with shared instances, a connection goes to the
-    /// instance with the fewest live connections, and runs inside that
-    /// instance's task (see [`crate::runtime::groups`]) instead of a task
-    /// of its own.
+    /// For a plugin with shared instances, the first instance's thread
+    /// (see [`crate::runtime::Plugin::instance_threads`]) accepts, and a
+    /// connection stays there unless that instance has more live
+    /// connections than another: then it moves to the least busy one's
+    /// thread. So connections spread evenly, and a connection's socket,
+    /// timers and callbacks stay on its instance's thread.
     pub async fn serve(self, engine: Engine, notify: ShutdownSignal, guard: TaskGuard) {
         let addr = self.local_addr();
         let plugin_name = self.plugin.name.clone();
@@ -126,12 +128,34 @@ impl Listener {
             guard,
             addr,
         };
-        acceptor.accept_loop(self.listener).await;
+        match self.plugin.instance_threads() {
+            Some(threads) => {
+                let listener = match self.listener.into_std() {
+                    Ok(l) => l,
+                    Err(e) => {
+                        tracing::error!(plugin = %plugin_name, %addr, error = %e, "cannot hand the listening socket to the shared instances' threads");
+                        return;
+                    }
+                };
+                // The first instance's thread accepts for all of them.
+                let accepting = threads[0].handle().spawn(async move {
+                    match TcpListener::from_std(listener) {
+                        Ok(l) => acceptor.accept_loop(l, Some(0)).await,
+                        Err(e) => {
+                            tracing::error!(plugin = %acceptor.plugin.name, addr = %acceptor.addr, error = %e, "cannot register the listening socket")
+                        }
+                    }
+                });
+                let _ = accepting.await;
+            }
+            None => acceptor.accept_loop(self.listener, None).await,
+        }
         tracing::info!(plugin = %plugin_name, %addr, "stopped listening");
     }
 }
 
-/// What a listener's accept loop needs.
+/// What a listener's accept loop needs, so that it can run on a shared
+/// instance's thread.
 struct Acceptor {
     plugin: Arc<Plugin>,
     engine: Engine,
@@ -143,8 +167,10 @@ struct Acceptor {
 }
 
 impl Acceptor {
-    /// Accepts on `listener` until shutdown.
-    async fn accept_loop(&self, listener: TcpListener) {
+    /// Accepts on `listener` until shutdown. `thread`: the shared instance
+    /// whose thread this loop runs on, if any; a connection assigned to
+    /// another instance moves to that instance's thread.
+    async fn accept_loop(&self, listener: TcpListener, thread: Option<usize>) {
         let shutdown = self.notify.subscribe();
         let (plugin_name, addr) = (&self.plugin.name, self.addr);
         let mut backoff = Duration::from_millis(5);
@@ -189,24 +215,36 @@ impl Acceptor {
             };
             let conn_shutdown = self.notify.subscribe();
             let conn_guard = self.guard.clone();
-            // On shared instances: in the least busy instance's group.
-            let groups = self.plugin.instance_groups();
-            let live = groups.map(|_| self.plugin.assign_instance());
-            let instance = live.as_ref().map(groups::LiveGuard::instance);
-            let conn = async move {
-                task.run(stream, instance, &conn_shutdown).await;
-                drop((live, permit, conn_guard));
+            let live = thread.map(|here| self.plugin.assign_instance(here));
+            let instance = live.as_ref().map(threads::LiveGuard::instance);
+            if instance == thread {
+                tokio::spawn(async move {
+                    task.run(stream, instance, &conn_shutdown).await;
+                    drop((live, permit, conn_guard));
+                });
+                continue;
+            }
+            // Another instance is less busy: the socket moves to its
+            // thread's reactor.
+            let (Some(i), Some(threads)) = (instance, self.plugin.instance_threads()) else {
+                continue;
             };
-            match (groups, instance) {
-                (Some(groups), Some(i)) => {
-                    if !groups[i].spawn(conn) {
-                        tracing::debug!(plugin = %plugin_name, %peer, "the instance's group has ended; closing the connection");
+            let stream = match stream.into_std() {
+                Ok(s) => s,
+                Err(e) => {
+                    tracing::warn!(plugin = %plugin_name, %peer, error = %e, "cannot move the connection to its instance's thread; closing it");
+                    continue;
+                }
+            };
+            threads[i].handle().spawn(async move {
+                match TcpStream::from_std(stream) {
+                    Ok(stream) => task.run(stream, instance, &conn_shutdown).await,
+                    Err(e) => {
+                        tracing::debug!(plugin = %task.plugin.name, peer = %task.peer, error = %e, "cannot register the connection")
                     }
                 }
-                _ => {
-                    tokio::spawn(conn);
-                }
-            }
+                drop((live, permit, conn_guard));
+            });
         }
     }
 }
@@ -228,7 +266,7 @@ struct ServerConnection {
 
 impl ServerConnection {
     /// Serves the connection to its end: on shared instance `instance` if
-    /// given (this future then runs in that instance's group), else on a
+    /// given (this task then runs on that instance's thread), else on a
     /// fresh instance or the next shared one.
     async fn run(self, stream: TcpStream, instance: Option<usize>, shutdown: &Shutdown) {
         let Self {

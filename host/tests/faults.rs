@@ -310,13 +310,9 @@ async fn clients_that_never_read(extra: &str) {
     // high-water (plus up to one read chunk past it) x connections, plus an
     // instance per connection (or a read queued for batched delivery), plus
     // a constant for the allocator's segments and the runtime (and a shared
-    // instance's queue, at most 1 MiB): 16 MiB, against the 8 GiB the
-    // clients tried to push. The constant includes memory already freed
-    // but still held by the allocator: a shared instance's task runs on
-    // either reactor thread, and a thread that goes idle keeps what was
-    // freed into its heap (measured: 12.5-14.6 MiB of growth, and
-    // 5.7-6.5 MiB with MIMALLOC_PURGE_DELAY=0, which returns it at once).
-    let bound = (256 + 64 + 64 + 64) * conns as u64 + 16 * 1024;
+    // instance's queue, at most 1 MiB): 8 MiB, against the 8 GiB the
+    // clients tried to push.
+    let bound = (256 + 64 + 64 + 64) * conns as u64 + 8 * 1024;
     assert!(growth < bound, "RSS grew {growth} KiB, bound {bound} KiB");
     // Reading now drains everything that was accepted, byte for byte.
     for mut s in streams {

@@ -403,40 +403,42 @@ async fn a_transport_kept_after_its_connection_ended_reaches_nothing() {
     server.shutdown().await;
 }
 
-/// Each shared instance is one task on the reactor's runtime, holding its
-/// connections: more instances than reactor threads all serve at once,
-/// and every task ends with the reactor.
+/// This test process's threads named `name` (the kernel keeps 15 bytes).
+fn threads_named(name: &str) -> usize {
+    std::fs::read_dir("/proc/self/task")
+        .unwrap()
+        .filter_map(|t| std::fs::read_to_string(t.unwrap().path().join("comm")).ok())
+        .filter(|comm| comm.trim_end() == name)
+        .count()
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn shared_instances_are_tasks_on_the_reactor_that_end_with_it() {
-    let metrics = tokio::runtime::Handle::current().metrics();
-    let before = metrics.num_alive_tasks();
-    let server = start(&server_config(&testkit_wasm(), &shared(4))).await;
-    let mut kits = Vec::new();
-    for i in 0..8 {
-        let mut k = Kit::connect(server.addr()).await;
-        assert_eq!(k.ask(&format!("echo up {i}")).await, format!("up {i}\n"));
-        kits.push(k);
-    }
-    // Four instances on two reactor threads, two connections on each, all
-    // answering while the others are open.
-    for (i, k) in kits.iter_mut().enumerate() {
-        assert_eq!(k.ask("served").await, "served=2 live=2 room=0\n", "kit {i}");
-        assert_eq!(
-            k.ask(&format!("echo again {i}")).await,
-            format!("again {i}\n")
-        );
-    }
-    drop(kits);
+async fn each_shared_instance_has_a_thread_until_the_reactor_stops() {
+    // A plugin name no other test uses: its threads are `twill-lifecycle-N`.
+    let name = "twill-lifecycle";
+    assert_eq!(threads_named(name), 0);
+    let server = start(&format!(
+        "[plugins.lifecycle]\ncomponent = {:?}\n{}instance = \"shared\"\nshared-instances = 2\n\n\
+         [[listen]]\nport = 0\nplugin = \"lifecycle\"\n",
+        echo_wasm().display().to_string(),
+        support::memory_line(),
+    ))
+    .await;
+    let mut c = TcpStream::connect(server.addr()).await.unwrap();
+    c.write_all(b"ping").await.unwrap();
+    let mut got = [0; 4];
+    tokio::time::timeout(T, c.read_exact(&mut got))
+        .await
+        .unwrap()
+        .unwrap();
+    assert_eq!(&got, b"ping");
+    assert_eq!(threads_named(name), 2, "one thread per shared instance");
     assert_eq!(server.shutdown().await, twill::RunEnd::Clean);
     let t0 = std::time::Instant::now();
-    while metrics.num_alive_tasks() > before && t0.elapsed() < Duration::from_secs(10) {
+    while threads_named(name) > 0 && t0.elapsed() < Duration::from_secs(10) {
         tokio::time::sleep(Duration::from_millis(20)).await;
     }
-    assert_eq!(
-        metrics.num_alive_tasks(),
-        before,
-        "the instances' tasks end with the reactor"
-    );
+    assert_eq!(threads_named(name), 0, "the threads end with the plugin");
 }
 
 /// Sends `msg` and reads its echo back.

@@ -5,18 +5,16 @@
 //! ping-pong connections makes 100 calls into the guest per round of
 //! messages, and each call pays wasmtime's fixed cost: resolving the
 //! export, a second entry into the guest for `cabi_realloc`, lending the
-//! `borrow<protocol>`, `catch_traps`. Instead, a connection, polled in
-//! its instance's group ([`super::groups`]), reads its socket and *queues*
-//! the bytes here ([`Queue::push`]); once the group has polled every
-//! connection that the same round of readiness events woke, it hands the
-//! whole queue to the guest in one `batch.data-received` call
-//! ([`Delivery::deliver_queued`]). Then it settles each connection: it
-//! writes the output the call queued straight to the socket, and wakes the
-//! connection only if something else is left to do (output the socket did
-//! not take, a close, a producer to pause, or a connection waiting for its
-//! reads to be delivered). A connection outside any group (a library user
-//! driving [`crate::connection::run`] itself) gets a delivery task per
-//! instance instead, spawned on first use.
+//! `borrow<protocol>`, `catch_traps`. Instead, a connection's task on the
+//! instance's thread reads its socket and *queues* the bytes here
+//! ([`Queue::push`]); the instance's delivery task, woken by the first read
+//! queued and run by the thread's single-threaded scheduler after every
+//! other task woken by the same round of readiness events, hands the whole
+//! queue to the guest in one `batch.data-received` call. Then it settles
+//! each connection: it writes the output the call queued straight to the
+//! socket, and wakes the connection's task only if something else is left
+//! to do (output the socket did not take, a close, a producer to pause,
+//! or a task waiting for its reads to be delivered).
 //!
 //! What a protocol sees does not change: the guest SDKs turn a batch back
 //! into `data-received` calls, in order. The host skips a read whose
@@ -58,9 +56,8 @@ const MAX_QUEUE_BYTES: usize = 1 << 20;
 /// The most reads in one call. A call carrying n reads has n times the
 /// plugin's per-callback CPU budget, so that no read gets less than a
 /// callback of its own would; this bounds how long a runaway guest can hold
-/// its instance's reactor thread (its connections, which the fault then
-/// aborts, are the only ones that must wait; the other reactor threads take
-/// over the rest).
+/// its instance's thread (its connections, which the fault then aborts, are
+/// the only ones that wait).
 pub const MAX_BATCH_READS: usize = 32;
 
 /// How much batched delivery a plugin has done, readable while it runs.
@@ -109,9 +106,8 @@ impl Drop for Queue {
 impl Queue {
     /// Queues `data` for `protocol`, whose connection's transport is
     /// `cell` and socket `stream`; the caller has added `data.len()` to the
-    /// transport's `queued`. Inside an instance group, the group delivers
-    /// it once it has polled its connections; elsewhere, the instance's
-    /// delivery task does, started on the current runtime on first use.
+    /// transport's `queued`. Starts the instance's delivery task on the
+    /// current runtime (the instance's thread) on first use.
     pub(crate) fn push(
         &self,
         shared: &Arc<SharedGuest>,
@@ -136,29 +132,27 @@ impl Queue {
             deliver(shared, &Who::of(plugin), &mut reads, &data, &mut Vec::new());
             return;
         }
-        if super::groups::note_queued(shared) {
-            // The instance's group delivers it once its connections are
-            // polled.
-        } else if let Some(w) = p.waker.take() {
+        if let Some(w) = p.waker.take() {
             w.wake();
         } else if !p.started {
             p.started = true;
             // Only weak and plain references: the task must not keep the
-            // instance alive.
+            // instance (or the plugin, which owns the thread it runs on)
+            // alive.
             tokio::spawn(deliver_forever(Arc::downgrade(shared), Who::of(plugin)));
         }
     }
 }
 
-/// What delivery knows of its plugin.
-pub(crate) struct Who {
-    pub(crate) plugin: Arc<str>,
+/// What the delivery task knows of its plugin.
+struct Who {
+    plugin: Arc<str>,
     cpu: Duration,
     stats: Arc<BatchStats>,
 }
 
 impl Who {
-    pub(crate) fn of(plugin: &Plugin) -> Who {
+    fn of(plugin: &Plugin) -> Who {
         Who {
             plugin: plugin.name.clone(),
             cpu: plugin.limits.cpu,
@@ -167,42 +161,12 @@ impl Who {
     }
 }
 
-/// Buffers for delivering a queue, kept between deliveries.
-#[derive(Default)]
-pub(crate) struct Delivery {
-    reads: Vec<Read>,
-    data: Vec<u8>,
-    chunks: Vec<Chunk>,
-}
-
-impl Delivery {
-    /// Delivers what `shared`'s queue holds. False if it held nothing.
-    pub(crate) fn deliver_queued(&mut self, shared: &SharedGuest, who: &Who) -> bool {
-        let mut p = lock(&shared.queue.0);
-        if p.reads.is_empty() {
-            return false;
-        }
-        std::mem::swap(&mut p.reads, &mut self.reads);
-        std::mem::swap(&mut p.data, &mut self.data);
-        drop(p);
-        self.deliver(shared, who);
-        true
-    }
-
-    fn deliver(&mut self, shared: &SharedGuest, who: &Who) {
-        deliver(shared, who, &mut self.reads, &self.data, &mut self.chunks);
-        self.reads.clear();
-        self.data.clear();
-        // Keep the buffer of a usual batch, not of a burst.
-        self.data.shrink_to(MAX_BATCH_BYTES);
-    }
-}
-
-/// The delivery task of one shared instance whose connections are not in
-/// an instance group ([`super::groups`]): waits for queued reads and
+/// The delivery task of one shared instance: waits for queued reads and
 /// delivers them, until the instance is gone.
 async fn deliver_forever(shared: Weak<SharedGuest>, who: Who) {
-    let mut delivery = Delivery::default();
+    let mut reads = Vec::new();
+    let mut data = Vec::new();
+    let mut chunks = Vec::new();
     loop {
         let next = std::future::poll_fn(|cx| {
             let Some(s) = shared.upgrade() else {
@@ -213,14 +177,18 @@ async fn deliver_forever(shared: Weak<SharedGuest>, who: Who) {
                 p.waker = Some(cx.waker().clone());
                 return Poll::Pending;
             }
-            std::mem::swap(&mut p.reads, &mut delivery.reads);
-            std::mem::swap(&mut p.data, &mut delivery.data);
+            std::mem::swap(&mut p.reads, &mut reads);
+            std::mem::swap(&mut p.data, &mut data);
             drop(p);
             Poll::Ready(Some(s))
         })
         .await;
         let Some(s) = next else { return };
-        delivery.deliver(&s, &who);
+        deliver(&s, &who, &mut reads, &data, &mut chunks);
+        reads.clear();
+        data.clear();
+        // Keep the buffer of a usual batch, not of a burst.
+        data.shrink_to(MAX_BATCH_BYTES);
     }
 }
 

@@ -23,8 +23,8 @@
 //!   each connection is a `protocol` resource on a long-lived instance,
 //!   whose lock a callback holds; each connection's transport state is a
 //!   cell of its own, so the data path does not take the instance lock.
-//!   Each shared instance is one task on the reactor, whose listeners'
-//!   connections run inside it ([`groups`]).
+//!   Each shared instance has a thread of its own, where its listeners'
+//!   connections run ([`threads`]).
 //! - **Batched delivery on shared instances.** One call per read costs the
 //!   same fixed engine overhead whatever the read's size; a shared
 //!   instance's connections' reads that are ready at the same moment go to
@@ -39,10 +39,10 @@
 
 pub mod batch;
 pub mod bindings;
-pub mod groups;
 pub mod limits;
 pub mod output;
 pub mod state;
+pub mod threads;
 pub mod transport;
 pub mod wasi;
 
@@ -110,9 +110,9 @@ pub struct Plugin {
     /// With `Sharing::Shared(n)`: the n instance slots, filled on first use.
     shared: Vec<std::sync::Mutex<Option<Arc<SharedGuest>>>>,
     next_shared: std::sync::atomic::AtomicUsize,
-    /// With `Sharing::Shared(n)`: the n tasks the instances' listener
-    /// connections run in, started when a listener first serves the plugin.
-    groups: std::sync::OnceLock<Vec<groups::InstanceGroup>>,
+    /// With `Sharing::Shared(n)`: the n threads the instances live on,
+    /// started when a listener first serves the plugin.
+    threads: std::sync::OnceLock<Vec<threads::InstanceThread>>,
     /// With `Sharing::Shared(n)`: live listener connections per instance.
     live: Vec<std::sync::atomic::AtomicUsize>,
     /// Batched delivery's counters.
@@ -129,7 +129,7 @@ pub enum Sharing {
     PerConnection,
     /// This many long-lived instances, each serving many connections (one
     /// protocol resource per connection): a listener's connections go to
-    /// the least busy, inside its task ([`groups`]); a connector's, round
+    /// the least busy, on its thread ([`threads`]); a connector's, round
     /// robin. Guest state is shared as in one Twisted process (a factory
     /// can keep a list of its protocols and write to any of them); a fault
     /// aborts every connection on that instance, and the next connection
@@ -353,7 +353,7 @@ impl Runtime {
             sharing: Sharing::PerConnection,
             shared: Vec::new(),
             next_shared: std::sync::atomic::AtomicUsize::new(0),
-            groups: std::sync::OnceLock::new(),
+            threads: std::sync::OnceLock::new(),
             live: Vec::new(),
             batch_stats: Arc::default(),
         })
@@ -592,28 +592,40 @@ impl Plugin {
         self.session(home, false)
     }
 
-    /// With shared instances: the tasks their listener connections run in,
-    /// one per instance (see [`groups`]), started on first use on the
-    /// current runtime. `None` with an instance per connection.
-    pub fn instance_groups(self: &Arc<Self>) -> Option<&[groups::InstanceGroup]> {
+    /// With shared instances: the threads they live on, one per instance
+    /// (see [`threads`]), started on first use. A listener accepts on each
+    /// and runs a connection's task on its instance's thread. `None` with an
+    /// instance per connection, or if the threads could not be started (the
+    /// connections then run on the reactor's runtime, round robin).
+    pub fn instance_threads(&self) -> Option<&[threads::InstanceThread]> {
         let Sharing::Shared(_) = self.sharing else {
             return None;
         };
-        let groups = self.groups.get_or_init(|| {
+        let threads = self.threads.get_or_init(|| {
             (0..self.shared.len())
-                .map(|_| groups::InstanceGroup::start(self))
-                .collect()
+                .map(|i| threads::InstanceThread::start(&self.name, i))
+                .collect::<Result<Vec<_>, _>>()
+                .unwrap_or_else(|e| {
+                    tracing::warn!(plugin = %self.name, error = %e, "cannot start the shared instances' threads; their connections run on the reactor's threads");
+                    Vec::new()
+                })
         });
-        Some(groups.as_slice())
+        (!threads.is_empty()).then_some(threads.as_slice())
     }
 
-    /// Picks the shared instance with the fewest live listener
-    /// connections (the first of them) for a new connection, which counts
-    /// as live on it until the returned guard is dropped.
-    pub fn assign_instance(self: &Arc<Self>) -> groups::LiveGuard {
+    /// Picks the shared instance for a connection accepted on instance
+    /// `here`'s thread: `here`, unless it has more live connections than
+    /// another instance; then the first of the least busy. The connection
+    /// counts as live on it until the returned guard is dropped.
+    pub fn assign_instance(self: &Arc<Self>, here: usize) -> threads::LiveGuard {
         let live = |i: usize| self.live[i].load(Ordering::Relaxed);
-        let instance = (0..self.live.len()).min_by_key(|&i| live(i)).unwrap_or(0);
-        groups::LiveGuard::new(self.clone(), instance)
+        let least = (0..self.live.len()).min_by_key(|&i| live(i)).unwrap_or(0);
+        let instance = if here < self.live.len() && live(here) <= live(least) {
+            here
+        } else {
+            least
+        };
+        threads::LiveGuard::new(self.clone(), instance)
     }
 
     /// The live-connection counter of shared instance `i`.
@@ -622,8 +634,8 @@ impl Plugin {
     }
 
     /// A session on shared instance `index` (from
-    /// [`Plugin::assign_instance`]), for a connection that runs in that
-    /// instance's group ([`groups`]); an instance that faulted is replaced by a
+    /// [`Plugin::assign_instance`]), for a connection whose task runs on
+    /// that instance's thread; an instance that faulted is replaced by a
     /// fresh one. Its reads are delivered in batches if the component
     /// exports `batch` ([`batch`]). Falls back to [`Plugin::instantiate`]
     /// for a plugin without shared instances.
