@@ -67,6 +67,7 @@ pub async fn run(stream: TcpStream, session: &mut Session, shutdown: &Shutdown) 
         stream: Arc::new(stream),
         eof: false,
         paused: false,
+        finished: false,
     };
     let reason = match session.make_connection(peer, host) {
         Ok(()) => conn.drive(session, shutdown).await,
@@ -92,12 +93,27 @@ struct Conn {
     stream: Arc<TcpStream>,
     eof: bool,
     paused: bool,
+    /// The connection ended on purpose: cleanly (FIN sent after every byte)
+    /// or with a reset already arranged.
+    finished: bool,
+}
+
+impl Drop for Conn {
+    /// A connection dropped before it ended (its task cancelled when the
+    /// process exits) resets: a FIN would make whatever output was cut off
+    /// look complete.
+    fn drop(&mut self) {
+        if !self.finished {
+            self.abort();
+        }
+    }
 }
 
 impl Conn {
-    /// Closes with a reset.
-    fn abort(&self) {
-        let _ = socket2::SockRef::from(&self.stream).set_linger(Some(Duration::ZERO));
+    /// Closes with a reset (once the socket is dropped).
+    fn abort(&mut self) {
+        self.finished = true;
+        let _ = socket2::SockRef::from(&*self.stream).set_linger(Some(Duration::ZERO));
     }
 
     /// Reads what the socket has into `buf` without blocking.
@@ -175,7 +191,8 @@ impl Conn {
         // One shutdown future for the whole connection, registered once
         // rather than on every pass of the loop.
         let stop = shutdown.recv();
-        tokio::pin!(stop);
+        let abort = shutdown.aborted();
+        tokio::pin!(stop, abort);
         let mut stopping = false;
         // On a shared instance: the instance's fault signal, and wake-ups
         // from other connections' callbacks that changed this transport.
@@ -260,6 +277,15 @@ impl Conn {
                 () = async { if let Some(f) = fault.as_mut() { f.await } }, if fault.is_some() => {
                     return Err(GuestFault::Poisoned);
                 }
+                () = &mut abort => {
+                    // The shutdown deadline passed with this connection
+                    // still open: reset, so the peer sees the truncation.
+                    self.abort();
+                    shutdown.count_reset();
+                    let unsent = session.transport().out.len();
+                    tracing::warn!(plugin = %session.plugin().name, unsent, "shutdown deadline passed: connection reset, unsent output dropped");
+                    return Ok(Reason::Lost("shutdown deadline passed; connection reset".into()));
+                }
                 () = &mut stop, if !stopping => {
                     stopping = true;
                     // Graceful shutdown: as if the protocol called lose-connection.
@@ -275,6 +301,7 @@ impl Conn {
     /// Sends FIN, waits briefly for the peer's FIN (discarding input), and
     /// reports a clean close.
     async fn close_cleanly(&mut self) -> Reason {
+        self.finished = true;
         let _ = socket2::SockRef::from(&*self.stream).shutdown(std::net::Shutdown::Write);
         if !self.eof {
             let mut sink = [0u8; 4096];

@@ -25,7 +25,8 @@
 //! | [`runtime::limits`] | memory, CPU, backpressure limits; the pooling allocator |
 //! | [`runtime::threads`] | the thread each shared instance and its connections live on |
 //! | [`runtime::batch`] | batched delivery: several connections' reads in one guest call on a shared instance |
-//! | [`runtime::output`] | guest stdout/stderr, attributed to the plugin |
+//! | [`runtime::output`] | guest stdout/stderr, attributed to the plugin, control characters escaped |
+//! | [`sink`] | the host's stdout and stderr: bounded queues and writer threads, so output never blocks the reactor |
 //! | [`testing`] | the StringTransport-style test transport for guest authors |
 //!
 //! The data path reads in three files: [`connection`] (socket ↔ buffer ↔
@@ -42,6 +43,7 @@ pub mod listener;
 pub mod reactor;
 pub mod runtime;
 pub mod shutdown;
+pub mod sink;
 pub mod testing;
 
 pub use config::Config;

@@ -75,7 +75,8 @@ fn init_tracing(cli: &Cli) {
     });
     tracing_subscriber::fmt()
         .with_env_filter(filter)
-        .with_writer(std::io::stderr)
+        // Never blocks a reactor thread on a stalled stderr.
+        .with_writer(twill::sink::StderrLog)
         .with_target(false)
         .init();
 }
@@ -113,6 +114,13 @@ fn reactor_runtime(config: &Config) -> Result<tokio::runtime::Runtime, ExitCode>
 }
 
 fn main() -> ExitCode {
+    let code = twill_main();
+    // Bounded: a stalled stdout or stderr cannot hold up the exit.
+    twill::sink::flush_at_exit();
+    code
+}
+
+fn twill_main() -> ExitCode {
     let cli = Cli::parse();
     init_tracing(&cli);
     let (Command::Check { config: path } | Command::Run { config: path }) = &cli.command;
@@ -161,9 +169,10 @@ async fn run(config: Config) -> ExitCode {
     let (stop_tx, stop_rx) = tokio::sync::mpsc::channel(2);
     tokio::spawn(async move {
         use tokio::signal::unix::{SignalKind, signal};
-        let (Ok(mut term), Ok(mut int)) = (
+        let (Ok(mut term), Ok(mut int), Ok(mut hup)) = (
             signal(SignalKind::terminate()),
             signal(SignalKind::interrupt()),
+            signal(SignalKind::hangup()),
         ) else {
             tracing::error!("cannot install signal handlers");
             return;
@@ -172,6 +181,12 @@ async fn run(config: Config) -> ExitCode {
             tokio::select! {
                 _ = term.recv() => tracing::info!("SIGTERM received"),
                 _ = int.recv() => tracing::info!("SIGINT received"),
+                _ = hup.recv() => {
+                    // SIGHUP's default action would kill the process and cut
+                    // every connection's output short; it will mean reload.
+                    tracing::warn!("SIGHUP received: reloading is not supported yet; ignored");
+                    continue;
+                }
             }
             if stop_tx.send(()).await.is_err() {
                 return;

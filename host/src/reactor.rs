@@ -13,6 +13,9 @@ use crate::listener::{BindError, Listener, ListenerStats};
 use crate::runtime::Runtime;
 use crate::shutdown::ShutdownController;
 
+/// How long connections get to reset once the shutdown deadline passed.
+const ABORT_GRACE: std::time::Duration = std::time::Duration::from_millis(500);
+
 /// How a run ended.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum RunEnd {
@@ -111,11 +114,19 @@ impl Reactor {
         tokio::select! {
             () = controller.wait() => RunEnd::Clean,
             () = tokio::time::sleep(deadline) => {
-                tracing::warn!(timeout = ?deadline, "shutdown deadline passed with connections still open");
+                // Output still queued would be lost behind a clean FIN that
+                // looks complete: every connection still open resets instead.
+                controller.abort();
+                let _ = tokio::time::timeout(ABORT_GRACE, controller.wait()).await;
+                let reset = controller.reset_count();
+                tracing::warn!(timeout = ?deadline, reset, "shutdown deadline passed with connections still open: {reset} reset, their unsent output dropped");
                 RunEnd::DeadlineExceeded
             }
             Some(()) = stop.recv() => {
-                tracing::warn!("second stop request: exiting now");
+                controller.abort();
+                let _ = tokio::time::timeout(ABORT_GRACE, controller.wait()).await;
+                let reset = controller.reset_count();
+                tracing::warn!(reset, "second stop request: exiting now; {reset} connection(s) still open were reset");
                 RunEnd::Forced
             }
         }

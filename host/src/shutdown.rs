@@ -1,6 +1,9 @@
 //! The shutdown signal, mini-redis style: one signal every task listens on,
 //! plus a completion channel whose senders the tasks hold, so the reactor
-//! can wait until every connection has finished.
+//! can wait until every connection has finished. A second signal, *abort*,
+//! fires when the graceful deadline passes: connections still holding
+//! unsent output then reset (never a clean close that would disguise the
+//! truncation), and count themselves.
 //!
 //! The signal is a flag plus a registry of wakers rather than a broadcast
 //! channel or a `Notify`: every connection polls it on every pass of its
@@ -49,29 +52,49 @@ impl Wakers {
     }
 }
 
-/// A clonable handle that hands out [`Shutdown`] listeners.
-#[derive(Debug, Clone, Default)]
-pub struct ShutdownSignal(Arc<Signal>);
-
-impl ShutdownSignal {
-    /// Fires the signal: every listener's `recv` completes, now and later.
-    pub fn fire(&self) {
-        self.0.fired.store(true, Ordering::Release);
-        let wakers = self.0.wakers.lock().unwrap_or_else(|e| e.into_inner());
+impl Signal {
+    fn fire(&self) {
+        self.fired.store(true, Ordering::Release);
+        let wakers = self.wakers.lock().unwrap_or_else(|e| e.into_inner());
         for w in wakers.slots.iter().flatten() {
             w.wake_by_ref();
         }
     }
+}
+
+/// What the abort signal carries: the signal, and how many connections
+/// reset because of it.
+#[derive(Debug, Default)]
+struct Abort {
+    signal: Signal,
+    reset: std::sync::atomic::AtomicU64,
+}
+
+/// A clonable handle that hands out [`Shutdown`] listeners.
+#[derive(Debug, Clone, Default)]
+pub struct ShutdownSignal {
+    signal: Arc<Signal>,
+    /// The reactor's signal has an abort signal; a shared instance's fault
+    /// signal has none.
+    abort: Option<Arc<Abort>>,
+}
+
+impl ShutdownSignal {
+    /// Fires the signal: every listener's `recv` completes, now and later.
+    pub fn fire(&self) {
+        self.signal.fire();
+    }
 
     /// Whether the signal has fired.
     pub fn is_fired(&self) -> bool {
-        self.0.fired.load(Ordering::Acquire)
+        self.signal.fired.load(Ordering::Acquire)
     }
 
     /// A new listener.
     pub fn subscribe(&self) -> Shutdown {
         Shutdown {
-            signal: self.0.clone(),
+            signal: self.signal.clone(),
+            abort: self.abort.clone(),
         }
     }
 }
@@ -80,9 +103,34 @@ impl ShutdownSignal {
 #[derive(Debug)]
 pub struct Shutdown {
     signal: Arc<Signal>,
+    abort: Option<Arc<Abort>>,
 }
 
 impl Shutdown {
+    /// Waits for the abort signal (the graceful deadline passed): the task
+    /// must then reset its connection if it still has output unsent, and
+    /// call [`Shutdown::count_reset`]. Never completes for a listener
+    /// without one.
+    pub async fn aborted(&self) {
+        match &self.abort {
+            Some(a) => {
+                Recv {
+                    signal: &a.signal,
+                    slot: None,
+                }
+                .await
+            }
+            None => std::future::pending().await,
+        }
+    }
+
+    /// Counts a connection reset by the abort signal.
+    pub fn count_reset(&self) {
+        if let Some(a) = &self.abort {
+            a.reset.fetch_add(1, Ordering::Relaxed);
+        }
+    }
+
     /// Whether shutdown has been signalled.
     pub fn is_shutdown(&self) -> bool {
         self.signal.fired.load(Ordering::Acquire)
@@ -151,6 +199,7 @@ impl Drop for Recv<'_> {
 #[derive(Debug)]
 pub struct ShutdownController {
     signal: ShutdownSignal,
+    abort: Arc<Abort>,
     done_tx: Option<mpsc::Sender<()>>,
     done_rx: mpsc::Receiver<()>,
 }
@@ -170,8 +219,13 @@ impl ShutdownController {
     /// A controller with no tasks yet.
     pub fn new() -> Self {
         let (done_tx, done_rx) = mpsc::channel(1);
+        let abort = Arc::new(Abort::default());
         ShutdownController {
-            signal: ShutdownSignal::default(),
+            signal: ShutdownSignal {
+                signal: Arc::default(),
+                abort: Some(abort.clone()),
+            },
+            abort,
             done_tx: Some(done_tx),
             done_rx,
         }
@@ -199,6 +253,17 @@ impl ShutdownController {
     /// Tells every task to shut down.
     pub fn signal(&self) {
         self.signal.fire();
+    }
+
+    /// Tells every task still running to stop now: a connection with
+    /// output unsent resets.
+    pub fn abort(&self) {
+        self.abort.signal.fire();
+    }
+
+    /// How many connections reset because of [`abort`](Self::abort).
+    pub fn reset_count(&self) -> u64 {
+        self.abort.reset.load(Ordering::Relaxed)
     }
 
     /// Waits until every [`TaskGuard`] has been dropped. No new guards can

@@ -4,9 +4,10 @@
 //!
 //! Output is line-buffered per stream, and a line is cut at
 //! [`MAX_LINE`] bytes so a guest cannot grow host memory by never printing
-//! a newline.
+//! a newline. Control characters are escaped (a guest cannot forge or hide
+//! host log lines) and lines are handed to [`crate::sink`], which never
+//! blocks the reactor.
 
-use std::io::Write;
 use std::pin::Pin;
 use std::sync::{Arc, Mutex};
 use std::task::{Context, Poll};
@@ -45,19 +46,20 @@ impl Sink {
     fn emit(&self, line: &[u8]) {
         match self {
             Sink::Host { plugin, std } => {
+                let line = line.strip_suffix(b"\n").unwrap_or(line);
                 let mut msg = Vec::with_capacity(plugin.len() + line.len() + 4);
                 msg.push(b'[');
                 msg.extend_from_slice(plugin.as_bytes());
                 msg.extend_from_slice(b"] ");
-                msg.extend_from_slice(line);
-                if !line.ends_with(b"\n") {
-                    msg.push(b'\n');
-                }
-                // A closed host stdout must not take the guest down with it.
-                let _ = match std {
-                    Std::Out => std::io::stdout().lock().write_all(&msg),
-                    Std::Err => std::io::stderr().lock().write_all(&msg),
-                };
+                crate::sink::escape_into(&mut msg, line);
+                msg.push(b'\n');
+                // Never blocks: a record the host stream cannot take now is
+                // dropped and counted (see `crate::sink`).
+                crate::sink::pipe(match std {
+                    Std::Out => crate::sink::Stream::Stdout,
+                    Std::Err => crate::sink::Stream::Stderr,
+                })
+                .push(msg);
             }
             Sink::Capture(buf) => buf.lock().unwrap().extend_from_slice(line),
         }

@@ -213,10 +213,32 @@ pub fn spawn_cmd(cmd: &mut Command, listeners: usize) -> Child2 {
         .stderr(Stdio::piped())
         .spawn()
         .unwrap();
-    let stderr = std::sync::Arc::new(std::sync::Mutex::new(String::new()));
+    let stderr = pump_stderr(&mut child);
     let stdout = std::sync::Arc::new(std::sync::Mutex::new(String::new()));
-    pump(child.stderr.take().unwrap(), stderr.clone());
     pump(child.stdout.take().unwrap(), stdout.clone());
+    let addrs = wait_listening(&mut child, &stderr, listeners);
+    Child2 {
+        child,
+        addrs,
+        stderr,
+        stdout,
+    }
+}
+
+/// Collects a child's stderr, line by line, as it comes.
+pub fn pump_stderr(child: &mut Child) -> std::sync::Arc<std::sync::Mutex<String>> {
+    let stderr = std::sync::Arc::new(std::sync::Mutex::new(String::new()));
+    pump(child.stderr.take().unwrap(), stderr.clone());
+    stderr
+}
+
+/// Waits until the child's log (collected in `stderr`) shows `listeners`
+/// listeners up, and returns their addresses.
+pub fn wait_listening(
+    child: &mut Child,
+    stderr: &std::sync::Mutex<String>,
+    listeners: usize,
+) -> Vec<SocketAddr> {
     let start = Instant::now();
     loop {
         let addrs: Vec<SocketAddr> = stderr
@@ -233,12 +255,7 @@ pub fn spawn_cmd(cmd: &mut Command, listeners: usize) -> Child2 {
             })
             .collect();
         if addrs.len() >= listeners {
-            return Child2 {
-                child,
-                addrs,
-                stderr,
-                stdout,
-            };
+            return addrs;
         }
         if let Ok(Some(status)) = child.try_wait() {
             panic!(
@@ -253,6 +270,16 @@ pub fn spawn_cmd(cmd: &mut Command, listeners: usize) -> Child2 {
         );
         std::thread::sleep(Duration::from_millis(20));
     }
+}
+
+/// The address the child's log says `plugin` listens on.
+pub fn listening_addr(stderr: &std::sync::Mutex<String>, plugin: &str) -> SocketAddr {
+    let log = strip_ansi(&stderr.lock().unwrap());
+    log.lines()
+        .filter(|l| l.contains("listening") && l.contains(&format!("plugin={plugin} ")))
+        .filter_map(|l| l.split("addr=").nth(1))
+        .find_map(|a| a.split_whitespace().next().and_then(|a| a.parse().ok()))
+        .unwrap_or_else(|| panic!("no listener for {plugin}: {log}"))
 }
 
 /// Removes ANSI colour codes.
