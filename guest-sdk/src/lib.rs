@@ -201,6 +201,14 @@ impl Transport {
         self.inner.write_sequence(&bufs);
     }
 
+    /// The raw handle of the `transport` resource, for code that calls the
+    /// `twill:protocol/transport` imports directly (the host's test kit
+    /// does, to act as a hostile guest would). Protocols never need it.
+    #[doc(hidden)]
+    pub fn raw_handle(&self) -> u32 {
+        self.inner.handle.handle()
+    }
+
     /// Close the connection after writing all pending data. The protocol's
     /// [`Protocol::connection_lost`] follows with [`Reason::Done`]; no more
     /// data is delivered.

@@ -88,7 +88,10 @@ pub struct HostSettings {
     pub shutdown_timeout: Duration,
     /// How many component instances may be alive at once, across plugins:
     /// the size of the pooling allocator. Each live connection holds one.
-    pub max_instances: u32,
+    /// `None`: as many as the system allows, up to 10,000.
+    pub max_instances: Option<u32>,
+    /// The most unsent output held across all connections.
+    pub max_queued_output: usize,
     /// How many reactor threads run callbacks and drive the sockets (tokio
     /// worker threads). `None`: one per CPU. Twisted's reactor is one
     /// thread; `threads = 1` is the same model.
@@ -99,7 +102,8 @@ impl Default for HostSettings {
     fn default() -> Self {
         HostSettings {
             shutdown_timeout: Duration::from_secs(5),
-            max_instances: 10_000,
+            max_instances: None,
+            max_queued_output: 256 << 20,
             threads: None,
         }
     }
@@ -123,6 +127,8 @@ pub struct PluginConfig {
     /// Line of the plugin's table, for later errors (such as a component
     /// that fails to load).
     pub line: usize,
+    /// `max-instances`: the most live instances this plugin may hold.
+    pub max_instances: Option<u32>,
 }
 
 /// `[[listen]]`: Twisted's `reactor.listenTCP(port, factory, interface=...)`.
@@ -401,7 +407,7 @@ impl Config {
             }
             if let Some(n) = h.max_instances {
                 match u32::try_from(*n.get_ref()) {
-                    Ok(v) if v > 0 => host.max_instances = v,
+                    Ok(v) if v > 0 => host.max_instances = Some(v),
                     _ => errors.push(loc.error(
                         Some(n.span()),
                         "host.max-instances",
@@ -582,6 +588,7 @@ impl Config {
                     clock: p.clock.unwrap_or(false),
                     sharing,
                     line,
+                    max_instances: None,
                 },
             );
         }

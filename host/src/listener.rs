@@ -17,7 +17,8 @@ use wasmtime::Engine;
 
 use crate::config::ListenConfig;
 use crate::connection::{self, End};
-use crate::runtime::{Plugin, threads};
+use crate::runtime::pool::InstancePermit;
+use crate::runtime::{Plugin, Sharing, threads};
 use crate::shutdown::{Shutdown, ShutdownSignal, TaskGuard};
 
 /// Why a listener could not start.
@@ -56,6 +57,9 @@ pub struct ListenerStats {
     pub faulted: AtomicU64,
     /// Connections that could not get an instance (pool exhausted).
     pub instantiation_failed: AtomicU64,
+    /// Connections closed at once because the plugin was at its
+    /// `max-instances`.
+    pub rejected_at_capacity: AtomicU64,
 }
 
 /// A bound listener, ready to serve.
@@ -206,12 +210,33 @@ impl Acceptor {
                 drop(stream);
                 continue;
             };
+            // An instance of its own is reserved now, so that a plugin at
+            // its cap refuses here, with a count, rather than failing deep
+            // in instantiation.
+            let reserved = if self.plugin.sharing() == Sharing::PerConnection {
+                match self.plugin.reserve_instance() {
+                    Ok(p) => Some(p),
+                    Err(e) => {
+                        let n = self.stats.rejected_at_capacity.fetch_add(1, Ordering::Relaxed);
+                        // One line for the first refusal of a burst, then
+                        // one per thousand.
+                        if n % 1000 == 0 {
+                            tracing::warn!(plugin = %plugin_name, %peer, refused = n + 1, "{e}; closing new connections until one ends");
+                        }
+                        drop(stream);
+                        continue;
+                    }
+                }
+            } else {
+                None
+            };
             let _ = stream.set_nodelay(true);
             let task = ServerConnection {
                 plugin: self.plugin.clone(),
                 engine: self.engine.clone(),
                 stats: self.stats.clone(),
                 peer,
+                reserved,
             };
             let conn_shutdown = self.notify.subscribe();
             let conn_guard = self.guard.clone();
@@ -262,6 +287,8 @@ struct ServerConnection {
     engine: Engine,
     stats: Arc<ListenerStats>,
     peer: SocketAddr,
+    /// The place reserved under the plugin's `max-instances`.
+    reserved: Option<InstancePermit>,
 }
 
 impl ServerConnection {
@@ -274,11 +301,12 @@ impl ServerConnection {
             engine,
             stats,
             peer,
+            reserved,
         } = self;
         let name = &plugin.name;
         let session = match instance {
             Some(i) => plugin.instantiate_on(&engine, i),
-            None => plugin.instantiate(&engine),
+            None => plugin.instantiate_reserved(&engine, reserved),
         };
         let mut session = match session {
             Ok(s) => s,

@@ -201,3 +201,261 @@ fn sighup_neither_kills_twill_nor_cuts_a_stream_short() {
     assert!(status.success());
     assert!(server.stderr.lock().unwrap().contains("SIGHUP received"));
 }
+
+/// A value from `/proc/PID/status`, in KiB.
+fn status_kib(pid: u32, key: &str) -> u64 {
+    std::fs::read_to_string(format!("/proc/{pid}/status"))
+        .unwrap()
+        .lines()
+        .find(|l| l.starts_with(key))
+        .and_then(|l| l.split_whitespace().nth(1))
+        .and_then(|v| v.parse().ok())
+        .unwrap()
+}
+
+/// Sends `cmd` and returns the first reply line, or `None` if the
+/// connection ended (closed or reset) first.
+fn first_line(s: &mut TcpStream, cmd: &str) -> Option<String> {
+    s.set_read_timeout(Some(Duration::from_secs(30))).unwrap();
+    s.write_all(format!("{cmd}\n").as_bytes()).ok()?;
+    let mut got = Vec::new();
+    let mut b = [0u8; 1];
+    loop {
+        match s.read(&mut b) {
+            Ok(1) if b[0] == b'\n' => return Some(String::from_utf8_lossy(&got).into()),
+            Ok(1) => got.push(b[0]),
+            _ => return None,
+        }
+    }
+}
+
+/// Defect 2: every WASI resource a guest creates lives in the host's
+/// resource table, outside the guest's `memory` limit: 20 connections
+/// each leaking 20,000 streams held ~100 MiB of host memory. Now an
+/// instance holds at most `max-resources` (default 1,000) and the call
+/// past it traps, ending only that connection.
+#[test]
+fn host_side_resources_are_bounded_per_instance() {
+    let cfg = write_config(&support::server_config(&testkit_wasm(), ""));
+    let mut server = spawn_run(&cfg, 1);
+    let pid = server.child.id();
+    let before = status_kib(pid, "VmRSS");
+    let mut conns: Vec<TcpStream> = (0..20)
+        .map(|_| TcpStream::connect(server.addrs[0]).unwrap())
+        .collect();
+    let replies: Vec<Option<String>> = conns
+        .iter_mut()
+        .map(|s| first_line(s, "leak 20000"))
+        .collect();
+    let grown = status_kib(pid, "VmRSS").saturating_sub(before);
+    let mut ok = TcpStream::connect(server.addrs[0]).unwrap();
+    assert_eq!(first_line(&mut ok, "echo fine").as_deref(), Some("fine"));
+    let log = server.stderr.lock().unwrap().clone();
+    signal(&server.child, libc::SIGTERM);
+    wait_exit(&mut server.child, Duration::from_secs(10));
+    eprintln!("20 x leak 20000: RSS grew {grown} KiB; replies {:?}", &replies[..2]);
+    assert!(
+        replies.iter().all(Option::is_none),
+        "every leaking connection is ended: {replies:?}"
+    );
+    assert!(grown < 48 << 10, "host RSS grew {grown} KiB");
+    assert!(log.contains("guest trapped"), "{log}");
+}
+
+/// Defect 2: `write-sequence` with 1,000 entries pointing at one 1 MiB
+/// buffer made the host copy 1,000 MiB before `max-output` (16 MiB) was
+/// checked. Now the total is checked before a byte is copied.
+#[test]
+fn write_sequence_is_checked_against_max_output_before_copying() {
+    let cfg = write_config(&support::server_config(&testkit_wasm(), ""));
+    let mut server = spawn_run(&cfg, 1);
+    let pid = server.child.id();
+    let before = status_kib(pid, "VmHWM");
+    let mut s = TcpStream::connect(server.addrs[0]).unwrap();
+    let reply = first_line(&mut s, "amplify 1048576 1000");
+    let peak = status_kib(pid, "VmHWM").saturating_sub(before);
+    // A sequence within the limit still goes through, byte-exact.
+    let mut s2 = TcpStream::connect(server.addrs[0]).unwrap();
+    s2.write_all(b"seq 1000 50\necho end\n").unwrap();
+    let mut got = vec![0u8; 50_000 + 4];
+    s2.read_exact(&mut got).unwrap();
+    assert!(is_pattern(&got[..50_000], 0) && &got[50_000..] == b"end\n");
+    signal(&server.child, libc::SIGTERM);
+    wait_exit(&mut server.child, Duration::from_secs(10));
+    eprintln!("amplify 1 MiB x 1000: peak RSS grew {peak} KiB");
+    assert_eq!(reply, None, "the guest traps on max-output");
+    assert!(peak < 64 << 10, "host peak RSS grew {peak} KiB");
+    assert!(server.stderr.lock().unwrap().contains("output limit exceeded"));
+}
+
+/// Defect 2: 12 clients that never read, each making the guest queue
+/// 12 MB, held 144 MB of host memory with no cap across connections. With
+/// `[host] max-queued-output`, the connections past the ceiling that hold
+/// more than their high-water mark are reset; the others are served whole.
+#[test]
+fn queued_output_across_connections_has_a_ceiling() {
+    let cfg = write_config(&format!(
+        "[host]\nmax-queued-output = \"32MiB\"\n{}",
+        support::server_config(&testkit_wasm(), "")
+    ));
+    let mut server = spawn_run(&cfg, 1);
+    let pid = server.child.id();
+    let before = status_kib(pid, "VmRSS");
+    let mut conns: Vec<TcpStream> = (0..12)
+        .map(|_| {
+            let mut s = TcpStream::connect(server.addrs[0]).unwrap();
+            s.write_all(b"big 12000000\n").unwrap();
+            s
+        })
+        .collect();
+    std::thread::sleep(Duration::from_millis(1500));
+    let grown = status_kib(pid, "VmRSS").saturating_sub(before);
+    let (mut whole, mut reset) = (0, 0);
+    for s in &mut conns {
+        let (got, end) = read_all(s);
+        assert!(is_pattern(&got, 0));
+        match end {
+            Ok(()) => {
+                assert_eq!(got.len(), 12_000_000, "a clean end means every byte");
+                whole += 1;
+            }
+            Err(e) => {
+                assert_eq!(e.kind(), std::io::ErrorKind::ConnectionReset, "{e}");
+                reset += 1;
+            }
+        }
+    }
+    signal(&server.child, libc::SIGTERM);
+    wait_exit(&mut server.child, Duration::from_secs(10));
+    eprintln!("12 x 12 MB unread, ceiling 32 MiB: RSS grew {grown} KiB; {whole} whole, {reset} reset");
+    assert!(whole >= 1 && reset >= 1, "{whole} whole, {reset} reset");
+    assert!(grown < 80 << 10, "host RSS grew {grown} KiB");
+    assert!(
+        server
+            .stderr
+            .lock()
+            .unwrap()
+            .contains("reached max-queued-output")
+    );
+}
+
+/// Defect 3: the instance pool was shared by all plugins, so 200 idle
+/// clients on plugin A made plugin B's connections fail. Each plugin now
+/// has a cap (an equal share of the pool by default), and a connection
+/// over it is refused when accepted, with a count.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn one_plugin_cannot_starve_another_of_instances() {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let echo = echo_wasm().display().to_string();
+    let running = support::start(&format!(
+        "[host]\nmax-instances = 20\n\n\
+         [plugins.p]\ncomponent = {echo:?}\n{mem}\n\
+         [plugins.q]\ncomponent = {echo:?}\n{mem}\n\
+         [[listen]]\nport = 0\nplugin = \"p\"\n\n\
+         [[listen]]\nport = 0\nplugin = \"q\"\n",
+        mem = support::memory_line(),
+    ))
+    .await;
+    let (a, b) = (running.addrs[0], running.addrs[1]);
+    // 30 idle clients on p: its share is 10.
+    let mut idle = Vec::new();
+    for _ in 0..30 {
+        idle.push(tokio::net::TcpStream::connect(a).await.unwrap());
+    }
+    let t0 = Instant::now();
+    while running.stats[0]
+        .rejected_at_capacity
+        .load(std::sync::atomic::Ordering::Relaxed)
+        < 20
+    {
+        assert!(t0.elapsed() < Duration::from_secs(10), "refusals counted");
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
+    // q still serves 10 connections at once.
+    let mut served = Vec::new();
+    for i in 0..10 {
+        let mut s = tokio::net::TcpStream::connect(b).await.unwrap();
+        let msg = format!("q {i}\n");
+        s.write_all(msg.as_bytes()).await.unwrap();
+        let mut back = vec![0u8; msg.len()];
+        tokio::time::timeout(Duration::from_secs(10), s.read_exact(&mut back))
+            .await
+            .expect("q answers")
+            .unwrap();
+        assert_eq!(back, msg.as_bytes());
+        served.push(s);
+    }
+    let refused = running.stats[0]
+        .rejected_at_capacity
+        .load(std::sync::atomic::Ordering::Relaxed);
+    assert_eq!(refused, 20);
+    drop((idle, served));
+    running.shutdown().await;
+}
+
+/// Defect 6: `twill check` passed a component that cannot start within
+/// its own plugin's `memory` when another plugin had a larger limit; every
+/// connection then failed at run time.
+#[test]
+fn check_tries_each_component_against_its_own_plugins_limits() {
+    let echo = echo_wasm().display().to_string();
+    let cfg = write_config(&format!(
+        "[plugins.small]\ncomponent = {echo:?}\nmemory = \"1MiB\"\n\n\
+         [plugins.big]\ncomponent = {echo:?}\nmemory = \"64MiB\"\n\n\
+         [[listen]]\nport = 0\nplugin = \"small\"\n\n\
+         [[listen]]\nport = 0\nplugin = \"big\"\n"
+    ));
+    let out = twill().arg("check").arg(&cfg).output().unwrap();
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert_eq!(out.status.code(), Some(2), "{err}");
+    assert!(err.contains(":1: plugins.small.component"), "{err}");
+    assert!(
+        err.contains("needs at least") && err.contains("plugins.small.memory"),
+        "{err}"
+    );
+    assert!(!err.contains("plugins.big"), "{err}");
+}
+
+/// Defect 6: an instance pool the system cannot hold failed at run time
+/// (`Cannot allocate memory` from the 6,365th connection, or mmap jargon at
+/// start). `twill check` now names the key, the limit, and what to raise.
+#[test]
+fn check_rejects_an_instance_pool_the_system_cannot_hold() {
+    let echo = echo_wasm().display().to_string();
+    let run = |host: &str, memory: &str| {
+        let cfg = write_config(&format!(
+            "[host]\n{host}\n\n[plugins.p]\ncomponent = {echo:?}\nmemory = {memory:?}\n\n\
+             [[listen]]\nport = 0\nplugin = \"p\"\n"
+        ));
+        let out = twill().arg("check").arg(&cfg).output().unwrap();
+        (out.status.code(), String::from_utf8_lossy(&out.stderr).to_string())
+    };
+    // Address space: 20,000 slots of 2 x 4 GiB is 160 TiB.
+    let (code, err) = run("max-instances = 20000", "4GiB");
+    assert_eq!(code, Some(2), "{err}");
+    assert!(
+        err.contains("host.max-instances") && err.contains("address space"),
+        "{err}"
+    );
+    // The default pool shrinks to fit instead, and says what it reserves.
+    let (code, err) = run("", "4GiB");
+    assert_eq!(code, Some(0), "{err}");
+    assert!(err.contains("instance pool"), "{err}");
+    // Memory maps: past vm.max_map_count.
+    let maps: u64 = std::fs::read_to_string("/proc/sys/vm/max_map_count")
+        .unwrap()
+        .trim()
+        .parse()
+        .unwrap();
+    let too_many = maps / 4;
+    if too_many <= 1_000_000 {
+        let (code, err) = run(&format!("max-instances = {too_many}"), "16MiB");
+        assert_eq!(code, Some(2), "{err}");
+        assert!(
+            err.contains("vm.max_map_count") && err.contains("sysctl -w vm.max_map_count="),
+            "{err}"
+        );
+    } else {
+        eprintln!("vm.max_map_count is {maps}: no pool within range exceeds it");
+    }
+}

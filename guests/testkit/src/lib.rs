@@ -27,6 +27,8 @@
 //! | `keep` | keeps a clone of this transport forever, even after the connection ends |
 //! | `say-kept TEXT` | writes `TEXT\n` to every kept transport |
 //! | `served` | writes `served=N live=L room=M\n`: protocols this instance has built, how many are not yet dropped, connections in its room |
+//! | `leak N` | creates N WASI output streams and never drops them (host-side resources), then writes `leaked N\n` |
+//! | `amplify N K` | one `write-sequence` of K entries that all point at one N-byte buffer (a raw call, as a hostile guest would make), then writes `amplified\n` |
 //!
 //! Its factory refuses (returns none for) every peer whose address is
 //! `127.0.0.66`.
@@ -231,6 +233,22 @@ impl Kit {
                     Ok(n) => t.write(format!("allowed: {n} bytes\n").as_bytes()),
                 }
             }
+            "leak" => {
+                let n: usize = rest.trim().parse().unwrap_or(0);
+                for _ in 0..n {
+                    std::mem::forget(wasi::cli::stdout::get_stdout());
+                }
+                t.write(format!("leaked {n}\n").as_bytes());
+            }
+            "amplify" => {
+                let mut it = rest
+                    .split_whitespace()
+                    .map(|x| x.parse::<usize>().unwrap_or(0));
+                let (n, k) = (it.next().unwrap_or(0), it.next().unwrap_or(0));
+                let buf = vec![b'a'; n];
+                raw::write_sequence_of_one_buffer(t.raw_handle(), &buf, k);
+                t.write(b"amplified\n");
+            }
             "sleep" => {
                 // Blocking the reactor: the host must trap this, not wait.
                 std::thread::sleep(std::time::Duration::from_millis(50));
@@ -275,3 +293,38 @@ impl Protocol for Kit {
 }
 
 export!(server: KitFactory);
+
+/// Calls the transport import directly, with arguments the SDK would never
+/// build.
+#[allow(unsafe_code)]
+mod raw {
+    /// One `list<u8>` in the canonical ABI.
+    #[repr(C)]
+    #[derive(Clone, Copy)]
+    struct Entry {
+        ptr: *const u8,
+        len: usize,
+    }
+
+    #[link(wasm_import_module = "twill:protocol/transport@0.1.0")]
+    unsafe extern "C" {
+        #[link_name = "[method]transport.write-sequence"]
+        fn write_sequence(handle: i32, list: *const Entry, len: usize);
+    }
+
+    /// `write-sequence` with `k` entries, every one of them `buf`.
+    pub fn write_sequence_of_one_buffer(handle: u32, buf: &[u8], k: usize) {
+        let entries = vec![
+            Entry {
+                ptr: buf.as_ptr(),
+                len: buf.len()
+            };
+            k
+        ];
+        // SAFETY: the canonical ABI of `write-sequence(borrow<transport>,
+        // list<list<u8>>)` on wasm32: the handle, then the list as a pointer
+        // to (pointer, length) pairs and its length. Every pointer is valid
+        // for the call's duration.
+        unsafe { write_sequence(handle as i32, entries.as_ptr(), entries.len()) }
+    }
+}

@@ -8,7 +8,8 @@
 use std::time::Duration;
 
 use wasmtime::{
-    Enabled, InstanceAllocationStrategy, PoolingAllocationConfig, StoreLimits, StoreLimitsBuilder,
+    Enabled, InstanceAllocationStrategy, PoolingAllocationConfig, ResourceLimiter, StoreLimits,
+    StoreLimitsBuilder,
 };
 
 /// How often the epoch ticks. A callback's CPU deadline is rounded up to
@@ -69,7 +70,15 @@ pub struct Limits {
     /// would pass it traps, and its connection is aborted: this bounds a
     /// guest that writes without end inside one callback. Default 16 MiB.
     pub max_output: usize,
+    /// The most host-side WASI resources (resource-table entries: streams,
+    /// pollables, ...) one instance may hold besides its connections'
+    /// transports. Each costs host memory outside the guest's `memory`
+    /// limit; past this, the call that would create one traps. Default 1000.
+    pub max_resources: usize,
 }
+
+/// The default of [`Limits::max_resources`].
+pub const DEFAULT_MAX_RESOURCES: usize = 1000;
 
 impl Default for Limits {
     fn default() -> Self {
@@ -79,25 +88,76 @@ impl Default for Limits {
             high_water: 1 << 20,
             low_water: 256 << 10,
             max_output: 16 << 20,
+            max_resources: DEFAULT_MAX_RESOURCES,
         }
     }
 }
 
 impl Limits {
-    /// The [`StoreLimits`] for one instance of this plugin.
-    pub fn store_limits(&self) -> StoreLimits {
-        StoreLimitsBuilder::new()
-            .memory_size(self.memory)
-            .memories(MAX_MEMORIES_PER_COMPONENT as usize)
-            .tables(MAX_TABLES_PER_COMPONENT as usize)
-            .instances(MAX_CORE_INSTANCES_PER_COMPONENT as usize)
-            .build()
+    /// The limiter for one instance of this plugin.
+    pub fn store_limits(&self) -> GuestLimiter {
+        GuestLimiter {
+            inner: StoreLimitsBuilder::new()
+                .memory_size(self.memory)
+                .memories(MAX_MEMORIES_PER_COMPONENT as usize)
+                .tables(MAX_TABLES_PER_COMPONENT as usize)
+                .instances(MAX_CORE_INSTANCES_PER_COMPONENT as usize)
+                .build(),
+            refused_memory: None,
+        }
     }
 
     /// The CPU budget per callback in epoch ticks (at least one).
     pub fn cpu_ticks(&self) -> u64 {
         let ticks = self.cpu.as_nanos().div_ceil(EPOCH_TICK.as_nanos());
         u64::try_from(ticks).unwrap_or(u64::MAX).max(1)
+    }
+}
+
+/// [`StoreLimits`], plus a record of the largest memory it refused, so that
+/// a component that cannot even start within its plugin's `memory` gets an
+/// error saying how much it needs.
+#[derive(Debug)]
+pub struct GuestLimiter {
+    inner: StoreLimits,
+    /// The largest linear memory size, in bytes, a growth asked for and was
+    /// refused.
+    pub refused_memory: Option<usize>,
+}
+
+impl ResourceLimiter for GuestLimiter {
+    fn memory_growing(
+        &mut self,
+        current: usize,
+        desired: usize,
+        maximum: Option<usize>,
+    ) -> wasmtime::Result<bool> {
+        let ok = self.inner.memory_growing(current, desired, maximum)?;
+        if !ok {
+            self.refused_memory = self.refused_memory.max(Some(desired));
+        }
+        Ok(ok)
+    }
+
+    fn table_growing(
+        &mut self,
+        current: usize,
+        desired: usize,
+        maximum: Option<usize>,
+    ) -> wasmtime::Result<bool> {
+        self.inner.table_growing(current, desired, maximum)
+    }
+
+    fn instances(&self) -> usize {
+        self.inner.instances()
+    }
+
+    fn tables(&self) -> usize {
+        self.inner.tables()
+    }
+
+    fn memories(&self) -> usize {
+        self.inner.memories()
     }
 }
 

@@ -41,6 +41,7 @@ pub mod batch;
 pub mod bindings;
 pub mod limits;
 pub mod output;
+pub mod pool;
 pub mod state;
 pub mod threads;
 pub mod transport;
@@ -63,7 +64,8 @@ use crate::shutdown::ShutdownSignal;
 use bindings::{batch as wit_batch, client_factory, protocol, server_factory};
 use limits::Limits;
 use output::{GuestOutput, Sink, Std};
-use state::{ConnState, CpuBudget, TransportCell, TransportState, Transports};
+use pool::{InstanceCap, InstancePermit};
+use state::{ConnState, CpuBudget, OutBuf, OutputBudget, TransportCell, TransportState, Transports};
 use transport::TransportHandle;
 
 /// The interface names a component must export for each role.
@@ -117,6 +119,11 @@ pub struct Plugin {
     live: Vec<std::sync::atomic::AtomicUsize>,
     /// Batched delivery's counters.
     batch_stats: Arc<batch::BatchStats>,
+    /// The host-wide ceiling on unsent output.
+    budget: Arc<OutputBudget>,
+    /// The cap on live instances of its own (with an instance per
+    /// connection).
+    cap: Arc<InstanceCap>,
 }
 
 /// How a plugin's instances map to connections (`instance` in
@@ -154,6 +161,10 @@ pub struct Runtime {
     linker: Linker<ConnState>,
     plugins: HashMap<String, Arc<Plugin>>,
     ticker: Arc<AtomicBool>,
+    /// The host-wide ceiling on unsent output, shared by every plugin.
+    budget: Arc<OutputBudget>,
+    /// The pool's size: instance slots.
+    pool: u32,
 }
 
 impl std::fmt::Debug for Runtime {
@@ -181,6 +192,11 @@ impl Runtime {
     /// interruption, the compile cache) and the linker (WASI p2 and the
     /// transport). `max_memory` is the largest memory limit of any plugin.
     pub fn new(settings: &HostSettings, max_memory: usize) -> anyhow::Result<Runtime> {
+        let pool = settings
+            .max_instances
+            .unwrap_or(pool::DEFAULT_MAX_INSTANCES);
+        // Whole wasm pages.
+        let max_memory = max_memory.div_ceil(64 << 10).max(1) * (64 << 10);
         let mut cfg = EngineConfig::new();
         cfg.wasm_component_model(true)
             .epoch_interruption(true)
@@ -188,7 +204,7 @@ impl Runtime {
             .memory_reservation(max_memory as u64)
             .memory_guard_size(64 << 10)
             .memory_reservation_for_growth(0)
-            .allocation_strategy(limits::pooling(settings.max_instances, max_memory));
+            .allocation_strategy(limits::pooling(pool, max_memory));
         // `TWILL_PERFMAP=1` writes /tmp/perf-PID.map so that `perf report`
         // can name the guests' JIT-compiled functions.
         if std::env::var_os("TWILL_PERFMAP").is_some_and(|v| v == "1") {
@@ -217,6 +233,7 @@ impl Runtime {
             wasmtime::component::HasSelf<ConnState>,
         >(&mut linker, |s| s)
         .map_err(wasm_err)?;
+        transport::add_writes(&mut linker).map_err(wasm_err)?;
 
         let ticker = Arc::new(AtomicBool::new(false));
         let stop = ticker.clone();
@@ -238,6 +255,8 @@ impl Runtime {
             linker,
             plugins: HashMap::new(),
             ticker,
+            budget: OutputBudget::new(settings.max_queued_output),
+            pool,
         })
     }
 
@@ -251,7 +270,20 @@ impl Runtime {
             .map(|p| p.limits.memory)
             .max()
             .unwrap_or(Limits::default().memory);
-        let mut rt = Runtime::new(&config.host, max_memory).map_err(|e| vec![e])?;
+        let file = config.path.display().to_string();
+        let pool = plan_pool(config, max_memory).map_err(|m| vec![anyhow::anyhow!("{file}: {m}")])?;
+        let host = HostSettings {
+            max_instances: Some(pool),
+            ..config.host.clone()
+        };
+        let mut rt = Runtime::new(&host, max_memory).map_err(|e| vec![e])?;
+        let caps = plugin_caps(config, pool).map_err(|m| vec![anyhow::anyhow!("{file}: {m}")])?;
+        tracing::info!(
+            slots = pool,
+            reserved = %pool::human(pool::reservation(u64::from(pool), max_memory as u64)),
+            "instance pool: {pool} slots, each with room for memories of up to {}",
+            pool::human(max_memory as u64)
+        );
         let mut errors = Vec::new();
         for (name, p) in &config.plugins {
             let err = |message: String| LoadError {
@@ -264,6 +296,21 @@ impl Runtime {
             match rt.load_plugin(name, &p.component, p.limits.clone(), p.clock) {
                 Ok(mut plugin) => {
                     plugin.set_sharing(p.sharing);
+                    if let Some(&cap) = caps.get(name) {
+                        plugin.cap.set_max(cap);
+                    }
+                    // Instantiate once now: a component that cannot even
+                    // start within its own plugin's limits fails here, not
+                    // at every connection.
+                    if let Err(f) = plugin.new_guest(&rt.engine) {
+                        errors.push(err(match f {
+                            GuestFault::MemoryAtStart { needed, limit } => format!(
+                                "the component needs at least {} of linear memory to start, more than plugins.{name}.memory ({}): raise `memory` to at least {}",
+                                pool::human(needed as u64), pool::human(limit as u64), pool::human(needed as u64)
+                            ),
+                            f => format!("the component fails to start: {f}"),
+                        }).into());
+                    }
                     if matches!(p.sharing, Sharing::Shared(_)) && !plugin.has_batch() {
                         tracing::info!(plugin = %name, "the component does not export `{BATCH}`: its shared instances get one data-received call per read");
                     }
@@ -356,6 +403,8 @@ impl Runtime {
             threads: std::sync::OnceLock::new(),
             live: Vec::new(),
             batch_stats: Arc::default(),
+            budget: self.budget.clone(),
+            cap: InstanceCap::new(self.pool as usize),
         })
     }
 
@@ -411,6 +460,18 @@ pub enum GuestFault {
     /// The instance already trapped earlier and cannot be entered.
     #[error("guest instance is unusable after an earlier fault")]
     Poisoned,
+    /// The component asked for more linear memory than its plugin's
+    /// `memory` while it was being instantiated.
+    #[error("the component needs {needed} bytes of linear memory to start; the plugin's memory limit is {limit}")]
+    MemoryAtStart {
+        /// The size it asked for.
+        needed: usize,
+        /// The plugin's limit.
+        limit: usize,
+    },
+    /// The plugin already has `max-instances` live instances.
+    #[error("the plugin is at its max-instances ({0} live instances)")]
+    AtCapacity(usize),
 }
 
 /// A frozen clock: time does not pass for a guest that was not granted one.
@@ -503,13 +564,15 @@ impl Plugin {
     /// A transport state for a new connection of this plugin.
     fn new_transport(&self) -> TransportState {
         TransportState {
+            out: OutBuf::with_budget(Some(self.budget.clone())),
             max_output: self.limits.max_output,
+            high_water: self.limits.high_water,
             ..TransportState::default()
         }
     }
 
     /// Instantiates the component in a fresh Store.
-    fn new_guest(&self, engine: &Engine) -> Result<Guest, GuestFault> {
+    pub(crate) fn new_guest(&self, engine: &Engine) -> Result<Guest, GuestFault> {
         let state = ConnState {
             wasi: self.wasi(),
             table: wasmtime::component::ResourceTable::new(),
@@ -522,8 +585,15 @@ impl Plugin {
             },
             transports: Transports::default(),
             current: None,
+            max_output: self.limits.max_output,
         };
         let mut store = Store::new(engine, state);
+        // Host-side resources are host memory: bound them (the transports
+        // of a shared instance's connections come on top, see `session`).
+        store
+            .data_mut()
+            .table
+            .set_max_capacity(self.limits.max_resources);
         store.limiter(|s| &mut s.limits);
         store.epoch_deadline_callback(|mut ctx| {
             let cpu = &mut ctx.data_mut().cpu;
@@ -540,10 +610,15 @@ impl Plugin {
         });
         arm(&mut store, 1);
         let cpu = self.limits.cpu;
-        let instance = self
-            .pre
-            .instantiate(&mut store)
-            .map_err(|e| fault(&store, cpu, e))?;
+        let instance = self.pre.instantiate(&mut store).map_err(|e| {
+            match store.data().limits.refused_memory {
+                Some(needed) if needed > self.limits.memory => GuestFault::MemoryAtStart {
+                    needed,
+                    limit: self.limits.memory,
+                },
+                _ => fault(&store, cpu, e),
+            }
+        })?;
         let loaded = (|| {
             let api = self.protocol.load(&mut store, &instance)?;
             // Only shared instances get batches.
@@ -582,6 +657,33 @@ impl Plugin {
     /// replaced by a fresh one). Listeners use [`Plugin::assign_instance`]
     /// and [`Plugin::instantiate_on`] instead.
     pub fn instantiate(self: &Arc<Self>, engine: &Engine) -> Result<Session, GuestFault> {
+        let permit = match self.sharing {
+            Sharing::PerConnection => Some(self.reserve_instance()?),
+            Sharing::Shared(_) => None,
+        };
+        self.instantiate_reserved(engine, permit)
+    }
+
+    /// A place for one more instance of this plugin's own, under its
+    /// `max-instances`: a listener reserves it when it accepts.
+    pub fn reserve_instance(&self) -> Result<InstancePermit, GuestFault> {
+        self.cap
+            .reserve()
+            .ok_or_else(|| GuestFault::AtCapacity(self.cap.max()))
+    }
+
+    /// The cap on this plugin's live instances of its own.
+    pub fn instance_cap(&self) -> &Arc<InstanceCap> {
+        &self.cap
+    }
+
+    /// [`Plugin::instantiate`] with the place already reserved (`None` for
+    /// shared instances).
+    pub fn instantiate_reserved(
+        self: &Arc<Self>,
+        engine: &Engine,
+        permit: Option<InstancePermit>,
+    ) -> Result<Session, GuestFault> {
         let home = match self.sharing {
             Sharing::PerConnection => Home::Own(Box::new(self.new_guest(engine)?)),
             Sharing::Shared(_) => {
@@ -589,7 +691,9 @@ impl Plugin {
                 Home::Shared(self.shared_guest(engine, i)?)
             }
         };
-        self.session(home, false)
+        let mut session = self.session(home, false)?;
+        session.permit = permit;
+        Ok(session)
     }
 
     /// With shared instances: the threads they live on, one per instance
@@ -679,9 +783,16 @@ impl Plugin {
             slot: 0,
             generation: 0,
             cell: cell.clone(),
+            permit: None,
         };
-        (session.slot, session.generation) =
-            session.guest().store.data_mut().transports.insert(cell);
+        let max_resources = self.limits.max_resources;
+        let mut g = session.guest();
+        let data = g.store.data_mut();
+        let (slot, generation) = data.transports.insert(cell);
+        let live = data.transports.live();
+        data.table.set_max_capacity(max_resources + live);
+        drop(g);
+        (session.slot, session.generation) = (slot, generation);
         Ok(session)
     }
 }
@@ -815,6 +926,9 @@ pub struct Session {
     generation: u32,
     /// This connection's transport state (also in the instance's slab).
     cell: TransportCell,
+    /// Its place under the plugin's `max-instances` (an instance of its
+    /// own), given back after the instance is dropped.
+    permit: Option<InstancePermit>,
 }
 
 impl std::fmt::Debug for Session {
@@ -1063,4 +1177,88 @@ impl Session {
             api.protocol().call_resume_producing(&mut g.store, p)
         })
     }
+}
+
+/// The pool's size: `[host] max-instances` if set and the system can hold
+/// it, else as many as the system allows up to
+/// [`pool::DEFAULT_MAX_INSTANCES`]. An error says which limit to change.
+fn plan_pool(config: &Config, max_memory: usize) -> Result<u32, String> {
+    let memory = max_memory as u64;
+    let largest = config
+        .plugins
+        .values()
+        .max_by_key(|p| p.limits.memory)
+        .map_or_else(|| "memory".to_string(), |p| format!("plugins.{}.memory", p.name));
+    let fit_space = pool::MAX_RESERVATION / pool::reservation(1, memory).max(1);
+    let maps = pool::max_map_count();
+    let fit_maps = maps.map_or(u64::MAX, pool::instances_for_maps);
+    match config.host.max_instances {
+        None => {
+            let n = u64::from(pool::DEFAULT_MAX_INSTANCES)
+                .min(fit_space)
+                .min(fit_maps);
+            if n < u64::from(pool::DEFAULT_MAX_INSTANCES) {
+                tracing::info!(instances = n, "the instance pool is smaller than the default {} to fit this system (vm.max_map_count {maps:?}, {} memories): set [host] max-instances to choose", pool::DEFAULT_MAX_INSTANCES, pool::human(memory));
+            }
+            Ok(n.max(1) as u32)
+        }
+        Some(n) => {
+            let want = pool::reservation(u64::from(n), memory);
+            if want > pool::MAX_RESERVATION {
+                return Err(format!(
+                    "host.max-instances: {n} instance slots with memories of up to {} ({largest}) would reserve {} of address space, more than the {} the host allows: lower max-instances to at most {fit_space}, or lower {largest}",
+                    pool::human(memory),
+                    pool::human(want),
+                    pool::human(pool::MAX_RESERVATION)
+                ));
+            }
+            if let Some(m) = maps
+                && u64::from(n) > fit_maps
+            {
+                return Err(format!(
+                    "host.max-instances: {n} live instances need about {} memory maps, but the kernel allows {m} per process (vm.max_map_count): lower max-instances to at most {fit_maps}, or raise the limit to at least {} (sysctl -w vm.max_map_count={})",
+                    pool::maps_for_instances(u64::from(n)),
+                    pool::maps_for_instances(u64::from(n)),
+                    pool::maps_for_instances(u64::from(n)),
+                ));
+            }
+            Ok(n)
+        }
+    }
+}
+
+/// Each plugin's cap on instances of its own: its `max-instances` if set;
+/// otherwise an equal share of what the pool has left after the shared
+/// instances and the explicit caps, so no plugin can starve another.
+fn plugin_caps(config: &Config, pool: u32) -> Result<HashMap<String, usize>, String> {
+    let mut reserved: u64 = 0;
+    let mut unset = Vec::new();
+    let mut caps = HashMap::new();
+    for (name, p) in &config.plugins {
+        match (p.sharing, p.max_instances) {
+            (Sharing::Shared(n), _) => reserved += u64::from(n),
+            (Sharing::PerConnection, Some(n)) => {
+                reserved += u64::from(n);
+                caps.insert(name.clone(), n as usize);
+            }
+            (Sharing::PerConnection, None) => unset.push(name),
+        }
+    }
+    let left = u64::from(pool).checked_sub(reserved).ok_or_else(|| {
+        format!("host.max-instances: the plugins' max-instances and shared-instances add up to {reserved}, more than the pool's {pool} slots: raise [host] max-instances or lower the plugins' caps")
+    })?;
+    if !unset.is_empty() {
+        let share = left / unset.len() as u64;
+        if share == 0 {
+            return Err(format!(
+                "host.max-instances: {left} slots are left for {} plugin(s) without max-instances ({}): raise [host] max-instances or give them max-instances",
+                unset.len(),
+                unset.iter().map(|n| n.as_str()).collect::<Vec<_>>().join(", ")
+            ));
+        }
+        for name in unset {
+            caps.insert(name.clone(), share as usize);
+        }
+    }
+    Ok(caps)
 }

@@ -10,9 +10,9 @@
 use std::collections::VecDeque;
 use std::io::{self, IoSlice};
 use std::net::SocketAddr;
+use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex, MutexGuard, TryLockError};
 
-use wasmtime::StoreLimits;
 use wasmtime::component::ResourceTable;
 use wasmtime_wasi::{WasiCtx, WasiCtxView, WasiView};
 
@@ -20,7 +20,7 @@ use wasmtime_wasi::{WasiCtx, WasiCtxView, WasiView};
 pub struct ConnState {
     pub(crate) wasi: WasiCtx,
     pub(crate) table: ResourceTable,
-    pub(crate) limits: StoreLimits,
+    pub(crate) limits: super::limits::GuestLimiter,
     pub(crate) cpu: CpuBudget,
     /// The transports of every connection this instance serves: one for an
     /// instance per connection, many for a shared instance.
@@ -29,6 +29,8 @@ pub struct ConnState {
     /// transport wakes that connection's task; in a batch, so does a write
     /// to a connection without a read in the batch.
     pub(crate) current: Option<super::Caller>,
+    /// The plugin's `max-output` (every transport of the instance has it).
+    pub(crate) max_output: usize,
 }
 
 impl WasiView for ConnState {
@@ -129,6 +131,11 @@ impl Transports {
         }
     }
 
+    /// How many transports are live.
+    pub fn live(&self) -> usize {
+        self.slots.len() - self.free.len()
+    }
+
     /// Frees a slot when its connection ends.
     pub fn remove(&mut self, slot: u32) {
         if let Some((_, t @ Some(_))) = self.slots.get_mut(slot as usize) {
@@ -155,6 +162,9 @@ pub struct TransportState {
     pub host: Option<SocketAddr>,
     /// The cap on unsent output (see `Limits::max_output`).
     pub max_output: usize,
+    /// The plugin's high-water mark: past the host-wide output ceiling, a
+    /// connection holding more than this is aborted ([`OutputBudget`]).
+    pub high_water: usize,
     /// Set when a callback of *another* connection changed this transport
     /// (a shared instance's guest may write to any connection it knows);
     /// the connection's task is woken to act on it.
@@ -214,6 +224,50 @@ impl TransportState {
     }
 }
 
+/// The host-wide ceiling on unsent output (`[host] max-queued-output`):
+/// every connection's unsent bytes past its first [`UNCOUNTED`] are
+/// counted here. Once a write would take the total past the ceiling, a
+/// connection already holding more than its `high-water` mark (its peer is
+/// not reading) is aborted instead of growing: the largest offenders go,
+/// the others keep their output. So the total stays below the ceiling plus
+/// `high-water` per connection.
+#[derive(Debug)]
+pub struct OutputBudget {
+    used: AtomicUsize,
+    limit: usize,
+    aborted: AtomicU64,
+}
+
+/// The unsent bytes of each connection that [`OutputBudget`] does not
+/// count: small replies, flushed at once, never touch the shared counter.
+pub const UNCOUNTED: usize = 64 << 10;
+
+impl OutputBudget {
+    /// A budget of `limit` bytes.
+    pub fn new(limit: usize) -> Arc<OutputBudget> {
+        Arc::new(OutputBudget {
+            used: AtomicUsize::new(0),
+            limit,
+            aborted: AtomicU64::new(0),
+        })
+    }
+
+    /// Counted unsent bytes now, across all connections.
+    pub fn used(&self) -> usize {
+        self.used.load(Ordering::Relaxed)
+    }
+
+    /// The ceiling.
+    pub fn limit(&self) -> usize {
+        self.limit
+    }
+
+    /// Connections aborted because the ceiling was reached.
+    pub fn aborted(&self) -> u64 {
+        self.aborted.load(Ordering::Relaxed)
+    }
+}
+
 /// A queue of owned chunks, written with vectored I/O.
 #[derive(Debug, Default)]
 pub struct OutBuf {
@@ -221,18 +275,73 @@ pub struct OutBuf {
     /// Bytes of the front chunk already sent.
     offset: usize,
     len: usize,
+    /// The host-wide budget, and how many of this buffer's bytes it counts.
+    budget: Option<Arc<OutputBudget>>,
+    charged: usize,
+}
+
+impl Drop for OutBuf {
+    fn drop(&mut self) {
+        self.clear();
+    }
 }
 
 /// At most this many chunks go into one `writev`.
 pub const MAX_IOVECS: usize = 64;
 
 impl OutBuf {
+    /// An empty buffer whose bytes count against `budget`.
+    pub fn with_budget(budget: Option<Arc<OutputBudget>>) -> OutBuf {
+        OutBuf {
+            chunks: VecDeque::new(),
+            offset: 0,
+            len: 0,
+            budget,
+            charged: 0,
+        }
+    }
+
+    /// Brings the budget's count of this buffer up to date. Touches the
+    /// shared counter only while the buffer holds more than [`UNCOUNTED`].
+    fn recharge(&mut self) {
+        let want = self.len.saturating_sub(UNCOUNTED);
+        if want == self.charged {
+            return;
+        }
+        if let Some(b) = &self.budget {
+            if want > self.charged {
+                b.used.fetch_add(want - self.charged, Ordering::Relaxed);
+            } else {
+                b.used.fetch_sub(self.charged - want, Ordering::Relaxed);
+            }
+        }
+        self.charged = want;
+    }
+
+    /// Whether `more` bytes would take the host-wide unsent output past its
+    /// ceiling.
+    pub fn over_budget(&self, more: usize) -> bool {
+        let Some(b) = &self.budget else {
+            return false;
+        };
+        let extra = (self.len + more).saturating_sub(UNCOUNTED) - self.charged;
+        extra > 0 && b.used() + extra > b.limit
+    }
+
+    /// Counts a connection aborted because the budget ran out.
+    pub fn count_budget_abort(&self) {
+        if let Some(b) = &self.budget {
+            b.aborted.fetch_add(1, Ordering::Relaxed);
+        }
+    }
+
     /// Queues a chunk; empty chunks are skipped.
     pub fn push(&mut self, chunk: Vec<u8>) {
         if chunk.is_empty() {
             return;
         }
         self.len += chunk.len();
+        self.recharge();
         // Coalesce small writes so a chatty guest does not make long iovecs.
         // (Never append to a front chunk that is partly sent.)
         let appendable = self.chunks.len() > 1 || self.offset == 0;
@@ -262,6 +371,7 @@ impl OutBuf {
         self.chunks.clear();
         self.offset = 0;
         self.len = 0;
+        self.recharge();
     }
 
     /// Fills `out` with the next slices to write, in order; returns how
@@ -278,6 +388,7 @@ impl OutBuf {
     /// Marks `n` bytes as sent.
     pub fn advance(&mut self, mut n: usize) {
         self.len -= n;
+        self.recharge();
         while n > 0 {
             let front = self.chunks.front().expect("advance past end of OutBuf");
             let left = front.len() - self.offset;

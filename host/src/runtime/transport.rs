@@ -4,10 +4,17 @@
 //! [`TransportState`]: writes are queued, and
 //! `lose-connection` / `abort-connection` set a flag. No method blocks or
 //! does I/O; the connection driver acts when the callback returns.
+//!
+//! `write` and `write-sequence` are linked by hand ([`add_writes`]) rather
+//! than through the bindings: they read the guest's lists in place, so the
+//! `max-output` check happens before a byte is copied. (A `write-sequence`
+//! of many entries pointing at one buffer would otherwise copy many times
+//! the guest's own memory into the host before the check.)
 
 use std::net::SocketAddr;
 
-use wasmtime::component::Resource;
+use wasmtime::StoreContextMut;
+use wasmtime::component::{Linker, Resource, WasmList};
 
 use super::Caller;
 use super::bindings::twill::protocol::{transport, types};
@@ -66,7 +73,84 @@ impl ConnState {
     }
 }
 
+/// The transport interface, as named in the component's imports.
+const TRANSPORT: &str = "twill:protocol/transport@0.1.0";
+
+/// Links `write` and `write-sequence` over the guest's lists in place,
+/// replacing the bindings' versions (which copy every list first).
+pub fn add_writes(linker: &mut Linker<ConnState>) -> wasmtime::Result<()> {
+    linker.allow_shadowing(true);
+    let mut i = linker.instance(TRANSPORT)?;
+    i.func_wrap(
+        "[method]transport.write",
+        |store: StoreContextMut<'_, ConnState>,
+         (handle, data): (Resource<TransportHandle>, WasmList<u8>)| {
+            let len = data.len();
+            let data = std::cell::RefCell::new(Some(data));
+            write_lists(store, handle, len, |_, _| Ok(data.borrow_mut().take()))
+        },
+    )?;
+    i.func_wrap(
+        "[method]transport.write-sequence",
+        |mut store: StoreContextMut<'_, ConnState>,
+         (handle, data): (Resource<TransportHandle>, WasmList<WasmList<u8>>)| {
+            // First pass: the total, stopping as soon as it is over the
+            // limit; nothing is copied.
+            let mut len = 0usize;
+            for i in 0..data.len() {
+                let Some(l) = data.get(&mut store, i) else { break };
+                len = len.saturating_add(l?.len());
+                if len > store.data().max_output {
+                    break;
+                }
+            }
+            write_lists(store, handle, len, |store, i| data.get(store, i).transpose())
+        },
+    )?;
+    linker.allow_shadowing(false);
+    Ok(())
+}
+
+/// Queues the lists `list(store, 0..)` yields (`len` bytes in all) on the
+/// transport, after checking that `len` fits: only then are they copied.
+fn write_lists(
+    mut store: StoreContextMut<'_, ConnState>,
+    handle: Resource<TransportHandle>,
+    len: usize,
+    list: impl Fn(&mut StoreContextMut<'_, ConnState>, usize) -> wasmtime::Result<Option<WasmList<u8>>>,
+) -> wasmtime::Result<()> {
+    let open = store
+        .data_mut()
+        .with_transport(&handle, false, |t| t.check_output(len).map(|()| t.is_open()))?;
+    if !open {
+        return Ok(());
+    }
+    let mut chunks = Vec::new();
+    let mut i = 0;
+    while let Some(l) = list(&mut store, i)? {
+        i += 1;
+        if l.len() > 0 {
+            chunks.push(l.as_le_slice(&store).to_vec());
+        }
+    }
+    store
+        .data_mut()
+        .with_transport(&handle, true, |t| t.queue(len, chunks))
+}
+
 impl TransportState {
+    /// Traps if `len` more bytes would pass the output limit.
+    fn check_output(&self, len: usize) -> wasmtime::Result<()> {
+        if self.is_open() && self.out.len().saturating_add(len) > self.max_output {
+            return Err(wasmtime::format_err!(
+                "output limit exceeded: {} bytes unsent, max-output is {}",
+                self.out.len().saturating_add(len),
+                self.max_output
+            ));
+        }
+        Ok(())
+    }
+
     /// Queues output, trapping the guest if it would pass its output limit.
     fn queue(
         &mut self,
@@ -76,12 +160,19 @@ impl TransportState {
         if !self.is_open() {
             return Ok(());
         }
-        if self.out.len().saturating_add(len) > self.max_output {
-            return Err(wasmtime::format_err!(
-                "output limit exceeded: {} bytes unsent, max-output is {}",
-                self.out.len() + len,
-                self.max_output
-            ));
+        self.check_output(len)?;
+        if self.out.len() + len > self.high_water && self.out.over_budget(len) {
+            // The host-wide ceiling: this connection's peer is not reading
+            // and it holds more than its share; it goes, not the others.
+            tracing::warn!(
+                unsent = self.out.len() + len,
+                peer = ?self.peer,
+                "the host's unsent output reached max-queued-output: aborting a connection whose peer is not reading"
+            );
+            self.out.count_budget_abort();
+            self.closing = Closing::Abort;
+            self.out.clear();
+            return Ok(());
         }
         for c in chunks {
             self.out.push(c);

@@ -1,0 +1,167 @@
+//! The instance pool's size and its split between plugins: how many
+//! instances the host can really hold (address space and the kernel's
+//! memory-map limit), and each plugin's cap ([`InstanceCap`]), so that one
+//! plugin's idle clients cannot take every instance from the others.
+
+use std::sync::Arc;
+use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
+
+/// Memory maps one live instance adds to the process (its linear memory,
+/// tables and stack are carved out of the pool's reservation with
+/// `mprotect`, which splits the reservation's mapping). Measured with the
+/// echo and test-kit components: see `docs/security.md`.
+pub const MAPS_PER_INSTANCE: u64 = 12;
+
+/// Memory maps kept free for everything else the process maps (code,
+/// thread stacks, the allocator's arenas, compiled components).
+pub const MAPS_RESERVED: u64 = 4096;
+
+/// The pool size when `[host] max-instances` is not set, if the memory-map
+/// limit allows it.
+pub const DEFAULT_MAX_INSTANCES: u32 = 10_000;
+
+/// The most address space the pool may reserve: half of x86-64's 128 TiB
+/// user address space.
+pub const MAX_RESERVATION: u64 = 64 << 40;
+
+/// Linear memories the pool keeps per instance slot (see
+/// `limits::pooling`).
+pub const MEMORIES_PER_SLOT: u64 = 2;
+
+/// The guard after each linear memory.
+pub const GUARD: u64 = 64 << 10;
+
+/// The kernel's limit on memory maps per process (`vm.max_map_count`), if
+/// it can be read.
+pub fn max_map_count() -> Option<u64> {
+    std::fs::read_to_string("/proc/sys/vm/max_map_count")
+        .ok()
+        .and_then(|s| s.trim().parse().ok())
+}
+
+/// The most instances `max_map_count` leaves room for.
+pub fn instances_for_maps(max_map_count: u64) -> u64 {
+    max_map_count.saturating_sub(MAPS_RESERVED) / MAPS_PER_INSTANCE
+}
+
+/// The memory maps `instances` live instances need, with the reserve.
+pub fn maps_for_instances(instances: u64) -> u64 {
+    instances * MAPS_PER_INSTANCE + MAPS_RESERVED
+}
+
+/// The address space the pool reserves for `instances` slots whose memories
+/// may grow to `memory` bytes.
+pub fn reservation(instances: u64, memory: u64) -> u64 {
+    instances
+        .saturating_mul(MEMORIES_PER_SLOT)
+        .saturating_mul(memory.saturating_add(GUARD))
+}
+
+/// Bytes in a human unit, for messages.
+pub fn human(bytes: u64) -> String {
+    const UNITS: [(&str, u64); 4] = [("TiB", 1 << 40), ("GiB", 1 << 30), ("MiB", 1 << 20), ("KiB", 1 << 10)];
+    for (unit, size) in UNITS {
+        if bytes >= size {
+            return format!("{:.1} {unit}", bytes as f64 / size as f64);
+        }
+    }
+    format!("{bytes} B")
+}
+
+/// One plugin's cap on live instances of its own (an instance per
+/// connection, or a connector's). The listener reserves a place when it
+/// accepts, so a connection over the cap is refused at once and counted,
+/// instead of failing deep in instantiation.
+#[derive(Debug)]
+pub struct InstanceCap {
+    live: AtomicUsize,
+    max: AtomicUsize,
+    refused: AtomicU64,
+}
+
+impl InstanceCap {
+    /// A cap of `max` live instances.
+    pub fn new(max: usize) -> Arc<InstanceCap> {
+        Arc::new(InstanceCap {
+            live: AtomicUsize::new(0),
+            max: AtomicUsize::new(max),
+            refused: AtomicU64::new(0),
+        })
+    }
+
+    /// Sets the cap (when the pool is split between plugins).
+    pub fn set_max(&self, max: usize) {
+        self.max.store(max, Ordering::Relaxed);
+    }
+
+    /// The cap.
+    pub fn max(&self) -> usize {
+        self.max.load(Ordering::Relaxed)
+    }
+
+    /// Live instances now.
+    pub fn live(&self) -> usize {
+        self.live.load(Ordering::Relaxed)
+    }
+
+    /// Places refused because the cap was reached.
+    pub fn refused(&self) -> u64 {
+        self.refused.load(Ordering::Relaxed)
+    }
+
+    /// Reserves a place for one instance, if the cap allows.
+    pub fn reserve(self: &Arc<Self>) -> Option<InstancePermit> {
+        let max = self.max();
+        let mut live = self.live.load(Ordering::Relaxed);
+        loop {
+            if live >= max {
+                self.refused.fetch_add(1, Ordering::Relaxed);
+                return None;
+            }
+            match self.live.compare_exchange_weak(
+                live,
+                live + 1,
+                Ordering::AcqRel,
+                Ordering::Relaxed,
+            ) {
+                Ok(_) => return Some(InstancePermit(self.clone())),
+                Err(now) => live = now,
+            }
+        }
+    }
+}
+
+/// A place for one live instance under its plugin's [`InstanceCap`],
+/// given back when dropped.
+#[derive(Debug)]
+pub struct InstancePermit(Arc<InstanceCap>);
+
+impl Drop for InstancePermit {
+    fn drop(&mut self) {
+        self.0.live.fetch_sub(1, Ordering::AcqRel);
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_cap_refuses_past_its_max_and_counts() {
+        let cap = InstanceCap::new(2);
+        let a = cap.reserve().unwrap();
+        let _b = cap.reserve().unwrap();
+        assert!(cap.reserve().is_none());
+        assert_eq!((cap.live(), cap.refused()), (2, 1));
+        drop(a);
+        assert!(cap.reserve().is_some());
+    }
+
+    #[test]
+    fn the_default_pool_fits_the_default_map_count() {
+        // Debian's and most distributions' default vm.max_map_count.
+        assert!(instances_for_maps(65_530) >= 4_000);
+        assert!(maps_for_instances(instances_for_maps(65_530)) <= 65_530);
+        assert_eq!(human(80 << 40), "80.0 TiB");
+    }
+}
