@@ -83,7 +83,7 @@ impl TestComponent {
         sharing: Sharing,
     ) -> anyhow::Result<TestComponent> {
         let settings = HostSettings {
-            max_instances: 64,
+            max_instances: Some(64),
             ..HostSettings::default()
         };
         let mut runtime = Runtime::new(&settings, limits.memory)?;

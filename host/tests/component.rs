@@ -120,7 +120,7 @@ fn committed_component_exports_what_wit_declares() {
     // large component comes from the compile cache instead of being compiled
     // again.
     let settings = twill::config::HostSettings {
-        max_instances: 1,
+        max_instances: Some(1),
         ..twill::config::HostSettings::default()
     };
     let runtime = twill::Runtime::new(&settings, support::test_limits().memory).unwrap();

@@ -69,6 +69,10 @@ pub struct Limits {
     /// would pass it traps, and its connection is aborted: this bounds a
     /// guest that writes without end inside one callback. Default 16 MiB.
     pub max_output: usize,
+    /// The most host-side WASI resources (resource-table entries: streams,
+    /// pollables, ...) one instance may hold besides its connections'
+    /// transports. Default 1000.
+    pub max_resources: usize,
 }
 
 impl Default for Limits {
@@ -79,6 +83,7 @@ impl Default for Limits {
             high_water: 1 << 20,
             low_water: 256 << 10,
             max_output: 16 << 20,
+            max_resources: 1000,
         }
     }
 }

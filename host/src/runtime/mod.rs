@@ -188,7 +188,10 @@ impl Runtime {
             .memory_reservation(max_memory as u64)
             .memory_guard_size(64 << 10)
             .memory_reservation_for_growth(0)
-            .allocation_strategy(limits::pooling(settings.max_instances, max_memory));
+            .allocation_strategy(limits::pooling(
+                settings.max_instances.unwrap_or(10_000),
+                max_memory,
+            ));
         // `TWILL_PERFMAP=1` writes /tmp/perf-PID.map so that `perf report`
         // can name the guests' JIT-compiled functions.
         if std::env::var_os("TWILL_PERFMAP").is_some_and(|v| v == "1") {
