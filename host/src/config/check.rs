@@ -135,7 +135,7 @@ fn closest<'k>(name: &str, known: &[&'k str]) -> Option<&'k str> {
     known
         .iter()
         .map(|k| (distance(name, k), *k))
-        .filter(|(d, k)| *d <= 2.max(k.len() / 3))
+        .filter(|(d, k)| *d <= 2.max(name.len().max(k.len()) / 3))
         .min_by_key(|(d, _)| *d)
         .map(|(_, k)| k)
 }
@@ -302,10 +302,17 @@ impl<'a> Checker<'a> {
                 Some(c) => format!("did you mean `{c}`?"),
                 None => format!("valid {what}s here: {}", known.join(", ")),
             };
+            // A long or odd name is already in the (quoted) key.
+            let named = key_segment(k.get_ref());
+            let named = if named == **k.get_ref() {
+                format!(" `{named}`")
+            } else {
+                String::new()
+            };
             self.error(
                 Some(k.span()),
                 &table.field(k.get_ref()),
-                format!("unknown {what} `{}`: {hint}", truncate(k.get_ref())),
+                format!("unknown {what}{named}: {hint}"),
             );
         }
     }
@@ -456,7 +463,11 @@ impl<'a> Checker<'a> {
                     key_segment(p)
                 )
             } else {
-                let known: Vec<&str> = plugins.keys().map(String::as_str).collect();
+                let mut known: Vec<String> =
+                    plugins.keys().take(10).map(|k| key_segment(k)).collect();
+                if plugins.len() > known.len() {
+                    known.push(format!("and {} more", plugins.len() - known.len()));
+                }
                 format!("plugin {q} is not defined (defined: {})", known.join(", "))
             };
             self.error(Some(span), &t.field(name), message);

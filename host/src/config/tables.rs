@@ -156,8 +156,7 @@ fn parse_plugins(
                 Some(name.span()),
                 &key,
                 format!(
-                    "plugin name {} is not an identifier: use a letter, then letters, digits, `_` or `-`, at most {MAX_PLUGIN_NAME} characters",
-                    quote(name.get_ref())
+                    "is not an identifier: use a letter, then letters, digits, `_` or `-`, at most {MAX_PLUGIN_NAME} characters"
                 ),
             );
         }
