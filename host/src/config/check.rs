@@ -127,7 +127,9 @@ fn distance(a: &str, b: &str) -> usize {
     row[b.len()]
 }
 
-/// The known key `name` is most likely a misspelling of, if any.
+/// The known key `name` is most likely a misspelling of, if any: one edit
+/// away, or a few edits (a third of the length, at least two) with the
+/// first letter right (`colck` → `clock`, but not `port` → `host`).
 fn closest<'k>(name: &str, known: &[&'k str]) -> Option<&'k str> {
     if name.len() > 64 {
         return None;
@@ -135,7 +137,11 @@ fn closest<'k>(name: &str, known: &[&'k str]) -> Option<&'k str> {
     known
         .iter()
         .map(|k| (distance(name, k), *k))
-        .filter(|(d, k)| *d <= 2.max(name.len().max(k.len()) / 3))
+        .filter(|(d, k)| {
+            *d <= 1
+                || (*d <= 2.max(name.len().max(k.len()) / 3)
+                    && name.chars().next() == k.chars().next())
+        })
         .min_by_key(|(d, _)| *d)
         .map(|(_, k)| k)
 }
@@ -150,8 +156,9 @@ pub(super) struct Table<'t, 'i> {
 }
 
 impl<'t, 'i> Table<'t, 'i> {
-    /// The whole document as a table.
-    pub fn root(entries: &'t DeTable<'i>) -> Self {
+    /// A table without a dotted key of its own: the document, or
+    /// `[plugins]`, whose entries are walked by hand.
+    pub fn unnamed(entries: &'t DeTable<'i>) -> Self {
         Table {
             key: String::new(),
             span: 0..0,

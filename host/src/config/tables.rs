@@ -48,7 +48,7 @@ pub(super) fn parse_document(c: &mut Checker<'_>, path: &Path, text: &str) -> Op
             return None;
         }
     };
-    let root = Table::root(doc.get_ref());
+    let root = Table::unnamed(doc.get_ref());
     c.unknown_keys(&root, TOP_KEYS, "table");
     let host = root
         .get("host")
@@ -148,7 +148,7 @@ fn parse_plugins(
         parts: Vec::new(),
         reported: false,
     };
-    let root = Table::root(all);
+    let root = Table::unnamed(all);
     for (name, value) in root.entries() {
         let key = format!("plugins.{}", key_segment(name.get_ref()));
         if !is_identifier(name.get_ref()) {

@@ -496,3 +496,31 @@ fn defaults_are_the_named_constants() {
     );
     assert_eq!(config.connect[0].timeout, DEFAULT_CONNECT_TIMEOUT);
 }
+
+#[test]
+fn did_you_mean_only_for_close_spellings() {
+    let errs = errors(&format!(
+        "port = 9000\n{}",
+        with_echo("colck = true\n", LISTEN)
+    ));
+    assert_eq!(
+        find(&errs, "port").message,
+        "unknown table `port`: valid tables here: host, plugins, listen, connect"
+    );
+    assert_eq!(
+        find(&errs, "plugins.echo.colck").message,
+        "unknown key `colck`: did you mean `clock`?"
+    );
+    let errs = errors(&with_echo(
+        "",
+        &format!("{LISTEN}backlg = 5\nmax-connection = 5\n"),
+    ));
+    assert_eq!(
+        find(&errs, "listen[0].backlg").message,
+        "unknown key `backlg`: did you mean `backlog`?"
+    );
+    assert_eq!(
+        find(&errs, "listen[0].max-connection").message,
+        "unknown key `max-connection`: did you mean `max-connections`?"
+    );
+}
