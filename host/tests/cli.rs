@@ -103,6 +103,65 @@ fn broken_configs_are_rejected_with_file_line_and_key() {
     assert!(n >= 15, "the corpus has {n} broken configs");
 }
 
+/// One run reports every problem of a file with many, in file order, each
+/// on one line with its file, line, column and key.
+#[test]
+fn check_reports_every_problem_at_once() {
+    let path = support::repo().join("host/tests/configs/many-problems.toml");
+    let text = std::fs::read_to_string(&path).unwrap();
+    let expects: Vec<&str> = text
+        .lines()
+        .filter_map(|l| l.strip_prefix("# expect: "))
+        .collect();
+    assert_eq!(expects.len(), 7);
+    let (code, stdout, stderr) = run_to_end(&["check"], &path);
+    assert_eq!(code, 2, "{stderr}");
+    assert!(stdout.is_empty(), "{stdout}");
+    let lines: Vec<&str> = stderr.lines().collect();
+    assert_eq!(lines.len(), expects.len(), "{stderr}");
+    for (line, expect) in lines.iter().zip(&expects) {
+        assert!(line.contains(expect), "expected {expect:?} in {line:?}");
+    }
+}
+
+/// A component path naming a device is refused for what it is, without
+/// reading it.
+#[test]
+fn a_device_as_component_is_not_a_regular_file() {
+    let cfg = write_config(
+        "[plugins.echo]\ncomponent = \"/dev/zero\"\n[[listen]]\nport = 0\nplugin = \"echo\"\n",
+    );
+    let t0 = Instant::now();
+    let (code, _, stderr) = run_to_end(&["check"], &cfg);
+    assert_eq!(code, 2, "{stderr}");
+    assert!(
+        stderr.contains(":2:13: plugins.echo.component: component file /dev/zero is not a regular file (it is a character device)"),
+        "{stderr}"
+    );
+    assert!(t0.elapsed() < Duration::from_secs(10));
+}
+
+/// A 10 MB value is not echoed back: the error is one short line.
+#[test]
+fn a_huge_value_gives_a_short_error() {
+    let huge = "9".repeat(10_000_000);
+    let cfg = write_config(&format!(
+        "[plugins.echo]\ncomponent = {:?}\nmemory = \"{huge}x\"\n[[listen]]\nport = 0\nplugin = \"echo\"\n",
+        echo_wasm().display().to_string(),
+    ));
+    let (code, _, stderr) = run_to_end(&["check"], &cfg);
+    assert_eq!(code, 2, "{}", &stderr[..stderr.len().min(500)]);
+    let lines: Vec<&str> = stderr.lines().collect();
+    assert_eq!(lines.len(), 1, "{}", &stderr[..stderr.len().min(500)]);
+    assert!(lines[0].len() < 300, "{} chars", lines[0].len());
+    assert!(
+        lines[0].contains(":3:10: plugins.echo.memory: size \"9999")
+            && lines[0].contains("…\" (10000001 bytes)"),
+        "{}",
+        lines[0]
+    );
+}
+
 #[test]
 fn missing_config_file_is_exit_2() {
     let (code, _, stderr) = run_to_end(&["run"], Path::new("/nonexistent/plugins.toml"));

@@ -1,0 +1,431 @@
+//! One parse function per table of `plugins.toml` (`[host]`,
+//! `[plugins.NAME]`, `[[listen]]`, `[[connect]]`) and the document walk
+//! that calls them, plus the checks that span tables: plugin references,
+//! listeners clashing on a port, and the plugins' instances against
+//! `[host] max-instances`.
+
+use std::collections::BTreeMap;
+use std::fs::Metadata;
+use std::net::IpAddr;
+use std::path::Path;
+use std::time::Duration;
+
+use toml::de::{DeTable, DeValue};
+
+use super::check::{Checker, Table, Value, key_segment, quote, show, show_size};
+use super::*;
+
+const TOP_KEYS: &[&str] = &["host", "plugins", "listen", "connect"];
+const HOST_KEYS: &[&str] = &[
+    "shutdown-timeout",
+    "max-instances",
+    "threads",
+    "max-queued-output",
+];
+const PLUGIN_KEYS: &[&str] = &[
+    "component",
+    "memory",
+    "cpu",
+    "high-water",
+    "low-water",
+    "max-output",
+    "clock",
+    "instance",
+    "shared-instances",
+    "max-instances",
+    "max-resources",
+];
+const LISTEN_KEYS: &[&str] = &["port", "plugin", "interface", "max-connections", "backlog"];
+const CONNECT_KEYS: &[&str] = &["host", "port", "plugin", "timeout"];
+
+/// Parses the whole document; `None` after a syntax error. Whatever it
+/// returns, the checker's errors decide whether the config is valid.
+pub(super) fn parse_document(c: &mut Checker<'_>, path: &Path, text: &str) -> Option<Config> {
+    let doc = match DeTable::parse(text) {
+        Ok(doc) => doc,
+        Err(e) => {
+            c.syntax_error(&e);
+            return None;
+        }
+    };
+    let root = Table::unnamed(doc.get_ref());
+    c.unknown_keys(&root, TOP_KEYS, "table");
+    let host = root
+        .get("host")
+        .and_then(|v| c.table("host".into(), v, HOST_KEYS))
+        .map(|t| parse_host(c, &t))
+        .unwrap_or_default();
+    let base = path.parent().unwrap_or(Path::new(""));
+    let plugins = root
+        .get("plugins")
+        .map(|v| parse_plugins(c, v, &host, base))
+        .unwrap_or_default();
+    let mut seen = Vec::new();
+    let listen = array_of_tables(c, &root, "listen", LISTEN_KEYS)
+        .iter()
+        .map(|t| parse_listen(c, t, &plugins, &mut seen))
+        .collect::<Vec<_>>();
+    let connect = array_of_tables(c, &root, "connect", CONNECT_KEYS)
+        .iter()
+        .map(|t| parse_connect(c, t, &plugins))
+        .collect::<Vec<_>>();
+    if listen.is_empty() && connect.is_empty() && !c.has_errors() {
+        c.error(
+            None,
+            "",
+            "nothing to run: add a [[listen]] or [[connect]] entry",
+        );
+    }
+    Some(Config {
+        path: path.to_path_buf(),
+        host,
+        plugins,
+        listen: listen.into_iter().flatten().collect(),
+        connect: connect.into_iter().flatten().collect(),
+    })
+}
+
+/// The tables of the array `name` (`[[name]]`), keyed `name[i]`.
+fn array_of_tables<'t, 'i>(
+    c: &mut Checker<'_>,
+    root: &Table<'t, 'i>,
+    name: &str,
+    known: &[&str],
+) -> Vec<Table<'t, 'i>> {
+    let Some(v) = root.get(name) else {
+        return Vec::new();
+    };
+    let DeValue::Array(items) = v.get_ref() else {
+        let expected = format!("an array of tables (write [[{name}]], not [{name}])");
+        c.type_error(v, name, &expected);
+        return Vec::new();
+    };
+    items
+        .iter()
+        .enumerate()
+        .filter_map(|(i, item)| c.table(format!("{name}[{i}]"), item, known))
+        .collect()
+}
+
+/// `[host]`.
+fn parse_host(c: &mut Checker<'_>, t: &Table<'_, '_>) -> HostSettings {
+    let max_queued_output = c
+        .size(t, "max-queued-output", MIN_MAX_QUEUED_OUTPUT.., "")
+        .and_then(|n| usize::try_from(n).ok());
+    HostSettings {
+        shutdown_timeout: c
+            .duration(t, "shutdown-timeout", Duration::ZERO)
+            .unwrap_or(DEFAULT_SHUTDOWN_TIMEOUT),
+        max_instances: c.int(t, "max-instances", 1..=MAX_INSTANCES),
+        threads: c.int(t, "threads", 1..=MAX_THREADS),
+        max_queued_output: max_queued_output.unwrap_or(DEFAULT_MAX_QUEUED_OUTPUT),
+    }
+}
+
+/// Instances the plugins ask for so far, against `[host] max-instances`.
+struct InstanceBudget {
+    limit: Option<u32>,
+    sum: u64,
+    parts: Vec<String>,
+    reported: bool,
+}
+
+/// `[plugins]`: every `[plugins.NAME]`, in file order.
+fn parse_plugins(
+    c: &mut Checker<'_>,
+    v: &Value<'_>,
+    host: &HostSettings,
+    base: &Path,
+) -> BTreeMap<String, PluginConfig> {
+    let mut plugins = BTreeMap::new();
+    let DeValue::Table(all) = v.get_ref() else {
+        c.type_error(v, "plugins", "a table of plugins ([plugins.NAME])");
+        return plugins;
+    };
+    let mut budget = InstanceBudget {
+        limit: host.max_instances,
+        sum: 0,
+        parts: Vec::new(),
+        reported: false,
+    };
+    let root = Table::unnamed(all);
+    for (name, value) in root.entries() {
+        let key = format!("plugins.{}", key_segment(name.get_ref()));
+        if !is_identifier(name.get_ref()) {
+            c.error(
+                Some(name.span()),
+                &key,
+                format!(
+                    "is not an identifier: use a letter, then letters, digits, `_` or `-`, at most {MAX_PLUGIN_NAME} characters"
+                ),
+            );
+        }
+        let line = c.line(&name.span());
+        if let Some(t) = c.table(key, value, PLUGIN_KEYS) {
+            let p = parse_plugin(c, &t, name.get_ref(), line, base, &mut budget);
+            plugins.insert(p.name.clone(), p);
+        }
+    }
+    plugins
+}
+
+/// Whether `name` is a valid plugin name.
+fn is_identifier(name: &str) -> bool {
+    let mut chars = name.chars();
+    chars.next().is_some_and(|c| c.is_ascii_alphabetic())
+        && chars.all(|c| c.is_ascii_alphanumeric() || c == '_' || c == '-')
+        && name.len() <= MAX_PLUGIN_NAME
+}
+
+/// `[plugins.NAME]`.
+fn parse_plugin(
+    c: &mut Checker<'_>,
+    t: &Table<'_, '_>,
+    name: &str,
+    line: usize,
+    base: &Path,
+    budget: &mut InstanceBudget,
+) -> PluginConfig {
+    let component = match c.required(t, "component", "component = \"echo.wasm\"") {
+        Some(_) => c.string(t, "component"),
+        None => None,
+    };
+    let component = component.map_or_else(Default::default, |(path, span)| {
+        let full = base.join(path);
+        if let Some(problem) = component_problem(path, &full) {
+            c.error(Some(span), &t.field("component"), problem);
+        }
+        full
+    });
+
+    let mut limits = Limits::default();
+    const MEMORY_HINT: &str = " (one wasm page is 64KiB; most guests need 1MiB or more)";
+    if let Some(m) = c.size(t, "memory", MIN_MEMORY..=MAX_MEMORY, MEMORY_HINT) {
+        limits.memory = m as usize;
+    }
+    if let Some(d) = c.duration(t, "cpu", MIN_CPU) {
+        limits.cpu = d;
+    }
+    if let Some(h) = c.size(t, "high-water", 1.., "") {
+        limits.high_water = h as usize;
+        limits.low_water = limits.low_water.min(limits.high_water / 2);
+    }
+    if let Some(l) = c.size(t, "low-water", 1.., "") {
+        limits.low_water = l as usize;
+    }
+    if let Some(m) = c.size(t, "max-output", 1.., "") {
+        limits.max_output = m as usize;
+    }
+    let span_of = |names: &[&str]| names.iter().find_map(|n| t.get(n)).map(|v| v.span());
+    if limits.max_output < limits.high_water {
+        c.error(
+            span_of(&["max-output", "high-water"]),
+            &t.field("max-output"),
+            format!(
+                "max-output ({}) must be at least high-water ({})",
+                limits.max_output, limits.high_water
+            ),
+        );
+    }
+    if limits.low_water >= limits.high_water {
+        c.error(
+            span_of(&["low-water", "high-water"]),
+            &t.field("low-water"),
+            format!(
+                "low-water ({}) must be below high-water ({})",
+                limits.low_water, limits.high_water
+            ),
+        );
+    }
+    if let Some(r) = c.int(t, "max-resources", MIN_RESOURCES..=MAX_RESOURCES) {
+        limits.max_resources = r;
+    }
+
+    let shared_instances = c.int(t, "shared-instances", 1..=MAX_SHARED_INSTANCES);
+    let max_instances = c.int(t, "max-instances", 1..=MAX_INSTANCES);
+    let sharing = match c.string(t, "instance") {
+        None | Some(("per-connection", _)) => {
+            if let Some(v) = t.get("shared-instances") {
+                c.error(
+                    Some(v.span()),
+                    &t.field("shared-instances"),
+                    "only applies with instance = \"shared\"",
+                );
+            }
+            Sharing::PerConnection
+        }
+        Some(("shared", _)) => {
+            if let Some(v) = t.get("max-instances") {
+                c.error(
+                    Some(v.span()),
+                    &t.field("max-instances"),
+                    "does not apply with instance = \"shared\": set shared-instances instead",
+                );
+            }
+            Sharing::Shared(shared_instances.unwrap_or(DEFAULT_SHARED_INSTANCES))
+        }
+        Some((other, span)) => {
+            c.error(
+                Some(span),
+                &t.field("instance"),
+                format!(
+                    "must be \"per-connection\" or \"shared\", not {}",
+                    quote(other)
+                ),
+            );
+            Sharing::PerConnection
+        }
+    };
+
+    // The plugins' own instance counts must fit in [host] max-instances.
+    let (asks, key) = match sharing {
+        Sharing::Shared(n) => (Some(n), "shared-instances"),
+        Sharing::PerConnection => (max_instances, "max-instances"),
+    };
+    if let (Some(limit), Some(n)) = (budget.limit, asks) {
+        budget.sum += u64::from(n);
+        budget.parts.push(format!("{} {n}", key_segment(name)));
+        if budget.sum > u64::from(limit) && !budget.reported {
+            budget.reported = true;
+            c.error(
+                Some(t.get(key).map_or(t.span.clone(), |v| v.span())),
+                &t.field(key),
+                format!(
+                    "the plugins' max-instances and shared-instances add up to {} ({}), more than [host] max-instances = {limit}: raise that or lower these",
+                    budget.sum,
+                    budget.parts.join(" + ")
+                ),
+            );
+        }
+    }
+
+    PluginConfig {
+        name: name.to_string(),
+        component,
+        limits,
+        clock: c.bool(t, "clock").unwrap_or(false),
+        sharing,
+        max_instances: max_instances.filter(|_| matches!(sharing, Sharing::PerConnection)),
+        line,
+    }
+}
+
+/// What is wrong with the component file `full` (written `path`), if
+/// anything. Looks only at its metadata: a device or FIFO is never read.
+fn component_problem(path: &str, full: &Path) -> Option<String> {
+    if path.is_empty() {
+        return Some("is empty: give the path of a .wasm component".to_string());
+    }
+    let shown = show(&full.to_string_lossy());
+    let meta = match std::fs::metadata(full) {
+        Ok(meta) => meta,
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => {
+            return Some(format!(
+                "component file {shown} does not exist (paths are relative to the config file)"
+            ));
+        }
+        Err(e) => return Some(format!("component file {shown} cannot be read: {e}")),
+    };
+    if !meta.is_file() {
+        return Some(format!(
+            "component file {shown} is not a regular file (it is {}): give the path of a .wasm component",
+            file_kind(&meta)
+        ));
+    }
+    if meta.len() > MAX_COMPONENT_SIZE {
+        return Some(format!(
+            "component file {shown} is {} bytes, more than the {} a component may be",
+            meta.len(),
+            show_size(MAX_COMPONENT_SIZE)
+        ));
+    }
+    None
+}
+
+/// What kind of file that is not a regular file `meta` describes.
+fn file_kind(meta: &Metadata) -> &'static str {
+    use std::os::unix::fs::FileTypeExt;
+    let t = meta.file_type();
+    if t.is_dir() {
+        "a directory"
+    } else if t.is_char_device() {
+        "a character device"
+    } else if t.is_block_device() {
+        "a block device"
+    } else if t.is_fifo() {
+        "a FIFO"
+    } else if t.is_socket() {
+        "a socket"
+    } else {
+        "not a file"
+    }
+}
+
+/// `[[listen]]`. `seen` holds the bound addresses so far, with their lines.
+fn parse_listen(
+    c: &mut Checker<'_>,
+    t: &Table<'_, '_>,
+    plugins: &BTreeMap<String, PluginConfig>,
+    seen: &mut Vec<(IpAddr, u16, usize)>,
+) -> Option<ListenConfig> {
+    let line = c.line(&t.span);
+    let plugin = c.plugin_ref(t, "plugin", plugins);
+    let port = c.port(t, "port", 0..=u16::MAX);
+    let interface = c.interface(t, "interface");
+    let max_connections = c.int(t, "max-connections", 1..);
+    let backlog = c.int(t, "backlog", 1..=u32::MAX);
+    let interface = interface.unwrap_or(DEFAULT_INTERFACE);
+    if let Some(port) = port.filter(|p| *p != 0) {
+        let clash = seen.iter().find(|(ip, p, _)| {
+            *p == port && (*ip == interface || ip.is_unspecified() || interface.is_unspecified())
+        });
+        if let Some((_, _, other)) = clash {
+            c.error(
+                t.get("port").map(|v| v.span()),
+                &t.field("port"),
+                format!("port {port} is already used by the listener on line {other}"),
+            );
+        }
+        seen.push((interface, port, line));
+    }
+    Some(ListenConfig {
+        plugin: plugin?,
+        interface,
+        port: port?,
+        max_connections: max_connections.unwrap_or(DEFAULT_MAX_CONNECTIONS),
+        backlog: backlog.unwrap_or(DEFAULT_BACKLOG),
+        line,
+    })
+}
+
+/// `[[connect]]`.
+fn parse_connect(
+    c: &mut Checker<'_>,
+    t: &Table<'_, '_>,
+    plugins: &BTreeMap<String, PluginConfig>,
+) -> Option<ConnectConfig> {
+    let line = c.line(&t.span);
+    let plugin = c.plugin_ref(t, "plugin", plugins);
+    let port = c.port(t, "port", 1..=u16::MAX);
+    let host = match c.required(t, "host", "host = \"localhost\"") {
+        Some(_) => c.string(t, "host"),
+        None => None,
+    };
+    if let Some((h, span)) = &host
+        && h.trim().is_empty()
+    {
+        c.error(
+            Some(span.clone()),
+            &t.field("host"),
+            "is empty: give a host name or address",
+        );
+    }
+    let timeout = c.duration(t, "timeout", MIN_CPU);
+    Some(ConnectConfig {
+        plugin: plugin?,
+        host: host?.0.to_string(),
+        port: port?,
+        timeout: timeout.unwrap_or(DEFAULT_CONNECT_TIMEOUT),
+        line,
+    })
+}
