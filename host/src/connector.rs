@@ -84,6 +84,10 @@ pub async fn run(
             }
         },
         Ok(false) => {
+            // The Rust SDK exports a client factory that declines when the
+            // guest registered none: a server-only component used in a
+            // [[connect]] entry lands here.
+            tracing::warn!(plugin = %name, %peer, "the client factory built no protocol, so the connection is closed: does this component implement a client? (a Rust guest needs `export!(client: ...)`)");
             drop(stream);
             Reason::Done
         }

@@ -217,10 +217,13 @@ impl Acceptor {
                 match self.plugin.reserve_instance() {
                     Ok(p) => Some(p),
                     Err(e) => {
-                        let n = self.stats.rejected_at_capacity.fetch_add(1, Ordering::Relaxed);
+                        let n = self
+                            .stats
+                            .rejected_at_capacity
+                            .fetch_add(1, Ordering::Relaxed);
                         // One line for the first refusal of a burst, then
                         // one per thousand.
-                        if n % 1000 == 0 {
+                        if n.is_multiple_of(1000) {
                             tracing::warn!(plugin = %plugin_name, %peer, refused = n + 1, "{e}; closing new connections until one ends");
                         }
                         drop(stream);

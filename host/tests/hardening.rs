@@ -216,8 +216,13 @@ fn status_kib(pid: u32, key: &str) -> u64 {
 /// Sends `cmd` and returns the first reply line, or `None` if the
 /// connection ended (closed or reset) first.
 fn first_line(s: &mut TcpStream, cmd: &str) -> Option<String> {
-    s.set_read_timeout(Some(Duration::from_secs(30))).unwrap();
     s.write_all(format!("{cmd}\n").as_bytes()).ok()?;
+    read_line(s)
+}
+
+/// The next line (without its `\n`), or `None` if the connection ended.
+fn read_line(s: &mut TcpStream) -> Option<String> {
+    s.set_read_timeout(Some(Duration::from_secs(30))).unwrap();
     let mut got = Vec::new();
     let mut b = [0u8; 1];
     loop {
@@ -253,7 +258,10 @@ fn host_side_resources_are_bounded_per_instance() {
     let log = server.stderr.lock().unwrap().clone();
     signal(&server.child, libc::SIGTERM);
     wait_exit(&mut server.child, Duration::from_secs(10));
-    eprintln!("20 x leak 20000: RSS grew {grown} KiB; replies {:?}", &replies[..2]);
+    eprintln!(
+        "20 x leak 20000: RSS grew {grown} KiB; replies {:?}",
+        &replies[..2]
+    );
     assert!(
         replies.iter().all(Option::is_none),
         "every leaking connection is ended: {replies:?}"
@@ -285,7 +293,13 @@ fn write_sequence_is_checked_against_max_output_before_copying() {
     eprintln!("amplify 1 MiB x 1000: peak RSS grew {peak} KiB");
     assert_eq!(reply, None, "the guest traps on max-output");
     assert!(peak < 64 << 10, "host peak RSS grew {peak} KiB");
-    assert!(server.stderr.lock().unwrap().contains("output limit exceeded"));
+    assert!(
+        server
+            .stderr
+            .lock()
+            .unwrap()
+            .contains("output limit exceeded")
+    );
 }
 
 /// Defect 2: 12 clients that never read, each making the guest queue
@@ -327,7 +341,9 @@ fn queued_output_across_connections_has_a_ceiling() {
     }
     signal(&server.child, libc::SIGTERM);
     wait_exit(&mut server.child, Duration::from_secs(10));
-    eprintln!("12 x 12 MB unread, ceiling 32 MiB: RSS grew {grown} KiB; {whole} whole, {reset} reset");
+    eprintln!(
+        "12 x 12 MB unread, ceiling 32 MiB: RSS grew {grown} KiB; {whole} whole, {reset} reset"
+    );
     assert!(whole >= 1 && reset >= 1, "{whole} whole, {reset} reset");
     assert!(grown < 80 << 10, "host RSS grew {grown} KiB");
     assert!(
@@ -428,7 +444,10 @@ fn check_rejects_an_instance_pool_the_system_cannot_hold() {
              [[listen]]\nport = 0\nplugin = \"p\"\n"
         ));
         let out = twill().arg("check").arg(&cfg).output().unwrap();
-        (out.status.code(), String::from_utf8_lossy(&out.stderr).to_string())
+        (
+            out.status.code(),
+            String::from_utf8_lossy(&out.stderr).to_string(),
+        )
     };
     // Address space: 20,000 slots of 2 x 4 GiB is 160 TiB.
     let (code, err) = run("max-instances = 20000", "4GiB");
@@ -458,4 +477,139 @@ fn check_rejects_an_instance_pool_the_system_cannot_hold() {
     } else {
         eprintln!("vm.max_map_count is {maps}: no pool within range exceeds it");
     }
+}
+
+/// Defect 7: `instance = "shared"` without `shared-instances` split guest
+/// state over one instance per reactor thread, so six clients of a shared
+/// keyspace saw two different rooms. The default is now one instance.
+#[test]
+fn a_shared_plugin_is_one_instance_unless_told_otherwise() {
+    let cfg = write_config(&format!(
+        "[host]\nthreads = 2\n{}",
+        support::server_config(&testkit_wasm(), "instance = \"shared\"\n")
+    ));
+    let mut server = spawn_run(&cfg, 1);
+    let mut conns: Vec<TcpStream> = (0..6)
+        .map(|_| TcpStream::connect(server.addrs[0]).unwrap())
+        .collect();
+    for s in &mut conns {
+        assert_eq!(
+            first_line(s, "join\necho joined").as_deref(),
+            Some("joined")
+        );
+    }
+    // Every connection sees the same room of six.
+    for s in &mut conns {
+        let line = first_line(s, "served").unwrap();
+        assert!(line.ends_with("room=6"), "{line}");
+    }
+    signal(&server.child, libc::SIGTERM);
+    assert!(wait_exit(&mut server.child, Duration::from_secs(10)).success());
+}
+
+/// Defect 7: a shared instance that dies takes every connection's guest
+/// state with it; that was logged per connection at WARN. It is now one
+/// ERROR line with the number of connections aborted.
+#[test]
+fn a_shared_instance_that_dies_is_an_error_with_its_connection_count() {
+    let cfg = write_config(&support::server_config(
+        &testkit_wasm(),
+        "instance = \"shared\"\n",
+    ));
+    let mut server = spawn_run(&cfg, 1);
+    let mut conns: Vec<TcpStream> = (0..5)
+        .map(|_| TcpStream::connect(server.addrs[0]).unwrap())
+        .collect();
+    for s in &mut conns {
+        assert_eq!(first_line(s, "echo up").as_deref(), Some("up"));
+    }
+    assert_eq!(first_line(&mut conns[0], "panic"), None);
+    for s in &mut conns[1..] {
+        let (_, end) = read_all(s);
+        assert!(end.is_err(), "the others are aborted, not closed cleanly");
+    }
+    let t0 = Instant::now();
+    let line = loop {
+        let log = support::strip_ansi(&server.stderr.lock().unwrap());
+        if let Some(l) = log
+            .lines()
+            .find(|l| l.contains("a shared instance faulted"))
+        {
+            break l.to_string();
+        }
+        assert!(t0.elapsed() < Duration::from_secs(10), "{log}");
+        std::thread::sleep(Duration::from_millis(20));
+    };
+    signal(&server.child, libc::SIGTERM);
+    wait_exit(&mut server.child, Duration::from_secs(10));
+    assert!(line.contains("ERROR"), "{line}");
+    assert!(line.contains("its 5 connection(s) are aborted"), "{line}");
+    assert!(line.contains("guest trapped"), "{line}");
+}
+
+/// Defect 7: a server-only Rust guest passes `check` as a `[[connect]]`
+/// plugin (the SDK always exports a client factory), and at run time its
+/// connection was dropped with only a DEBUG line. It is now a WARN that
+/// says why.
+#[test]
+fn a_connector_whose_factory_builds_nothing_is_a_warning() {
+    let listener = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+    let port = listener.local_addr().unwrap().port();
+    let cfg = write_config(&format!(
+        "[plugins.p]\ncomponent = {:?}\n\n[[connect]]\nhost = \"127.0.0.1\"\nport = {port}\nplugin = \"p\"\n",
+        testkit_wasm().display().to_string()
+    ));
+    let out = twill()
+        .arg("run")
+        .arg(&cfg)
+        .env("NO_COLOR", "1")
+        .output()
+        .unwrap();
+    let log = String::from_utf8_lossy(&out.stderr);
+    let line = log
+        .lines()
+        .find(|l| l.contains("client factory built no protocol"))
+        .unwrap_or_else(|| panic!("{log}"));
+    assert!(
+        line.contains("WARN") && line.contains("export!(client"),
+        "{line}"
+    );
+    drop(listener);
+}
+
+/// Defect 7: the shipped chat kept every byte of a line until its newline,
+/// so one client sending ~6 MiB without one ran the shared instance out of
+/// memory and every user lost the room. It now has Twisted's
+/// `LineReceiver.MAX_LENGTH` (16,384): the sender is told and dropped.
+#[test]
+fn one_chat_user_without_newlines_cannot_take_the_room_down() {
+    let cfg = support::repo().join("guests/chat/chat.toml");
+    let text = std::fs::read_to_string(&cfg)
+        .unwrap()
+        .replace("chat.wasm", &support::chat_wasm().display().to_string())
+        .replace("port = 9002", "port = 0");
+    let mut server = spawn_run(&write_config(&text), 1);
+    let addr = server.addrs[0];
+    let join = |name: &str| {
+        let mut s = TcpStream::connect(addr).unwrap();
+        assert_eq!(
+            first_line(&mut s, name).as_deref(),
+            Some("What's your name?\r")
+        );
+        s
+    };
+    let mut alice = join("alice");
+    let mut bob = join("bob");
+    let mut mallory = join("mallory");
+    let _ = mallory.write_all(&vec![b'x'; 6 << 20]);
+    let (got, _) = read_all(&mut mallory);
+    assert!(String::from_utf8_lossy(&got).contains("Line too long."));
+    // The room is still there.
+    bob.write_all(b"hi alice\n").unwrap();
+    let mut line = String::new();
+    while !line.contains("<bob> hi alice") {
+        line = read_line(&mut alice).expect("alice is still connected");
+    }
+    signal(&server.child, libc::SIGTERM);
+    wait_exit(&mut server.child, Duration::from_secs(10));
 }

@@ -22,6 +22,13 @@ thread_local! {
     static USERS: RefCell<BTreeMap<String, Transport>> = const { RefCell::new(BTreeMap::new()) };
 }
 
+/// `LineReceiver.MAX_LENGTH`: a line longer than this (without its
+/// delimiter) ends the connection that sent it, as Twisted's default
+/// `lineLengthExceeded` does. Without it, one client sending megabytes
+/// without a newline would grow the shared instance's memory until it ran
+/// out, and every user would lose the room with it.
+pub const MAX_LENGTH: usize = 16384;
+
 /// Twisted's `Chat(LineReceiver)`.
 #[derive(Default)]
 pub struct Chat {
@@ -73,6 +80,12 @@ impl Protocol for Chat {
                 let raw = std::mem::take(&mut self.line);
                 let line = String::from_utf8_lossy(&raw);
                 self.line_received(t, line.trim_end_matches('\r'));
+            } else if self.line.len() >= MAX_LENGTH {
+                // `lineLengthExceeded`: drop the line and the connection.
+                self.line = Vec::new();
+                send_line(t, "Line too long.");
+                t.lose_connection();
+                return;
             } else {
                 self.line.push(b);
             }

@@ -242,7 +242,7 @@ fn deliver(
             who.stats
                 .reads
                 .fetch_add(chunks.len() as u64, Ordering::Relaxed);
-            call(shared, who.cpu, chunks, bytes)
+            call(shared, &who.plugin, who.cpu, chunks, bytes)
         };
         if let Err(fault) = result {
             if !matches!(fault, GuestFault::Poisoned) {
@@ -268,6 +268,7 @@ fn deliver(
 /// its fault signal, which aborts every connection on it.
 fn call(
     shared: &SharedGuest,
+    plugin: &str,
     cpu: Duration,
     chunks: &[Chunk],
     data: &[u8],
@@ -278,9 +279,10 @@ fn call(
         Some(batch) => batch.call_data_received(&mut g.store, chunks, data),
         None => Ok(()),
     });
+    let live = g.store.data().transports.live();
     drop(g);
-    if r.is_err() {
-        shared.fault.fire();
+    if let Err(f) = &r {
+        shared.fail(plugin, f, live);
     }
     r
 }
@@ -346,5 +348,11 @@ pub fn data_received_batch(reads: &mut [(&mut Session, &[u8])]) -> Result<(), Gu
     if chunks.is_empty() {
         return Ok(());
     }
-    call(&shared, first.plugin.limits.cpu, &chunks, &data)
+    call(
+        &shared,
+        &first.plugin.name,
+        first.plugin.limits.cpu,
+        &chunks,
+        &data,
+    )
 }

@@ -65,7 +65,9 @@ use bindings::{batch as wit_batch, client_factory, protocol, server_factory};
 use limits::Limits;
 use output::{GuestOutput, Sink, Std};
 use pool::{InstanceCap, InstancePermit};
-use state::{ConnState, CpuBudget, OutBuf, OutputBudget, TransportCell, TransportState, Transports};
+use state::{
+    ConnState, CpuBudget, OutBuf, OutputBudget, TransportCell, TransportState, Transports,
+};
 use transport::TransportHandle;
 
 /// The interface names a component must export for each role.
@@ -271,7 +273,8 @@ impl Runtime {
             .max()
             .unwrap_or(Limits::default().memory);
         let file = config.path.display().to_string();
-        let pool = plan_pool(config, max_memory).map_err(|m| vec![anyhow::anyhow!("{file}: {m}")])?;
+        let pool =
+            plan_pool(config, max_memory).map_err(|m| vec![anyhow::anyhow!("{file}: {m}")])?;
         let host = HostSettings {
             max_instances: Some(pool),
             ..config.host.clone()
@@ -462,7 +465,9 @@ pub enum GuestFault {
     Poisoned,
     /// The component asked for more linear memory than its plugin's
     /// `memory` while it was being instantiated.
-    #[error("the component needs {needed} bytes of linear memory to start; the plugin's memory limit is {limit}")]
+    #[error(
+        "the component needs {needed} bytes of linear memory to start; the plugin's memory limit is {limit}"
+    )]
     MemoryAtStart {
         /// The size it asked for.
         needed: usize,
@@ -816,6 +821,23 @@ pub(crate) struct SharedGuest {
     queue: batch::Queue,
 }
 
+impl SharedGuest {
+    /// The instance faulted: fires its fault signal, which aborts every
+    /// connection on it, and says so once, at ERROR, with what was lost.
+    pub(crate) fn fail(&self, plugin: &str, fault: &GuestFault, connections: usize) {
+        if matches!(fault, GuestFault::Poisoned) || self.fault.is_fired() {
+            return;
+        }
+        self.fault.fire();
+        tracing::error!(
+            plugin,
+            %fault,
+            connections,
+            "a shared instance faulted: its {connections} connection(s) are aborted and the guest state it held is lost; the next connection gets a fresh instance"
+        );
+    }
+}
+
 /// Where a session's instance lives.
 enum Home {
     Own(Box<Guest>),
@@ -1044,9 +1066,12 @@ impl Session {
         f: impl FnOnce(&mut Guest) -> wasmtime::Result<R>,
     ) -> Result<R, GuestFault> {
         let (slot, cpu) = (self.slot, self.plugin.limits.cpu);
-        let r = self.guest().call(cpu, 1, Caller::Connection(slot), f);
-        if let (Err(_), Home::Shared(s)) = (&r, &self.home) {
-            s.fault.fire();
+        let mut g = self.guest();
+        let r = g.call(cpu, 1, Caller::Connection(slot), f);
+        let live = g.store.data().transports.live();
+        drop(g);
+        if let (Err(f), Home::Shared(s)) = (&r, &self.home) {
+            s.fail(&self.plugin.name, f, live);
         }
         r
     }
@@ -1188,7 +1213,10 @@ fn plan_pool(config: &Config, max_memory: usize) -> Result<u32, String> {
         .plugins
         .values()
         .max_by_key(|p| p.limits.memory)
-        .map_or_else(|| "memory".to_string(), |p| format!("plugins.{}.memory", p.name));
+        .map_or_else(
+            || "memory".to_string(),
+            |p| format!("plugins.{}.memory", p.name),
+        );
     let fit_space = pool::MAX_RESERVATION / pool::reservation(1, memory).max(1);
     let maps = pool::max_map_count();
     let fit_maps = maps.map_or(u64::MAX, pool::instances_for_maps);
@@ -1198,7 +1226,12 @@ fn plan_pool(config: &Config, max_memory: usize) -> Result<u32, String> {
                 .min(fit_space)
                 .min(fit_maps);
             if n < u64::from(pool::DEFAULT_MAX_INSTANCES) {
-                tracing::info!(instances = n, "the instance pool is smaller than the default {} to fit this system (vm.max_map_count {maps:?}, {} memories): set [host] max-instances to choose", pool::DEFAULT_MAX_INSTANCES, pool::human(memory));
+                tracing::info!(
+                    instances = n,
+                    "the instance pool is smaller than the default {} to fit this system (vm.max_map_count {maps:?}, {} memories): set [host] max-instances to choose",
+                    pool::DEFAULT_MAX_INSTANCES,
+                    pool::human(memory)
+                );
             }
             Ok(n.max(1) as u32)
         }
@@ -1253,7 +1286,11 @@ fn plugin_caps(config: &Config, pool: u32) -> Result<HashMap<String, usize>, Str
             return Err(format!(
                 "host.max-instances: {left} slots are left for {} plugin(s) without max-instances ({}): raise [host] max-instances or give them max-instances",
                 unset.len(),
-                unset.iter().map(|n| n.as_str()).collect::<Vec<_>>().join(", ")
+                unset
+                    .iter()
+                    .map(|n| n.as_str())
+                    .collect::<Vec<_>>()
+                    .join(", ")
             ));
         }
         for name in unset {

@@ -6,11 +6,13 @@
 use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
 
-/// Memory maps one live instance adds to the process (its linear memory,
-/// tables and stack are carved out of the pool's reservation with
-/// `mprotect`, which splits the reservation's mapping). Measured with the
-/// echo and test-kit components: see `docs/security.md`.
-pub const MAPS_PER_INSTANCE: u64 = 12;
+/// Memory maps to allow per instance slot. The pool's reservation is split
+/// into separate mappings by `mprotect`: measured on the release binary,
+/// an idle slot costs 2 maps (1,000 slots: 2,078 maps in all; 3,000:
+/// 6,077), and a live instance of the Rust echo, test-kit or chat
+/// component 4 more (500 live: +2,000). 10 per slot leaves room for
+/// components with more memories and tables (interpreters).
+pub const MAPS_PER_INSTANCE: u64 = 10;
 
 /// Memory maps kept free for everything else the process maps (code,
 /// thread stacks, the allocator's arenas, compiled components).
@@ -59,7 +61,12 @@ pub fn reservation(instances: u64, memory: u64) -> u64 {
 
 /// Bytes in a human unit, for messages.
 pub fn human(bytes: u64) -> String {
-    const UNITS: [(&str, u64); 4] = [("TiB", 1 << 40), ("GiB", 1 << 30), ("MiB", 1 << 20), ("KiB", 1 << 10)];
+    const UNITS: [(&str, u64); 4] = [
+        ("TiB", 1 << 40),
+        ("GiB", 1 << 30),
+        ("MiB", 1 << 20),
+        ("KiB", 1 << 10),
+    ];
     for (unit, size) in UNITS {
         if bytes >= size {
             return format!("{:.1} {unit}", bytes as f64 / size as f64);

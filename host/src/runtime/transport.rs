@@ -98,13 +98,17 @@ pub fn add_writes(linker: &mut Linker<ConnState>) -> wasmtime::Result<()> {
             // limit; nothing is copied.
             let mut len = 0usize;
             for i in 0..data.len() {
-                let Some(l) = data.get(&mut store, i) else { break };
+                let Some(l) = data.get(&mut store, i) else {
+                    break;
+                };
                 len = len.saturating_add(l?.len());
                 if len > store.data().max_output {
                     break;
                 }
             }
-            write_lists(store, handle, len, |store, i| data.get(store, i).transpose())
+            write_lists(store, handle, len, |store, i| {
+                data.get(store, i).transpose()
+            })
         },
     )?;
     linker.allow_shadowing(false);
@@ -119,9 +123,9 @@ fn write_lists(
     len: usize,
     list: impl Fn(&mut StoreContextMut<'_, ConnState>, usize) -> wasmtime::Result<Option<WasmList<u8>>>,
 ) -> wasmtime::Result<()> {
-    let open = store
-        .data_mut()
-        .with_transport(&handle, false, |t| t.check_output(len).map(|()| t.is_open()))?;
+    let open = store.data_mut().with_transport(&handle, false, |t| {
+        t.check_output(len).map(|()| t.is_open())
+    })?;
     if !open {
         return Ok(());
     }
