@@ -280,7 +280,6 @@ impl Runtime {
             ..config.host.clone()
         };
         let mut rt = Runtime::new(&host, max_memory).map_err(|e| vec![e])?;
-        let caps = plugin_caps(config, pool).map_err(|m| vec![anyhow::anyhow!("{file}: {m}")])?;
         tracing::info!(
             slots = pool,
             reserved = %pool::human(pool::reservation(u64::from(pool), max_memory as u64)),
@@ -288,6 +287,9 @@ impl Runtime {
             pool::human(max_memory as u64)
         );
         let mut errors = Vec::new();
+        let maps_before = pool::count_maps();
+        let mut maps_per_live = pool::MIN_MAPS_PER_LIVE;
+        let mut trials = Vec::new();
         for (name, p) in &config.plugins {
             let err = |message: String| LoadError {
                 file: config.path.display().to_string(),
@@ -299,20 +301,33 @@ impl Runtime {
             match rt.load_plugin(name, &p.component, p.limits.clone(), p.clock) {
                 Ok(mut plugin) => {
                     plugin.set_sharing(p.sharing);
-                    if let Some(&cap) = caps.get(name) {
-                        plugin.cap.set_max(cap);
-                    }
                     // Instantiate once now: a component that cannot even
                     // start within its own plugin's limits fails here, not
-                    // at every connection.
-                    if let Err(f) = plugin.new_guest(&rt.engine) {
-                        errors.push(err(match f {
+                    // at every connection. The trial instances stay alive
+                    // until all are made, so each has a slot of its own
+                    // and shows the memory maps a live instance costs.
+                    // The second instance shows the steady cost (the first
+                    // also maps the component's memory image, once).
+                    match plugin.new_guest(&rt.engine) {
+                        Ok(g) => {
+                            trials.push(g);
+                            let before = pool::count_maps();
+                            if let Ok(g2) = plugin.new_guest(&rt.engine) {
+                                if let (Some(b), Some(a)) = (before, pool::count_maps()) {
+                                    maps_per_live = maps_per_live.max(a.saturating_sub(b));
+                                }
+                                trials.push(g2);
+                            }
+                        }
+                        Err(f) => {
+                            errors.push(err(match f {
                             GuestFault::MemoryAtStart { needed, limit } => format!(
                                 "the component needs at least {} of linear memory to start, more than plugins.{name}.memory ({}): raise `memory` to at least {}",
                                 pool::human(needed as u64), pool::human(limit as u64), pool::human(needed as u64)
                             ),
                             f => format!("the component fails to start: {f}"),
                         }).into());
+                        }
                     }
                     if matches!(p.sharing, Sharing::Shared(_)) && !plugin.has_batch() {
                         tracing::info!(plugin = %name, "the component does not export `{BATCH}`: its shared instances get one data-received call per read");
@@ -344,11 +359,19 @@ impl Runtime {
                 Err(e) => errors.push(err(format!("{e:#}")).into()),
             }
         }
-        if errors.is_empty() {
-            Ok(rt)
-        } else {
-            Err(errors)
+        drop(trials);
+        if !errors.is_empty() {
+            return Err(errors);
         }
+        let usable = check_maps(config, pool, maps_before, maps_per_live)
+            .map_err(|m| vec![anyhow::anyhow!("{file}: {m}")])?;
+        let caps = plugin_caps(config, usable).map_err(|m| vec![anyhow::anyhow!("{file}: {m}")])?;
+        for (name, cap) in caps {
+            if let Some(p) = rt.plugins.get(&name) {
+                p.cap.set_max(cap);
+            }
+        }
+        Ok(rt)
     }
 
     /// Compiles (or fetches from the cache) and pre-instantiates one
@@ -1245,19 +1268,37 @@ fn plan_pool(config: &Config, max_memory: usize) -> Result<u32, String> {
                     pool::human(pool::MAX_RESERVATION)
                 ));
             }
-            if let Some(m) = maps
-                && u64::from(n) > fit_maps
-            {
-                return Err(format!(
-                    "host.max-instances: {n} live instances need about {} memory maps, but the kernel allows {m} per process (vm.max_map_count): lower max-instances to at most {fit_maps}, or raise the limit to at least {} (sysctl -w vm.max_map_count={})",
-                    pool::maps_for_instances(u64::from(n)),
-                    pool::maps_for_instances(u64::from(n)),
-                    pool::maps_for_instances(u64::from(n)),
-                ));
-            }
             Ok(n)
         }
     }
+}
+
+/// How many instances can be live at once given the kernel's memory-map
+/// limit, from what the process maps now (`base`, the pool's idle slots
+/// included) and what one live instance of these components adds
+/// (`per_live`, measured on the trial instances). An explicit `[host]
+/// max-instances` past it is an error naming the `sysctl` to raise; the
+/// default pool just serves fewer at once.
+fn check_maps(config: &Config, pool: u32, base: Option<u64>, per_live: u64) -> Result<u32, String> {
+    let (Some(max), Some(base)) = (pool::max_map_count(), base) else {
+        return Ok(pool);
+    };
+    let needed = base + u64::from(pool) * per_live + pool::MAPS_HEADROOM;
+    if needed <= max {
+        return Ok(pool);
+    }
+    let usable = max.saturating_sub(base + pool::MAPS_HEADROOM) / per_live.max(1);
+    if config.host.max_instances.is_some() {
+        return Err(format!(
+            "host.max-instances: {pool} live instances of these components need about {needed} memory maps ({per_live} per live instance, measured, on top of the {base} mapped now), but the kernel allows {max} per process (vm.max_map_count): lower max-instances to at most {usable}, or raise the limit: sysctl -w vm.max_map_count={needed}"
+        ));
+    }
+    tracing::info!(
+        pool,
+        usable,
+        "vm.max_map_count ({max}) leaves room for {usable} live instances of these components ({per_live} memory maps each): set [host] max-instances, or raise vm.max_map_count, to change it"
+    );
+    Ok(usable.max(1) as u32)
 }
 
 /// Each plugin's cap on instances of its own: its `max-instances` if set;

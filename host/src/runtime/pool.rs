@@ -6,7 +6,9 @@
 use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
 
-/// Memory maps to allow per instance slot. The pool's reservation is split
+/// Memory maps to allow per instance slot when sizing the default pool
+/// (before any component is loaded; the loaded components are then
+/// measured, see `runtime::check_maps`). The pool's reservation is split
 /// into separate mappings by `mprotect`: measured on the release binary,
 /// an idle slot costs 2 maps (1,000 slots: 2,078 maps in all; 3,000:
 /// 6,077), and a live instance of the Rust echo, test-kit or chat
@@ -17,6 +19,21 @@ pub const MAPS_PER_INSTANCE: u64 = 10;
 /// Memory maps kept free for everything else the process maps (code,
 /// thread stacks, the allocator's arenas, compiled components).
 pub const MAPS_RESERVED: u64 = 4096;
+
+/// The least memory maps a live instance is assumed to add (measured for
+/// the Rust guests; a trial instance that reuses a warm slot may show
+/// fewer).
+pub const MIN_MAPS_PER_LIVE: u64 = 4;
+
+/// Memory maps left free when checking a measured pool (thread stacks, the
+/// allocator's arenas, more compiled code).
+pub const MAPS_HEADROOM: u64 = 1024;
+
+/// The memory maps this process has now (lines of `/proc/self/maps`).
+pub fn count_maps() -> Option<u64> {
+    let maps = std::fs::read("/proc/self/maps").ok()?;
+    Some(maps.iter().filter(|&&b| b == b'\n').count() as u64)
+}
 
 /// The pool size when `[host] max-instances` is not set, if the memory-map
 /// limit allows it.
