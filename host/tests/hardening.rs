@@ -453,7 +453,7 @@ fn check_rejects_an_instance_pool_the_system_cannot_hold() {
     let (code, err) = run("max-instances = 20000", "4GiB");
     assert_eq!(code, Some(2), "{err}");
     assert!(
-        err.contains("host.max-instances") && err.contains("address space"),
+        err.contains("plugins.toml:2:1: host.max-instances") && err.contains("address space"),
         "{err}"
     );
     // The default pool shrinks to fit instead, and says what it reserves.
@@ -471,9 +471,21 @@ fn check_rejects_an_instance_pool_the_system_cannot_hold() {
         let (code, err) = run(&format!("max-instances = {too_many}"), "16MiB");
         assert_eq!(code, Some(2), "{err}");
         assert!(
-            err.contains("vm.max_map_count") && err.contains("sysctl -w vm.max_map_count="),
+            err.contains("plugins.toml:2:1: host.max-instances")
+                && err.contains("vm.max_map_count")
+                && err.contains("sysctl -w vm.max_map_count="),
             "{err}"
         );
+        // The value it suggests passes.
+        let fits: String = err
+            .split("lower max-instances to at most ")
+            .nth(1)
+            .unwrap()
+            .chars()
+            .take_while(char::is_ascii_digit)
+            .collect();
+        let (code, err) = run(&format!("max-instances = {fits}"), "16MiB");
+        assert_eq!(code, Some(0), "{err}");
     } else {
         eprintln!("vm.max_map_count is {maps}: no pool within range exceeds it");
     }

@@ -196,6 +196,9 @@ pub(super) struct Checker<'a> {
     line_starts: Vec<usize>,
     /// Each error with its byte offset (`usize::MAX` when it has none).
     errors: Vec<(usize, ConfigError)>,
+    /// The line and column of every key of every table opened, by dotted
+    /// key, for errors found after parsing (such as the instance pool's).
+    pub places: BTreeMap<String, (usize, usize)>,
 }
 
 impl<'a> Checker<'a> {
@@ -208,6 +211,7 @@ impl<'a> Checker<'a> {
             text,
             line_starts,
             errors: Vec::new(),
+            places: BTreeMap::new(),
         }
     }
 
@@ -295,6 +299,10 @@ impl<'a> Checker<'a> {
             entries,
         };
         self.unknown_keys(&table, known, "key");
+        for (k, _) in table.entries() {
+            let place = self.line_col(k.span().start);
+            self.places.insert(table.field(k.get_ref()), place);
+        }
         Some(table)
     }
 

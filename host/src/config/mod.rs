@@ -120,6 +120,20 @@ pub struct Config {
     pub listen: Vec<ListenConfig>,
     /// Connectors, in file order.
     pub connect: Vec<ConnectConfig>,
+    /// Line and column of each key in the file, by dotted key (such as
+    /// `host.max-instances`), for errors found after parsing.
+    pub places: BTreeMap<String, (usize, usize)>,
+}
+
+impl Config {
+    /// `file:line:col: key` for a key of this config (`file: key` if the
+    /// key is not in the file, for a default), to start an error message.
+    pub fn at(&self, key: &str) -> String {
+        match self.places.get(key) {
+            Some((line, col)) => format!("{}:{line}:{col}: {key}", self.path.display()),
+            None => format!("{}: {key}", self.path.display()),
+        }
+    }
 }
 
 /// `[host]`: settings for the whole reactor.
@@ -290,7 +304,10 @@ impl Config {
     /// is reported alone).
     pub fn parse(path: &Path, text: &str) -> Result<Config, ConfigErrors> {
         let mut checker = check::Checker::new(path, text);
-        let config = tables::parse_document(&mut checker, path, text);
+        let mut config = tables::parse_document(&mut checker, path, text);
+        if let Some(c) = &mut config {
+            c.places = std::mem::take(&mut checker.places);
+        }
         let errors = checker.finish();
         match config {
             Some(config) if errors.is_empty() => Ok(config),

@@ -82,6 +82,7 @@ pub(super) fn parse_document(c: &mut Checker<'_>, path: &Path, text: &str) -> Op
         plugins,
         listen: listen.into_iter().flatten().collect(),
         connect: connect.into_iter().flatten().collect(),
+        places: BTreeMap::new(),
     })
 }
 

@@ -272,9 +272,8 @@ impl Runtime {
             .map(|p| p.limits.memory)
             .max()
             .unwrap_or(Limits::default().memory);
-        let file = config.path.display().to_string();
-        let pool =
-            plan_pool(config, max_memory).map_err(|m| vec![anyhow::anyhow!("{file}: {m}")])?;
+        let at = |m: String| vec![anyhow::anyhow!("{}: {m}", config.at("host.max-instances"))];
+        let pool = plan_pool(config, max_memory).map_err(at)?;
         let host = HostSettings {
             max_instances: Some(pool),
             ..config.host.clone()
@@ -363,9 +362,8 @@ impl Runtime {
         if !errors.is_empty() {
             return Err(errors);
         }
-        let usable = check_maps(config, pool, maps_before, maps_per_live)
-            .map_err(|m| vec![anyhow::anyhow!("{file}: {m}")])?;
-        let caps = plugin_caps(config, usable).map_err(|m| vec![anyhow::anyhow!("{file}: {m}")])?;
+        let usable = check_maps(config, pool, maps_before, maps_per_live).map_err(at)?;
+        let caps = plugin_caps(config, usable).map_err(at)?;
         for (name, cap) in caps {
             if let Some(p) = rt.plugins.get(&name) {
                 p.cap.set_max(cap);
@@ -1262,7 +1260,7 @@ fn plan_pool(config: &Config, max_memory: usize) -> Result<u32, String> {
             let want = pool::reservation(u64::from(n), memory);
             if want > pool::MAX_RESERVATION {
                 return Err(format!(
-                    "host.max-instances: {n} instance slots with memories of up to {} ({largest}) would reserve {} of address space, more than the {} the host allows: lower max-instances to at most {fit_space}, or lower {largest}",
+                    "{n} instance slots with memories of up to {} ({largest}) would reserve {} of address space, more than the {} the host allows: lower max-instances to at most {fit_space}, or lower {largest}",
                     pool::human(memory),
                     pool::human(want),
                     pool::human(pool::MAX_RESERVATION)
@@ -1289,8 +1287,14 @@ fn check_maps(config: &Config, pool: u32, base: Option<u64>, per_live: u64) -> R
     }
     let usable = max.saturating_sub(base + pool::MAPS_HEADROOM) / per_live.max(1);
     if config.host.max_instances.is_some() {
+        // A smaller pool also has fewer idle slots to map.
+        let fixed = base.saturating_sub(pool::IDLE_MAPS_PER_SLOT * u64::from(pool));
+        // (With some slack: the maps of threads and allocator arenas vary
+        // from one start to the next.)
+        let fits = max.saturating_sub(fixed + 2 * pool::MAPS_HEADROOM)
+            / (pool::IDLE_MAPS_PER_SLOT + per_live);
         return Err(format!(
-            "host.max-instances: {pool} live instances of these components need about {needed} memory maps ({per_live} per live instance, measured, on top of the {base} mapped now), but the kernel allows {max} per process (vm.max_map_count): lower max-instances to at most {usable}, or raise the limit: sysctl -w vm.max_map_count={needed}"
+            "{pool} live instances of these components need about {needed} memory maps ({per_live} per live instance, measured, on top of the {base} mapped now), but the kernel allows {max} per process (vm.max_map_count): lower max-instances to at most {fits}, or raise the limit: sysctl -w vm.max_map_count={needed}"
         ));
     }
     tracing::info!(
@@ -1319,13 +1323,13 @@ fn plugin_caps(config: &Config, pool: u32) -> Result<HashMap<String, usize>, Str
         }
     }
     let left = u64::from(pool).checked_sub(reserved).ok_or_else(|| {
-        format!("host.max-instances: the plugins' max-instances and shared-instances add up to {reserved}, more than the pool's {pool} slots: raise [host] max-instances or lower the plugins' caps")
+        format!("the plugins' max-instances and shared-instances add up to {reserved}, more than the pool's {pool} slots: raise [host] max-instances or lower the plugins' caps")
     })?;
     if !unset.is_empty() {
         let share = left / unset.len() as u64;
         if share == 0 {
             return Err(format!(
-                "host.max-instances: {left} slots are left for {} plugin(s) without max-instances ({}): raise [host] max-instances or give them max-instances",
+                "{left} slots are left for {} plugin(s) without max-instances ({}): raise [host] max-instances or give them max-instances",
                 unset.len(),
                 unset
                     .iter()

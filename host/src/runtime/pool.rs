@@ -25,6 +25,10 @@ pub const MAPS_RESERVED: u64 = 4096;
 /// fewer).
 pub const MIN_MAPS_PER_LIVE: u64 = 4;
 
+/// Memory maps an idle pool slot costs (measured: see
+/// [`MAPS_PER_INSTANCE`]).
+pub const IDLE_MAPS_PER_SLOT: u64 = 2;
+
 /// Memory maps left free when checking a measured pool (thread stacks, the
 /// allocator's arenas, more compiled code).
 pub const MAPS_HEADROOM: u64 = 1024;
