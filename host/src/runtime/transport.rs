@@ -5,11 +5,12 @@
 //! `lose-connection` / `abort-connection` set a flag. No method blocks or
 //! does I/O; the connection driver acts when the callback returns.
 //!
-//! `write` and `write-sequence` are linked by hand ([`add_writes`]) rather
-//! than through the bindings: they read the guest's lists in place, so the
-//! `max-output` check happens before a byte is copied. (A `write-sequence`
-//! of many entries pointing at one buffer would otherwise copy many times
-//! the guest's own memory into the host before the check.)
+//! `write-sequence` is linked by hand ([`add_writes`]) rather than through
+//! the bindings: it reads the guest's lists in place, so the `max-output`
+//! check happens before a byte is copied. (Many entries pointing at one
+//! buffer would otherwise make the host copy many times the guest's own
+//! memory before the check.) `write` copies one list, at most the guest's
+//! own memory, and keeps the bindings' path: one lock of the transport.
 
 use std::net::SocketAddr;
 
@@ -76,20 +77,11 @@ impl ConnState {
 /// The transport interface, as named in the component's imports.
 const TRANSPORT: &str = "twill:protocol/transport@0.1.0";
 
-/// Links `write` and `write-sequence` over the guest's lists in place,
-/// replacing the bindings' versions (which copy every list first).
+/// Links `write-sequence` over the guest's lists in place, replacing the
+/// bindings' version (which copies every list first).
 pub fn add_writes(linker: &mut Linker<ConnState>) -> wasmtime::Result<()> {
     linker.allow_shadowing(true);
     let mut i = linker.instance(TRANSPORT)?;
-    i.func_wrap(
-        "[method]transport.write",
-        |store: StoreContextMut<'_, ConnState>,
-         (handle, data): (Resource<TransportHandle>, WasmList<u8>)| {
-            let len = data.len();
-            let data = std::cell::RefCell::new(Some(data));
-            write_lists(store, handle, len, |_, _| Ok(data.borrow_mut().take()))
-        },
-    )?;
     i.func_wrap(
         "[method]transport.write-sequence",
         |mut store: StoreContextMut<'_, ConnState>,
