@@ -25,7 +25,7 @@
 #   halves of the seed (client and server) on one shared instance.
 #
 # Environment for the tests: TWILL_TEST_MEMORY is the plugin memory limit the
-# echo tests use: by default the one the README recommends, 64MiB for Python
+# echo tests use: by default the one docs/guide-*.md recommend, 64MiB for Python
 # and 96MiB for JavaScript (bench/results/polyglot.md says why); set it to
 # override both. TWILL_ECHO_IMPORTS_SOCKETS is set for Python only: its
 # component imports wasi:sockets (componentize-py's libc links them), which

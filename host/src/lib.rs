@@ -11,7 +11,7 @@
 //!
 //! | module | owns |
 //! |---|---|
-//! | [`config`] | `plugins.toml`: schema, strict validation, file:line errors |
+//! | [`config`] | `plugins.toml`: the schema and its defaults, every error at once with file:line:col: key (a parse function per table over a small checker) |
 //! | [`reactor`] | start-up, the shutdown broadcast, "done when idle" |
 //! | [`listener`] | the accept loops: connection cap, EMFILE back-off, spreading connections over shared instances |
 //! | [`connector`] | client connections: resolve, connect with timeout, client-factory callbacks |
@@ -20,9 +20,10 @@
 //! | [`runtime`] | wasmtime: engine, linker, plugins, sessions (own or shared instances) |
 //! | [`runtime::bindings`] | the one `bindgen!` |
 //! | [`runtime::wasi`] | WASI p2 sync bindings, minus the calls that would block the reactor |
-//! | [`runtime::state`] | Store data: the transport slab and cells, the output queue |
+//! | [`runtime::state`] | Store data: the transport slab and cells, the output queue, the host-wide output ceiling |
 //! | [`runtime::transport`] | host side of the `transport` resource (no I/O) |
-//! | [`runtime::limits`] | memory, CPU, backpressure limits; the pooling allocator |
+//! | [`runtime::limits`] | memory, CPU, backpressure, resource limits; the pooling allocator |
+//! | [`runtime::pool`] | the instance pool's size (address space, `vm.max_map_count`) and each plugin's cap |
 //! | [`runtime::threads`] | the thread each shared instance and its connections live on |
 //! | [`runtime::batch`] | batched delivery: several connections' reads in one guest call on a shared instance |
 //! | [`runtime::output`] | guest stdout/stderr, attributed to the plugin, control characters escaped |
