@@ -17,7 +17,10 @@
 //! | [`connector`] | client connections: resolve, connect with timeout, client-factory callbacks |
 //! | [`connection`] | the per-socket driver: the whole data path |
 //! | [`shutdown`] | the shutdown signal (and a shared instance's fault signal), task tracking |
-//! | [`runtime`] | wasmtime: engine, linker, plugins, sessions (own or shared instances) |
+//! | [`runtime`] | wasmtime: the engine and linker, loading and checking components |
+//! | [`runtime::plugin`] | a loaded plugin, built whole; it makes instances and sessions |
+//! | [`runtime::guest`] | one instance and the one call path: CPU budget, fault classification |
+//! | [`runtime::session`] | one connection's callbacks into its instance |
 //! | [`runtime::bindings`] | the one `bindgen!` |
 //! | [`runtime::wasi`] | WASI p2 sync bindings, minus the calls that would block the reactor |
 //! | [`runtime::state`] | Store data: the transport slab and cells, the output queue, the host-wide output ceiling |
@@ -31,7 +34,7 @@
 //! | [`testing`] | the StringTransport-style test transport for guest authors |
 //!
 //! The data path reads in three files: [`connection`] (socket ↔ buffer ↔
-//! guest call), [`runtime`] (`Session::data_received`) and
+//! guest call), [`runtime::session`] (`Session::data_received`) and
 //! [`runtime::transport`] (`write` queues bytes). On a shared instance whose
 //! component exports `batch`, the read goes through [`runtime::batch`]
 //! instead: queued, delivered with the other reads of the same moment in

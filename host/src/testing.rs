@@ -24,6 +24,7 @@ use std::path::Path;
 use std::sync::{Arc, Mutex};
 
 use crate::config::HostSettings;
+use crate::runtime::PluginOptions;
 use crate::runtime::bindings::Reason;
 use crate::runtime::limits::Limits;
 use crate::runtime::state::Closing;
@@ -87,10 +88,14 @@ impl TestComponent {
             ..HostSettings::default()
         };
         let mut runtime = Runtime::new(&settings, limits.memory)?;
-        let mut plugin = runtime.load_plugin("test", path.as_ref(), limits, false)?;
-        plugin.set_sharing(sharing);
         let output = Arc::new(Mutex::new(Vec::new()));
-        plugin.capture_output(output.clone());
+        let options = PluginOptions {
+            limits,
+            clock: false,
+            sharing,
+            capture: Some(output.clone()),
+        };
+        let plugin = runtime.load_plugin("test", path.as_ref(), options)?;
         let plugin = runtime.insert_plugin(plugin);
         Ok(TestComponent {
             runtime,

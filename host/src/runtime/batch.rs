@@ -35,8 +35,9 @@ use tokio::net::TcpStream;
 use wasmtime::component::ResourceAny;
 
 use super::bindings::batch::Chunk;
+use super::guest::{Caller, GuestFault, Home, SharedGuest};
 use super::state::{TransportCell, lock};
-use super::{Caller, GuestFault, Home, Plugin, Session, SharedGuest};
+use super::{Plugin, Session};
 
 /// The most bytes one connection may have queued and undelivered; its task
 /// stops reading until they are delivered.

@@ -3,7 +3,11 @@
 //! memory-map limit), and each plugin's cap ([`InstanceCap`]), so that one
 //! plugin's idle clients cannot take every instance from the others.
 
+use std::collections::HashMap;
 use std::sync::Arc;
+
+use super::Sharing;
+use crate::config::Config;
 use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
 
 /// Memory maps to allow per instance slot when sizing the default pool
@@ -168,6 +172,130 @@ impl Drop for InstancePermit {
     fn drop(&mut self) {
         self.0.live.fetch_sub(1, Ordering::AcqRel);
     }
+}
+
+/// The pool's size: `[host] max-instances` if set and the system can hold
+/// it, else as many as the system allows up to
+/// [`DEFAULT_MAX_INSTANCES`]. An error says which limit to change.
+pub(super) fn plan_pool(config: &Config, max_memory: usize) -> Result<u32, String> {
+    let memory = max_memory as u64;
+    let largest = config
+        .plugins
+        .values()
+        .max_by_key(|p| p.limits.memory)
+        .map_or_else(
+            || "memory".to_string(),
+            |p| format!("plugins.{}.memory", p.name),
+        );
+    let fit_space = MAX_RESERVATION / reservation(1, memory).max(1);
+    let maps = max_map_count();
+    let fit_maps = maps.map_or(u64::MAX, instances_for_maps);
+    match config.host.max_instances {
+        None => {
+            let n = u64::from(DEFAULT_MAX_INSTANCES)
+                .min(fit_space)
+                .min(fit_maps);
+            if n < u64::from(DEFAULT_MAX_INSTANCES) {
+                tracing::info!(
+                    instances = n,
+                    "the instance pool is smaller than the default {} to fit this system (vm.max_map_count {maps:?}, {} memories): set [host] max-instances to choose",
+                    DEFAULT_MAX_INSTANCES,
+                    human(memory)
+                );
+            }
+            Ok(n.max(1) as u32)
+        }
+        Some(n) => {
+            let want = reservation(u64::from(n), memory);
+            if want > MAX_RESERVATION {
+                return Err(format!(
+                    "{n} instance slots with memories of up to {} ({largest}) would reserve {} of address space, more than the {} the host allows: lower max-instances to at most {fit_space}, or lower {largest}",
+                    human(memory),
+                    human(want),
+                    human(MAX_RESERVATION)
+                ));
+            }
+            Ok(n)
+        }
+    }
+}
+
+/// How many instances can be live at once given the kernel's memory-map
+/// limit, from what the process maps now (`base`, the pool's idle slots
+/// included) and what one live instance of these components adds
+/// (`per_live`, measured on the trial instances). An explicit `[host]
+/// max-instances` past it is an error naming the `sysctl` to raise; the
+/// default pool just serves fewer at once.
+pub(super) fn check_maps(
+    config: &Config,
+    pool: u32,
+    base: Option<u64>,
+    per_live: u64,
+) -> Result<u32, String> {
+    let (Some(max), Some(base)) = (max_map_count(), base) else {
+        return Ok(pool);
+    };
+    let needed = base + u64::from(pool) * per_live + MAPS_HEADROOM;
+    if needed <= max {
+        return Ok(pool);
+    }
+    let usable = max.saturating_sub(base + MAPS_HEADROOM) / per_live.max(1);
+    if config.host.max_instances.is_some() {
+        // A smaller pool also has fewer idle slots to map.
+        let fixed = base.saturating_sub(IDLE_MAPS_PER_SLOT * u64::from(pool));
+        // (With some slack: the maps of threads and allocator arenas vary
+        // from one start to the next.)
+        let fits = max.saturating_sub(fixed + 2 * MAPS_HEADROOM) / (IDLE_MAPS_PER_SLOT + per_live);
+        return Err(format!(
+            "{pool} live instances of these components need about {needed} memory maps ({per_live} per live instance, measured, on top of the {base} mapped now), but the kernel allows {max} per process (vm.max_map_count): lower max-instances to at most {fits}, or raise the limit: sysctl -w vm.max_map_count={needed}"
+        ));
+    }
+    tracing::info!(
+        pool,
+        usable,
+        "vm.max_map_count ({max}) leaves room for {usable} live instances of these components ({per_live} memory maps each): set [host] max-instances, or raise vm.max_map_count, to change it"
+    );
+    Ok(usable.max(1) as u32)
+}
+
+/// Each plugin's cap on instances of its own: its `max-instances` if set;
+/// otherwise an equal share of what the pool has left after the shared
+/// instances and the explicit caps, so no plugin can starve another.
+pub(super) fn plugin_caps(config: &Config, pool: u32) -> Result<HashMap<String, usize>, String> {
+    let mut reserved: u64 = 0;
+    let mut unset = Vec::new();
+    let mut caps = HashMap::new();
+    for (name, p) in &config.plugins {
+        match (p.sharing, p.max_instances) {
+            (Sharing::Shared(n), _) => reserved += u64::from(n),
+            (Sharing::PerConnection, Some(n)) => {
+                reserved += u64::from(n);
+                caps.insert(name.clone(), n as usize);
+            }
+            (Sharing::PerConnection, None) => unset.push(name),
+        }
+    }
+    let left = u64::from(pool).checked_sub(reserved).ok_or_else(|| {
+        format!("the plugins' max-instances and shared-instances add up to {reserved}, more than the pool's {pool} slots: raise [host] max-instances or lower the plugins' caps")
+    })?;
+    if !unset.is_empty() {
+        let share = left / unset.len() as u64;
+        if share == 0 {
+            return Err(format!(
+                "{left} slots are left for {} plugin(s) without max-instances ({}): raise [host] max-instances or give them max-instances",
+                unset.len(),
+                unset
+                    .iter()
+                    .map(|n| n.as_str())
+                    .collect::<Vec<_>>()
+                    .join(", ")
+            ));
+        }
+        for name in unset {
+            caps.insert(name.clone(), share as usize);
+        }
+    }
+    Ok(caps)
 }
 
 #[cfg(test)]

@@ -28,7 +28,7 @@ pub struct ConnState {
     /// Whose callback is running. A write to any other connection's
     /// transport wakes that connection's task; in a batch, so does a write
     /// to a connection without a read in the batch.
-    pub(crate) current: Option<super::Caller>,
+    pub(crate) current: Option<super::guest::Caller>,
     /// The plugin's `max-output` (every transport of the instance has it).
     pub(crate) max_output: usize,
 }

@@ -17,8 +17,8 @@ use std::net::SocketAddr;
 use wasmtime::StoreContextMut;
 use wasmtime::component::{Linker, Resource, WasmList};
 
-use super::Caller;
 use super::bindings::twill::protocol::{transport, types};
+use super::guest::Caller;
 use super::state::{Closing, ConnState, TransportState, lock};
 
 /// The host's representation of a guest-held `transport` handle: which

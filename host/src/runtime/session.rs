@@ -1,0 +1,284 @@
+//! A [`Session`]: one connection's view of its plugin. Every method is one
+//! guest callback (Twisted's `buildProtocol`, `makeConnection`,
+//! `dataReceived`, ...), run under the plugin's CPU and memory limits.
+
+use std::net::SocketAddr;
+use std::sync::Arc;
+
+use wasmtime::Store;
+use wasmtime::component::ResourceAny;
+
+use super::bindings::{self, protocol};
+use super::guest::{Caller, Guest, GuestFault, GuestRef, Home};
+use super::plugin::Plugin;
+use super::pool::InstancePermit;
+use super::state::{self, ConnState, TransportCell, TransportState};
+use super::transport::TransportHandle;
+
+/// One connection's view of its plugin: the instance (its own, or a place
+/// on a shared one), the connection's protocol once built, and its
+/// transport. Every method is one guest callback, run under the plugin's
+/// CPU and memory limits.
+pub struct Session {
+    pub(super) plugin: Arc<Plugin>,
+    pub(super) home: Home,
+    /// Reads go through the shared instance's batch queue.
+    pub(super) batched: bool,
+    pub(super) protocol: Option<ResourceAny>,
+    /// This connection's slot in the instance's transports, and the
+    /// slot's generation (what the guest's transport handle names).
+    pub(super) slot: u32,
+    pub(super) generation: u32,
+    /// This connection's transport state (also in the instance's slab).
+    pub(super) cell: TransportCell,
+    /// Its place under the plugin's `max-instances` (an instance of its
+    /// own), given back after the instance is dropped.
+    pub(super) permit: Option<InstancePermit>,
+}
+
+impl std::fmt::Debug for Session {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Session")
+            .field("plugin", &self.plugin.name)
+            .finish_non_exhaustive()
+    }
+}
+
+impl Drop for Session {
+    fn drop(&mut self) {
+        // An instance of its own goes with the session. On a shared one,
+        // drop the protocol (the guest's destructor runs as a callback, under
+        // the CPU budget; skipped if the instance already faulted) and free
+        // the transport slot.
+        if !self.is_shared() {
+            return;
+        }
+        // A read still queued for batched delivery is skipped.
+        self.transport().lost = true;
+        if let Some(p) = self.protocol.take()
+            && let Err(f) = self.call(|g| p.resource_drop(&mut g.store))
+            && !matches!(f, GuestFault::Poisoned)
+        {
+            tracing::warn!(plugin = %self.plugin.name, fault = %f, "shared guest faulted dropping a protocol; its connections are aborted");
+        }
+        let slot = self.slot;
+        self.guest().store.data_mut().transports.remove(slot);
+    }
+}
+
+pub(super) fn address(a: SocketAddr) -> bindings::Address {
+    bindings::Address {
+        host: a.ip().to_canonical().to_string(),
+        port: a.port(),
+    }
+}
+
+impl Session {
+    /// The plugin this session runs.
+    pub fn plugin(&self) -> &Arc<Plugin> {
+        &self.plugin
+    }
+
+    pub(super) fn guest(&mut self) -> GuestRef<'_> {
+        match &mut self.home {
+            Home::Own(g) => GuestRef::Own(g),
+            Home::Shared(s) => GuestRef::Shared(state::lock(&s.guest)),
+        }
+    }
+
+    /// The transport state the guest's calls have built up, locked (a
+    /// shared instance's callbacks may write to it from another thread).
+    pub fn transport(&self) -> std::sync::MutexGuard<'_, TransportState> {
+        state::lock(&self.cell)
+    }
+
+    /// Whether this connection's reads are delivered in batches (a shared
+    /// instance whose component exports `batch`, from a listener): then
+    /// use [`Session::queue_data`], not [`Session::data_received`].
+    pub fn is_batched(&self) -> bool {
+        self.batched
+    }
+
+    /// Queues `data` for batched delivery to this connection's protocol
+    /// ([`super::batch`]); the output it causes is written to `stream`. The
+    /// connection must not close cleanly while its transport's `queued`
+    /// is not zero.
+    pub fn queue_data(&mut self, data: &[u8], stream: &Arc<tokio::net::TcpStream>) {
+        let (Home::Shared(s), Some(protocol)) = (&self.home, self.protocol) else {
+            return;
+        };
+        self.transport().queued += data.len();
+        s.queue
+            .push(s, &self.plugin, protocol, &self.cell, stream, data);
+    }
+
+    /// Whether the session is on a shared instance.
+    pub fn is_shared(&self) -> bool {
+        matches!(self.home, Home::Shared(_))
+    }
+
+    /// For a shared instance, a listener that fires when the instance
+    /// faults (every connection on it must then be aborted).
+    pub fn fault_listener(&self) -> Option<crate::shutdown::Shutdown> {
+        match &self.home {
+            Home::Own(_) => None,
+            Home::Shared(s) => Some(s.fault.subscribe()),
+        }
+    }
+
+    /// Ready when a callback of another connection on the same shared
+    /// instance changed this connection's transport (wrote to it, closed
+    /// it); registers the task's waker otherwise.
+    pub fn poll_kicked(&mut self, cx: &mut std::task::Context<'_>) -> std::task::Poll<()> {
+        let mut t = self.transport();
+        if std::mem::take(&mut t.kicked) {
+            return std::task::Poll::Ready(());
+        }
+        if !t.waker.as_ref().is_some_and(|w| w.will_wake(cx.waker())) {
+            t.waker = Some(cx.waker().clone());
+        }
+        std::task::Poll::Pending
+    }
+
+    /// Runs one guest callback: refuses if the instance already faulted,
+    /// arms the CPU budget, marks this connection as the caller, and turns
+    /// a trap into a [`GuestFault`] that poisons the instance (and, for a
+    /// shared one, aborts every connection on it).
+    fn call<R>(
+        &mut self,
+        f: impl FnOnce(&mut Guest) -> wasmtime::Result<R>,
+    ) -> Result<R, GuestFault> {
+        let (slot, cpu) = (self.slot, self.plugin.limits.cpu);
+        let mut g = self.guest();
+        let r = g.call(cpu, 1, Caller::Connection(slot), f);
+        let live = g.store.data().transports.live();
+        drop(g);
+        if let (Err(f), Home::Shared(s)) = (&r, &self.home) {
+            s.fail(&self.plugin.name, f, live);
+        }
+        r
+    }
+
+    /// `server-factory.build-protocol(addr)`. Returns false if the guest
+    /// refused the connection.
+    pub fn build_server_protocol(&mut self, peer: SocketAddr) -> Result<bool, GuestFault> {
+        let addr = address(peer);
+        let p = self.call(|g| match g.server.clone() {
+            Some(server) => server.call_build_protocol(&mut g.store, &addr),
+            None => Ok(None),
+        })?;
+        self.protocol = p;
+        Ok(self.protocol.is_some())
+    }
+
+    /// `client-factory.started-connecting(addr)`.
+    pub fn started_connecting(&mut self, host: &str, port: u16) -> Result<(), GuestFault> {
+        let addr = bindings::Address {
+            host: host.to_string(),
+            port,
+        };
+        self.call(|g| match g.client.clone() {
+            Some(client) => client.call_started_connecting(&mut g.store, &addr),
+            None => Ok(()),
+        })
+    }
+
+    /// `client-factory.build-protocol(addr)`. Returns false if the guest
+    /// declined.
+    pub fn build_client_protocol(&mut self, remote: SocketAddr) -> Result<bool, GuestFault> {
+        let addr = address(remote);
+        let p = self.call(|g| match g.client.clone() {
+            Some(client) => client.call_build_protocol(&mut g.store, &addr),
+            None => Ok(None),
+        })?;
+        self.protocol = p;
+        Ok(self.protocol.is_some())
+    }
+
+    /// `client-factory.client-connection-failed(reason)`.
+    pub fn client_connection_failed(
+        &mut self,
+        reason: &bindings::Reason,
+    ) -> Result<(), GuestFault> {
+        self.call(|g| match g.client.clone() {
+            Some(client) => client.call_client_connection_failed(&mut g.store, reason),
+            None => Ok(()),
+        })
+    }
+
+    /// `client-factory.client-connection-lost(reason)`.
+    pub fn client_connection_lost(&mut self, reason: &bindings::Reason) -> Result<(), GuestFault> {
+        self.call(|g| match g.client.clone() {
+            Some(client) => client.call_client_connection_lost(&mut g.store, reason),
+            None => Ok(()),
+        })
+    }
+
+    /// `protocol.make-connection(transport)`, with the connection's
+    /// addresses recorded for `get-peer` / `get-host`.
+    pub fn make_connection(
+        &mut self,
+        peer: SocketAddr,
+        host: SocketAddr,
+    ) -> Result<(), GuestFault> {
+        let Some(p) = self.protocol else {
+            return Ok(());
+        };
+        {
+            let mut t = self.transport();
+            t.peer = Some(peer);
+            t.host = Some(host);
+        }
+        let handle = TransportHandle {
+            slot: self.slot,
+            generation: self.generation,
+        };
+        self.call(|g| {
+            let handle = g.store.data_mut().table.push(handle)?;
+            let api = g.api.clone();
+            api.protocol().call_make_connection(&mut g.store, p, handle)
+        })
+    }
+
+    /// `protocol.data-received(data)`.
+    pub fn data_received(&mut self, data: &[u8]) -> Result<(), GuestFault> {
+        self.on_protocol(|api, store, p| api.call_data_received(store, p, data))
+    }
+
+    /// `protocol.connection-lost(reason)`. The transport stops accepting
+    /// writes first.
+    pub fn connection_lost(&mut self, reason: &bindings::Reason) -> Result<(), GuestFault> {
+        self.transport().lost = true;
+        self.on_protocol(|api, store, p| api.call_connection_lost(store, p, reason))
+    }
+
+    /// `protocol.pause-producing()`.
+    pub fn pause_producing(&mut self) -> Result<(), GuestFault> {
+        self.on_protocol(|api, store, p| api.call_pause_producing(store, p))
+    }
+
+    /// `protocol.resume-producing()`.
+    pub fn resume_producing(&mut self) -> Result<(), GuestFault> {
+        self.on_protocol(|api, store, p| api.call_resume_producing(store, p))
+    }
+
+    /// One callback on this connection's protocol, if it has one (a
+    /// connection the factory refused has none): the one body every
+    /// `protocol.*` method shares.
+    fn on_protocol(
+        &mut self,
+        f: impl FnOnce(
+            protocol::GuestProtocol<'_>,
+            &mut Store<ConnState>,
+            ResourceAny,
+        ) -> wasmtime::Result<()>,
+    ) -> Result<(), GuestFault> {
+        let Some(p) = self.protocol else {
+            return Ok(());
+        };
+        self.call(|g| {
+            let api = g.api.clone();
+            f(api.protocol(), &mut g.store, p)
+        })
+    }
+}
