@@ -35,8 +35,7 @@ use crate::runtime::state::Closing;
 use crate::runtime::{GuestFault, Session};
 use crate::shutdown::Shutdown;
 
-/// Bytes read per `data-received` call, at most.
-pub const READ_CHUNK: usize = 64 << 10;
+pub use crate::runtime::limits::READ_CHUNK;
 
 /// How long a cleanly closing connection waits for the peer's FIN, so that
 /// closing with unread input does not reset the connection and destroy data
@@ -68,6 +67,7 @@ pub async fn run(stream: TcpStream, session: &mut Session, shutdown: &Shutdown) 
         eof: false,
         paused: false,
         finished: false,
+        open: Some(shutdown.open_connection()),
     };
     let reason = match session.make_connection(peer, host) {
         Ok(()) => conn.drive(session, shutdown).await,
@@ -96,6 +96,8 @@ struct Conn {
     /// The connection ended on purpose: cleanly (FIN sent after every byte)
     /// or with a reset already arranged.
     finished: bool,
+    /// Counted as open for the shutdown's abort, until it closes cleanly.
+    open: Option<crate::shutdown::OpenConnection>,
 }
 
 impl Drop for Conn {
@@ -281,7 +283,6 @@ impl Conn {
                     // The shutdown deadline passed with this connection
                     // still open: reset, so the peer sees the truncation.
                     self.abort();
-                    shutdown.count_reset();
                     let unsent = session.transport().out.len();
                     tracing::warn!(plugin = %session.plugin().name, unsent, "shutdown deadline passed: connection reset, unsent output dropped");
                     return Ok(Reason::Lost("shutdown deadline passed; connection reset".into()));
@@ -302,6 +303,7 @@ impl Conn {
     /// reports a clean close.
     async fn close_cleanly(&mut self) -> Reason {
         self.finished = true;
+        self.open = None;
         let _ = socket2::SockRef::from(&*self.stream).shutdown(std::net::Shutdown::Write);
         if !self.eof {
             let mut sink = [0u8; 4096];

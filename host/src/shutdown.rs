@@ -67,7 +67,9 @@ impl Signal {
 #[derive(Debug, Default)]
 struct Abort {
     signal: Signal,
-    reset: std::sync::atomic::AtomicU64,
+    /// Connections open and not yet closing cleanly: the ones an abort
+    /// resets.
+    open: std::sync::atomic::AtomicU64,
 }
 
 /// A clonable handle that hands out [`Shutdown`] listeners.
@@ -109,8 +111,7 @@ pub struct Shutdown {
 impl Shutdown {
     /// Waits for the abort signal (the graceful deadline passed): the task
     /// must then reset its connection if it still has output unsent, and
-    /// call [`Shutdown::count_reset`]. Never completes for a listener
-    /// without one.
+    /// Never completes for a listener without one.
     pub async fn aborted(&self) {
         match &self.abort {
             Some(a) => {
@@ -124,11 +125,14 @@ impl Shutdown {
         }
     }
 
-    /// Counts a connection reset by the abort signal.
-    pub fn count_reset(&self) {
+    /// Counts a connection as open (one the abort signal would reset)
+    /// until the returned guard is dropped: when it starts closing cleanly,
+    /// or ends.
+    pub fn open_connection(&self) -> OpenConnection {
         if let Some(a) = &self.abort {
-            a.reset.fetch_add(1, Ordering::Relaxed);
+            a.open.fetch_add(1, Ordering::Relaxed);
         }
+        OpenConnection(self.abort.clone())
     }
 
     /// Whether shutdown has been signalled.
@@ -191,6 +195,18 @@ impl Drop for Recv<'_> {
         if let Some((i, _)) = self.slot.take() {
             let mut wakers = self.signal.wakers.lock().unwrap_or_else(|e| e.into_inner());
             wakers.remove(i);
+        }
+    }
+}
+
+/// A connection counted by [`Shutdown::open_connection`].
+#[derive(Debug)]
+pub struct OpenConnection(Option<Arc<Abort>>);
+
+impl Drop for OpenConnection {
+    fn drop(&mut self) {
+        if let Some(a) = &self.0 {
+            a.open.fetch_sub(1, Ordering::Relaxed);
         }
     }
 }
@@ -261,9 +277,11 @@ impl ShutdownController {
         self.abort.signal.fire();
     }
 
-    /// How many connections reset because of [`abort`](Self::abort).
-    pub fn reset_count(&self) -> u64 {
-        self.abort.reset.load(Ordering::Relaxed)
+    /// How many connections are open and not closing cleanly: the ones
+    /// [`abort`](Self::abort) resets (each when its task next runs, or when
+    /// the process exits, whichever comes first).
+    pub fn open_connections(&self) -> u64 {
+        self.abort.open.load(Ordering::Relaxed)
     }
 
     /// Waits until every [`TaskGuard`] has been dropped. No new guards can

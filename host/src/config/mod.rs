@@ -10,7 +10,10 @@
 //! defaults and the duration and size syntax.
 
 mod check;
+mod limits;
 mod tables;
+
+pub use limits::{DEFAULT_MAX_RESOURCES, Limits, Sharing};
 #[cfg(test)]
 mod tests;
 
@@ -19,9 +22,6 @@ use std::fmt;
 use std::net::{IpAddr, Ipv4Addr};
 use std::path::{Path, PathBuf};
 use std::time::Duration;
-
-use crate::runtime::Sharing;
-use crate::runtime::limits::Limits;
 
 /// `[host] shutdown-timeout` when not set.
 pub const DEFAULT_SHUTDOWN_TIMEOUT: Duration = Duration::from_secs(5);
@@ -285,7 +285,7 @@ pub fn parse_size(s: &str) -> Result<u64, String> {
 impl Config {
     /// Reads and validates a config file. Component paths are resolved
     /// against the file's directory and must be regular files; the
-    /// components are not loaded here (see [`crate::runtime::Runtime::load`]).
+    /// components are not loaded here (the runtime does that).
     pub fn load(path: &Path) -> Result<Config, ConfigErrors> {
         let text = std::fs::read_to_string(path).map_err(|e| {
             ConfigErrors(vec![ConfigError {

@@ -41,7 +41,7 @@ use super::{Plugin, Session};
 
 /// The most bytes one connection may have queued and undelivered; its task
 /// stops reading until they are delivered.
-pub const MAX_QUEUED: usize = crate::connection::READ_CHUNK;
+pub const MAX_QUEUED: usize = super::limits::READ_CHUNK;
 
 /// The most bytes of reads handed to the guest in one call (the guest
 /// allocates them in its memory); a bigger queue is delivered in several

@@ -50,68 +50,29 @@ const MAX_MEMORIES_PER_COMPONENT: u32 = 4;
 const MAX_TABLES_PER_COMPONENT: u32 = 8;
 const MAX_CORE_INSTANCES_PER_COMPONENT: u32 = 32;
 
-/// The limits for every instance of one plugin.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub struct Limits {
-    /// The largest linear memory an instance may grow to, in bytes.
-    /// Default 16 MiB.
-    pub memory: usize,
-    /// The longest a single callback may run. Past it the guest traps and
-    /// its connection is aborted. Default 100 ms.
-    pub cpu: Duration,
-    /// When a connection's unsent output rises above this many bytes, the
-    /// host stops reading from it (and pauses a registered producer).
-    /// Default 1 MiB.
-    pub high_water: usize,
-    /// Reading (and the producer) resumes once unsent output falls to this.
-    /// Default 256 KiB.
-    pub low_water: usize,
-    /// The most unsent output a connection may hold. A guest whose write
-    /// would pass it traps, and its connection is aborted: this bounds a
-    /// guest that writes without end inside one callback. Default 16 MiB.
-    pub max_output: usize,
-    /// The most host-side WASI resources (resource-table entries: streams,
-    /// pollables, ...) one instance may hold besides its connections'
-    /// transports. Each costs host memory outside the guest's `memory`
-    /// limit; past this, the call that would create one traps. Default 1000.
-    pub max_resources: usize,
-}
+pub use crate::config::{DEFAULT_MAX_RESOURCES, Limits};
 
-/// The default of [`Limits::max_resources`].
-pub const DEFAULT_MAX_RESOURCES: usize = 1000;
+/// Bytes read from a socket per `data-received` call, at most (and so the
+/// most a connection may have queued for batched delivery).
+pub const READ_CHUNK: usize = 64 << 10;
 
-impl Default for Limits {
-    fn default() -> Self {
-        Limits {
-            memory: 16 << 20,
-            cpu: Duration::from_millis(100),
-            high_water: 1 << 20,
-            low_water: 256 << 10,
-            max_output: 16 << 20,
-            max_resources: DEFAULT_MAX_RESOURCES,
-        }
+/// The limiter for one instance of a plugin with `limits`.
+pub fn store_limits(limits: &Limits) -> GuestLimiter {
+    GuestLimiter {
+        inner: StoreLimitsBuilder::new()
+            .memory_size(limits.memory)
+            .memories(MAX_MEMORIES_PER_COMPONENT as usize)
+            .tables(MAX_TABLES_PER_COMPONENT as usize)
+            .instances(MAX_CORE_INSTANCES_PER_COMPONENT as usize)
+            .build(),
+        refused_memory: None,
     }
 }
 
-impl Limits {
-    /// The limiter for one instance of this plugin.
-    pub fn store_limits(&self) -> GuestLimiter {
-        GuestLimiter {
-            inner: StoreLimitsBuilder::new()
-                .memory_size(self.memory)
-                .memories(MAX_MEMORIES_PER_COMPONENT as usize)
-                .tables(MAX_TABLES_PER_COMPONENT as usize)
-                .instances(MAX_CORE_INSTANCES_PER_COMPONENT as usize)
-                .build(),
-            refused_memory: None,
-        }
-    }
-
-    /// The CPU budget per callback in epoch ticks (at least one).
-    pub fn cpu_ticks(&self) -> u64 {
-        let ticks = self.cpu.as_nanos().div_ceil(EPOCH_TICK.as_nanos());
-        u64::try_from(ticks).unwrap_or(u64::MAX).max(1)
-    }
+/// The CPU budget per callback in epoch ticks (at least one).
+pub fn cpu_ticks(limits: &Limits) -> u64 {
+    let ticks = limits.cpu.as_nanos().div_ceil(EPOCH_TICK.as_nanos());
+    u64::try_from(ticks).unwrap_or(u64::MAX).max(1)
 }
 
 /// [`StoreLimits`], plus a record of the largest memory it refused, so that

@@ -14,6 +14,8 @@ use wasmtime_wasi::{HostMonotonicClock, HostWallClock, WasiCtxBuilder};
 use crate::shutdown::ShutdownSignal;
 
 use super::bindings::{batch as wit_batch, client_factory, protocol, server_factory};
+pub use crate::config::Sharing;
+
 use super::guest::{Guest, GuestFault, Home, SharedGuest, arm, fault};
 use super::limits::{self, Limits};
 use super::output::{GuestOutput, Sink, Std};
@@ -55,35 +57,6 @@ pub struct Plugin {
     /// The cap on live instances of its own (with an instance per
     /// connection).
     pub(super) cap: Arc<InstanceCap>,
-}
-
-/// How a plugin's instances map to connections (`instance` in
-/// `plugins.toml`).
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
-pub enum Sharing {
-    /// A fresh instance per connection, as Twisted builds a protocol per
-    /// connection: a fault ends only its own connection. The default.
-    #[default]
-    PerConnection,
-    /// This many long-lived instances, each serving many connections (one
-    /// protocol resource per connection): a listener's connections go to
-    /// the least busy, on its thread ([`threads`]); a connector's, round
-    /// robin. Guest state is shared as in one Twisted process (a factory
-    /// can keep a list of its protocols and write to any of them); a fault
-    /// aborts every connection on that instance, and the next connection
-    /// gets a fresh one. Memory per idle connection is a few KiB instead of
-    /// tens.
-    Shared(u32),
-}
-
-impl Sharing {
-    /// How many shared instances (none with an instance per connection).
-    pub fn instances(self) -> usize {
-        match self {
-            Sharing::PerConnection => 0,
-            Sharing::Shared(n) => n.max(1) as usize,
-        }
-    }
 }
 
 /// What a plugin is loaded with besides its component: everything about it
@@ -195,11 +168,11 @@ impl Plugin {
         let state = ConnState {
             wasi: self.wasi(),
             table: wasmtime::component::ResourceTable::new(),
-            limits: self.limits.store_limits(),
+            limits: limits::store_limits(&self.limits),
             cpu: CpuBudget {
                 used: 0,
-                per_callback: self.limits.cpu_ticks(),
-                max: self.limits.cpu_ticks(),
+                per_callback: limits::cpu_ticks(&self.limits),
+                max: limits::cpu_ticks(&self.limits),
                 exceeded: false,
             },
             transports: Transports::default(),

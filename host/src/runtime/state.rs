@@ -4,7 +4,7 @@
 //! and close flags, in a slab addressed by slot and generation.
 //!
 //! The transport's host functions only touch [`TransportState`]; the
-//! connection driver (`crate::connection`) reads its own cell after each
+//! connection driver (the crate's `connection` module) reads its own cell after each
 //! callback and does the actual I/O.
 
 use std::collections::VecDeque;
