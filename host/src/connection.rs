@@ -156,7 +156,7 @@ impl Conn {
     fn flush(&mut self, session: &mut Session) -> io::Result<(usize, Closing, usize)> {
         let mut t = session.transport();
         t.write_to(&self.stream)?;
-        Ok((t.out.len(), t.closing, t.queued))
+        Ok((t.out.len(), t.closing, t.handoff.queued()))
     }
 
     /// Pauses or resumes a registered producer as output crosses the marks.
@@ -200,7 +200,6 @@ impl Conn {
         // from other connections' callbacks that changed this transport.
         let fault = session.fault_listener();
         let shared = fault.is_some();
-        let batched = session.is_batched();
         let mut fault = fault.as_ref().map(crate::shutdown::Shutdown::recv);
         loop {
             // Twisted pauses a producer as soon as a write takes the buffer
@@ -249,10 +248,9 @@ impl Conn {
                     // Under the lock: if the reads were delivered since
                     // `flush` looked, go round again instead of waiting.
                     let mut t = session.transport();
-                    if t.queued == 0 {
+                    if !t.handoff.wait_for_delivery() {
                         continue;
                     }
-                    t.await_delivery = true;
                     None
                 }
             };
@@ -267,8 +265,7 @@ impl Conn {
                         let mut buf = ReadBuf::take();
                         match self.read(&mut buf.0) {
                             Ok(0) => self.eof = true,
-                            Ok(n) if batched => session.queue_data(&buf.0[..n], &self.stream),
-                            Ok(n) => session.data_received(&buf.0[..n])?,
+                            Ok(n) => session.deliver(&buf.0[..n], &self.stream)?,
                             Err(e) if e.kind() == io::ErrorKind::WouldBlock => {}
                             Err(e) if e.kind() == io::ErrorKind::Interrupted => {}
                             Err(e) => return Ok(lost(&e)),

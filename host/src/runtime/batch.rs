@@ -253,7 +253,7 @@ fn deliver(
             // aborted, so send nothing.
             for r in &reads[start..] {
                 let mut t = lock(&r.cell);
-                t.queued -= r.len;
+                t.handoff.delivered(r.len);
                 t.kick();
             }
             return;
@@ -293,17 +293,15 @@ fn call(
 /// there is more to do than wait for the next read.
 fn settle(r: &Read) {
     let mut t = lock(&r.cell);
-    t.queued -= r.len;
-    if t.queued > 0 {
+    if !t.handoff.delivered(r.len) {
         return;
     }
     let quiet = t.is_open()
         && !t.producer
-        && !t.await_delivery
+        && !t.handoff.awaits_delivery()
         && t.write_to(&r.stream).is_ok()
         && t.out.is_empty();
     if !quiet {
-        t.await_delivery = false;
         t.kick();
     }
 }

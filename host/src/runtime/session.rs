@@ -94,7 +94,7 @@ impl Session {
 
     /// Whether this connection's reads are delivered in batches (a shared
     /// instance whose component exports `batch`, from a listener): then
-    /// use [`Session::queue_data`], not [`Session::data_received`].
+    /// [`Session::deliver`] queues reads instead of calling `data-received`.
     pub fn is_batched(&self) -> bool {
         self.batched
     }
@@ -107,9 +107,25 @@ impl Session {
         let (Home::Shared(s), Some(protocol)) = (&self.home, self.protocol) else {
             return;
         };
-        self.transport().queued += data.len();
+        self.transport().handoff.queue(data.len());
         s.queue
             .push(s, &self.plugin, protocol, &self.cell, stream, data);
+    }
+
+    /// Hands one read to the protocol: a `data-received` call now, or, on a
+    /// batched session, a place in the instance's queue for the next batch
+    /// (whose output is then written to `stream` by the delivery).
+    pub fn deliver(
+        &mut self,
+        data: &[u8],
+        stream: &Arc<tokio::net::TcpStream>,
+    ) -> Result<(), GuestFault> {
+        if self.batched {
+            self.queue_data(data, stream);
+            Ok(())
+        } else {
+            self.data_received(data)
+        }
     }
 
     /// Whether the session is on a shared instance.
@@ -130,14 +146,7 @@ impl Session {
     /// instance changed this connection's transport (wrote to it, closed
     /// it); registers the task's waker otherwise.
     pub fn poll_kicked(&mut self, cx: &mut std::task::Context<'_>) -> std::task::Poll<()> {
-        let mut t = self.transport();
-        if std::mem::take(&mut t.kicked) {
-            return std::task::Poll::Ready(());
-        }
-        if !t.waker.as_ref().is_some_and(|w| w.will_wake(cx.waker())) {
-            t.waker = Some(cx.waker().clone());
-        }
-        std::task::Poll::Pending
+        self.transport().handoff.poll_kicked(cx)
     }
 
     /// Runs one guest callback: refuses if the instance already faulted,

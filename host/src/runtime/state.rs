@@ -165,17 +165,81 @@ pub struct TransportState {
     /// The plugin's high-water mark: past the host-wide output ceiling, a
     /// connection holding more than this is aborted ([`OutputBudget`]).
     pub high_water: usize,
-    /// Set when a callback of *another* connection changed this transport
-    /// (a shared instance's guest may write to any connection it knows);
-    /// the connection's task is woken to act on it.
-    pub kicked: bool,
-    /// The connection task's waker, for `kicked`.
-    pub waker: Option<std::task::Waker>,
+    /// What the connection's task and its instance's batched delivery
+    /// (or another connection's callback) tell each other.
+    pub handoff: Handoff,
+}
+
+/// The hand-off between a connection's task and the rest of a shared
+/// instance: the reads the task queued for batched delivery, whether it
+/// waits for them, and the wake-ups when another callback (another
+/// connection's, or a batch's) changed this transport. Only these
+/// operations touch it, under the transport's lock.
+#[derive(Debug, Default)]
+pub struct Handoff {
     /// Bytes read and queued for batched delivery, not yet delivered.
-    pub queued: usize,
-    /// The connection's task waits for its queued reads to be delivered
-    /// (to read more, or to close): kick it when they are.
-    pub await_delivery: bool,
+    queued: usize,
+    /// The task waits for its queued reads to be delivered (to read more,
+    /// or to close): delivery wakes it when they are.
+    await_delivery: bool,
+    /// Another callback changed the transport since the task last looked.
+    kicked: bool,
+    /// The task's waker, for `kicked`.
+    waker: Option<std::task::Waker>,
+}
+
+impl Handoff {
+    /// Bytes queued for delivery and not yet delivered.
+    pub fn queued(&self) -> usize {
+        self.queued
+    }
+
+    /// The task queued `n` more bytes for delivery.
+    pub fn queue(&mut self, n: usize) {
+        self.queued += n;
+    }
+
+    /// `n` queued bytes were delivered (or dropped with their instance);
+    /// true once none are left.
+    pub fn delivered(&mut self, n: usize) -> bool {
+        self.queued -= n;
+        self.queued == 0
+    }
+
+    /// The task is about to sleep until its queued reads are delivered:
+    /// true if it must (delivery will wake it); false if they were
+    /// delivered meanwhile, and it should look again instead.
+    pub fn wait_for_delivery(&mut self) -> bool {
+        self.await_delivery = self.queued > 0;
+        self.await_delivery
+    }
+
+    /// Whether the task sleeps until its reads are delivered.
+    pub fn awaits_delivery(&self) -> bool {
+        self.await_delivery
+    }
+
+    /// Marks the transport changed and wakes the task (it also stops
+    /// waiting for delivery: it will look at everything again).
+    pub fn kick(&mut self) {
+        self.await_delivery = false;
+        self.kicked = true;
+        if let Some(w) = &self.waker {
+            w.wake_by_ref();
+        }
+    }
+
+    /// Ready if the transport was kicked since the last call; registers the
+    /// task's waker otherwise.
+    pub fn poll_kicked(&mut self, cx: &mut std::task::Context<'_>) -> std::task::Poll<()> {
+        if std::mem::take(&mut self.kicked) {
+            return std::task::Poll::Ready(());
+        }
+        if !self.waker.as_ref().is_some_and(|w| w.will_wake(cx.waker())) {
+            self.waker = Some(cx.waker().clone());
+        }
+        std::task::Poll::Pending
+    }
 }
 
 impl TransportState {
@@ -188,10 +252,7 @@ impl TransportState {
 
     /// Marks the transport changed and wakes its connection's task.
     pub fn kick(&mut self) {
-        self.kicked = true;
-        if let Some(w) = &self.waker {
-            w.wake_by_ref();
-        }
+        self.handoff.kick();
     }
 
     /// Writes as much queued output to `stream` as it takes without

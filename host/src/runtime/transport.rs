@@ -64,7 +64,7 @@ impl ConnState {
         let r = f(&mut t)?;
         let settled_after = match current {
             Some(Caller::Connection(slot)) => slot == h.slot,
-            Some(Caller::Batch) => t.queued > 0,
+            Some(Caller::Batch) => t.handoff.queued() > 0,
             None => false,
         };
         if kick && !settled_after {
