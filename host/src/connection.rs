@@ -4,7 +4,7 @@
 //! in [`TransportState`](crate::runtime::state::TransportState)) → vectored
 //! write → socket. One task owns the socket and the guest's Session, so
 //! callbacks never overlap. On a shared instance whose component exports
-//! `batch`, the task queues the read instead, and the instance's delivery
+//! `batch`, `Session::deliver` queues the read instead, and the instance's delivery
 //! task ([`crate::runtime::batch`]) makes the call and writes the output it
 //! caused; the task is woken only if more is left to do. A connection then
 //! has at most [`MAX_QUEUED`] bytes queued, and after the peer's FIN it

@@ -34,11 +34,13 @@
 //! | [`testing`] | the StringTransport-style test transport for guest authors |
 //!
 //! The data path reads in three files: [`connection`] (socket ↔ buffer ↔
-//! guest call), [`runtime::session`] (`Session::data_received`) and
-//! [`runtime::transport`] (`write` queues bytes). On a shared instance whose
-//! component exports `batch`, the read goes through [`runtime::batch`]
-//! instead: queued, delivered with the other reads of the same moment in
-//! one call, and the output written back from there.
+//! `Session::deliver`), [`runtime::session`] (`data-received`, one guest
+//! call) and [`runtime::transport`] (`write` queues bytes in the
+//! connection's `TransportState`, which [`connection`] flushes). On a
+//! shared instance whose component exports `batch`, `Session::deliver`
+//! queues the read instead, and [`runtime::batch`] delivers it with the
+//! other reads of the same moment in one call and writes the output back;
+//! the two sides meet in the transport's `Handoff` ([`runtime::state`]).
 
 pub mod config;
 pub mod connection;
