@@ -625,3 +625,52 @@ fn one_chat_user_without_newlines_cannot_take_the_room_down() {
     signal(&server.child, libc::SIGTERM);
     wait_exit(&mut server.child, Duration::from_secs(10));
 }
+
+/// Defect 6: a pool that cannot be reserved (here under `ulimit -v`) gave
+/// mmap jargon with no key. Now the pool is sized to the address-space
+/// limit: an explicit `max-instances` past it names the key and a value
+/// that fits, and the default pool shrinks to fit.
+#[test]
+fn a_pool_is_sized_to_the_address_space_limit() {
+    let check = |host: &str, ulimit_kib: u64| {
+        let cfg = write_config(&format!(
+            "[host]\n{host}\n\n[plugins.p]\ncomponent = {:?}\n\n[[listen]]\nport = 0\nplugin = \"p\"\n",
+            echo_wasm().display().to_string()
+        ));
+        let out = std::process::Command::new("sh")
+            .arg("-c")
+            .arg(format!(
+                "ulimit -v {ulimit_kib} && exec {:?} check {:?}",
+                env!("CARGO_BIN_EXE_twill"),
+                cfg
+            ))
+            .env_remove("RUST_LOG")
+            .output()
+            .unwrap();
+        (
+            out.status.code(),
+            String::from_utf8_lossy(&out.stderr).to_string(),
+        )
+    };
+    // 8 GiB of address space: less than 1,000 slots of 2 x 16 MiB.
+    let (code, err) = check("max-instances = 1000", 8 << 20);
+    assert_eq!(code, Some(2), "{err}");
+    assert!(
+        err.contains("plugins.toml:2:1: host.max-instances: 1000 instance slots")
+            && err.contains("ulimit -v"),
+        "{err}"
+    );
+    let fits: String = err
+        .split("lower max-instances to at most ")
+        .nth(1)
+        .unwrap()
+        .chars()
+        .take_while(char::is_ascii_digit)
+        .collect();
+    let (code, err) = check(&format!("max-instances = {fits}"), 8 << 20);
+    assert_eq!(code, Some(0), "the suggested {fits} fits: {err}");
+    // The default pool shrinks to fit, and says so.
+    let (code, err) = check("", 16 << 20);
+    assert_eq!(code, Some(0), "{err}");
+    assert!(err.contains("instance pool:"), "{err}");
+}

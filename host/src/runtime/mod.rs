@@ -226,7 +226,16 @@ impl Runtime {
             max_instances: Some(pool),
             ..config.host.clone()
         };
-        let mut rt = Runtime::new(&host, max_memory).map_err(|e| vec![e])?;
+        let mut rt = Runtime::new(&host, max_memory).map_err(|e| {
+            // Most often the pool's address space (a `ulimit -v`, or an
+            // overcommit policy): say which keys size it.
+            vec![anyhow::anyhow!(
+                "{}: the instance pool ({pool} slots, {} of address space for memories of up to {}) cannot be set up: {e:#}; lower [host] max-instances or the plugins' memory, or lift the address-space limit (ulimit -v)",
+                config.at("host.max-instances"),
+                pool::human(pool::reservation(u64::from(pool), max_memory as u64)),
+                pool::human(max_memory as u64),
+            )]
+        })?;
         tracing::info!(
             slots = pool,
             reserved = %pool::human(pool::reservation(u64::from(pool), max_memory as u64)),

@@ -58,6 +58,22 @@ pub const MEMORIES_PER_SLOT: u64 = 2;
 /// The guard after each linear memory.
 pub const GUARD: u64 = 64 << 10;
 
+/// The address space the pool may reserve: [`MAX_RESERVATION`], or less
+/// under an address-space limit (`ulimit -v`, `RLIMIT_AS`), of which 4 GiB
+/// is left for everything else.
+pub fn address_space() -> u64 {
+    let mut lim = libc::rlimit {
+        rlim_cur: 0,
+        rlim_max: 0,
+    };
+    // SAFETY: getrlimit writes into the struct it is given.
+    let ok = unsafe { libc::getrlimit(libc::RLIMIT_AS, &mut lim) } == 0;
+    if !ok || lim.rlim_cur == libc::RLIM_INFINITY {
+        return MAX_RESERVATION;
+    }
+    lim.rlim_cur.saturating_sub(4 << 30).min(MAX_RESERVATION)
+}
+
 /// The kernel's limit on memory maps per process (`vm.max_map_count`), if
 /// it can be read.
 pub fn max_map_count() -> Option<u64> {
@@ -187,7 +203,8 @@ pub(super) fn plan_pool(config: &Config, max_memory: usize) -> Result<u32, Strin
             || "memory".to_string(),
             |p| format!("plugins.{}.memory", p.name),
         );
-    let fit_space = MAX_RESERVATION / reservation(1, memory).max(1);
+    let space = address_space();
+    let fit_space = space / reservation(1, memory).max(1);
     let maps = max_map_count();
     let fit_maps = maps.map_or(u64::MAX, instances_for_maps);
     match config.host.max_instances {
@@ -207,12 +224,12 @@ pub(super) fn plan_pool(config: &Config, max_memory: usize) -> Result<u32, Strin
         }
         Some(n) => {
             let want = reservation(u64::from(n), memory);
-            if want > MAX_RESERVATION {
+            if want > space {
                 return Err(format!(
-                    "{n} instance slots with memories of up to {} ({largest}) would reserve {} of address space, more than the {} the host allows: lower max-instances to at most {fit_space}, or lower {largest}",
+                    "{n} instance slots with memories of up to {} ({largest}) would reserve {} of address space, more than the {} the pool may take here (at most 64 TiB, and the process's address-space limit, ulimit -v, less 4 GiB): lower max-instances to at most {fit_space}, or lower {largest}",
                     human(memory),
                     human(want),
-                    human(MAX_RESERVATION)
+                    human(space)
                 ));
             }
             Ok(n)
