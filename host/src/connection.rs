@@ -66,7 +66,6 @@ pub async fn run(stream: TcpStream, session: &mut Session, shutdown: &Shutdown) 
         stream: Arc::new(stream),
         eof: false,
         paused: false,
-        finished: false,
         open: Some(shutdown.open_connection()),
     };
     let reason = match session.make_connection(peer, host) {
@@ -93,10 +92,8 @@ struct Conn {
     stream: Arc<TcpStream>,
     eof: bool,
     paused: bool,
-    /// The connection ended on purpose: cleanly (FIN sent after every byte)
-    /// or with a reset already arranged.
-    finished: bool,
-    /// Counted as open for the shutdown's abort, until it closes cleanly.
+    /// Counted as open (one the shutdown's abort would reset) until it ends
+    /// on purpose: cleanly, FIN after every byte, or with a reset arranged.
     open: Option<crate::shutdown::OpenConnection>,
 }
 
@@ -105,7 +102,7 @@ impl Drop for Conn {
     /// process exits) resets: a FIN would make whatever output was cut off
     /// look complete.
     fn drop(&mut self) {
-        if !self.finished {
+        if self.open.is_some() {
             self.abort();
         }
     }
@@ -114,7 +111,7 @@ impl Drop for Conn {
 impl Conn {
     /// Closes with a reset (once the socket is dropped).
     fn abort(&mut self) {
-        self.finished = true;
+        self.open = None;
         let _ = socket2::SockRef::from(&*self.stream).set_linger(Some(Duration::ZERO));
     }
 
@@ -299,7 +296,6 @@ impl Conn {
     /// Sends FIN, waits briefly for the peer's FIN (discarding input), and
     /// reports a clean close.
     async fn close_cleanly(&mut self) -> Reason {
-        self.finished = true;
         self.open = None;
         let _ = socket2::SockRef::from(&*self.stream).shutdown(std::net::Shutdown::Write);
         if !self.eof {

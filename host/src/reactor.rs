@@ -116,16 +116,12 @@ impl Reactor {
             () = tokio::time::sleep(deadline) => {
                 // Output still queued would be lost behind a clean FIN that
                 // looks complete: every connection still open resets instead.
-                let reset = controller.open_connections();
-                controller.abort();
-                let _ = tokio::time::timeout(ABORT_GRACE, controller.wait()).await;
+                let reset = controller.abort(ABORT_GRACE).await;
                 tracing::warn!(timeout = ?deadline, reset, "shutdown deadline passed with connections still open: {reset} reset, their unsent output dropped");
                 RunEnd::DeadlineExceeded
             }
             Some(()) = stop.recv() => {
-                let reset = controller.open_connections();
-                controller.abort();
-                let _ = tokio::time::timeout(ABORT_GRACE, controller.wait()).await;
+                let reset = controller.abort(ABORT_GRACE).await;
                 tracing::warn!(reset, "second stop request: exiting now; {reset} connection(s) still open were reset");
                 RunEnd::Forced
             }

@@ -1,9 +1,9 @@
 //! The shutdown signal, mini-redis style: one signal every task listens on,
 //! plus a completion channel whose senders the tasks hold, so the reactor
 //! can wait until every connection has finished. A second signal, *abort*,
-//! fires when the graceful deadline passes: connections still holding
-//! unsent output then reset (never a clean close that would disguise the
-//! truncation), and count themselves.
+//! fires when the graceful deadline passes: every connection still open
+//! then resets (never a clean close that would disguise a truncation); the
+//! connections count themselves open until they close on purpose.
 //!
 //! The signal is a flag plus a registry of wakers rather than a broadcast
 //! channel or a `Notify`: every connection polls it on every pass of its
@@ -62,8 +62,7 @@ impl Signal {
     }
 }
 
-/// What the abort signal carries: the signal, and how many connections
-/// reset because of it.
+/// The abort signal, and how many connections it would reset now.
 #[derive(Debug, Default)]
 struct Abort {
     signal: Signal,
@@ -110,8 +109,8 @@ pub struct Shutdown {
 
 impl Shutdown {
     /// Waits for the abort signal (the graceful deadline passed): the task
-    /// must then reset its connection if it still has output unsent, and
-    /// Never completes for a listener without one.
+    /// must then reset its connection. Never completes for a listener
+    /// without one.
     pub async fn aborted(&self) {
         match &self.abort {
             Some(a) => {
@@ -271,17 +270,15 @@ impl ShutdownController {
         self.signal.fire();
     }
 
-    /// Tells every task still running to stop now: a connection with
-    /// output unsent resets.
-    pub fn abort(&self) {
-        self.abort.signal.fire();
-    }
-
-    /// How many connections are open and not closing cleanly: the ones
-    /// [`abort`](Self::abort) resets (each when its task next runs, or when
+    /// Tells every task still running to stop now, and waits up to `grace`
+    /// for them. Returns how many connections it resets: those open and
+    /// not closing cleanly (each resets when its task next runs, or when
     /// the process exits, whichever comes first).
-    pub fn open_connections(&self) -> u64 {
-        self.abort.open.load(Ordering::Relaxed)
+    pub async fn abort(&mut self, grace: std::time::Duration) -> u64 {
+        let open = self.abort.open.load(Ordering::Relaxed);
+        self.abort.signal.fire();
+        let _ = tokio::time::timeout(grace, self.wait()).await;
+        open
     }
 
     /// Waits until every [`TaskGuard`] has been dropped. No new guards can

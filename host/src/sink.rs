@@ -85,13 +85,11 @@ pub fn pipe(stream: Stream) -> &'static Pipe {
             Stream::Stdout => "twill-stdout",
             Stream::Stderr => "twill-stderr",
         };
-        if let Err(e) = std::thread::Builder::new()
+        // Without a writer, every record is dropped once the queue is full,
+        // and counted.
+        let _ = std::thread::Builder::new()
             .name(name.into())
-            .spawn(move || p.write_loop())
-        {
-            // No writer: every record will be dropped and counted.
-            let _ = e;
-        }
+            .spawn(move || p.write_loop());
     }
     p
 }
@@ -236,28 +234,22 @@ impl<'a> tracing_subscriber::fmt::MakeWriter<'a> for StderrLog {
 /// (`\r`, escape sequences, NUL), DEL, C1 controls, the Unicode bidi and
 /// line/paragraph separators, and invalid UTF-8. Printable text is kept.
 pub fn escape_into(out: &mut Vec<u8>, bytes: &[u8]) {
-    use std::fmt::Write as _;
-    let mut s = String::new();
+    // Writing to a Vec cannot fail.
     for chunk in bytes.utf8_chunks() {
         for c in chunk.valid().chars() {
-            match c {
-                '\t' => s.push('\t'),
-                '\n' => s.push_str("\\n"),
-                '\r' => s.push_str("\\r"),
-                c if (c as u32) < 0x20 || c == '\u{7f}' => {
-                    let _ = write!(s, "\\x{:02x}", c as u32);
-                }
-                c if is_hidden(c) => {
-                    let _ = write!(s, "\\u{{{:x}}}", c as u32);
-                }
-                c => s.push(c),
-            }
+            let _ = match c {
+                '\t' => write!(out, "\t"),
+                '\n' => write!(out, "\\n"),
+                '\r' => write!(out, "\\r"),
+                c if (c as u32) < 0x20 || c == '\u{7f}' => write!(out, "\\x{:02x}", c as u32),
+                c if is_hidden(c) => write!(out, "\\u{{{:x}}}", c as u32),
+                c => write!(out, "{c}"),
+            };
         }
         for b in chunk.invalid() {
-            let _ = write!(s, "\\x{b:02x}");
+            let _ = write!(out, "\\x{b:02x}");
         }
     }
-    out.extend_from_slice(s.as_bytes());
 }
 
 /// C1 controls and the characters that reorder, hide or break lines.

@@ -432,23 +432,47 @@ fn check_tries_each_component_against_its_own_plugins_limits() {
     assert!(!err.contains("plugins.big"), "{err}");
 }
 
+/// `twill check` on the echo served with `[host] HOST` and `memory`, under
+/// `ulimit -v KIB` if given: its exit code and stderr.
+fn check_pool(host: &str, memory: &str, ulimit_kib: Option<u64>) -> (Option<i32>, String) {
+    let cfg = write_config(&format!(
+        "[host]\n{host}\n\n[plugins.p]\ncomponent = {:?}\nmemory = {memory:?}\n\n\
+         [[listen]]\nport = 0\nplugin = \"p\"\n",
+        echo_wasm().display().to_string()
+    ));
+    let limit = ulimit_kib.map_or_else(String::new, |k| format!("ulimit -v {k} && "));
+    let out = std::process::Command::new("sh")
+        .arg("-c")
+        .arg(format!(
+            "{limit}exec {:?} check {:?}",
+            env!("CARGO_BIN_EXE_twill"),
+            cfg
+        ))
+        .env_remove("RUST_LOG")
+        .output()
+        .unwrap();
+    (
+        out.status.code(),
+        String::from_utf8_lossy(&out.stderr).to_string(),
+    )
+}
+
+/// The pool size a `max-instances` error suggests.
+fn suggested_pool(err: &str) -> String {
+    err.split("lower max-instances to at most ")
+        .nth(1)
+        .unwrap_or_else(|| panic!("no suggestion: {err}"))
+        .chars()
+        .take_while(char::is_ascii_digit)
+        .collect()
+}
+
 /// Defect 6: an instance pool the system cannot hold failed at run time
 /// (`Cannot allocate memory` from the 6,365th connection, or mmap jargon at
 /// start). `twill check` now names the key, the limit, and what to raise.
 #[test]
 fn check_rejects_an_instance_pool_the_system_cannot_hold() {
-    let echo = echo_wasm().display().to_string();
-    let run = |host: &str, memory: &str| {
-        let cfg = write_config(&format!(
-            "[host]\n{host}\n\n[plugins.p]\ncomponent = {echo:?}\nmemory = {memory:?}\n\n\
-             [[listen]]\nport = 0\nplugin = \"p\"\n"
-        ));
-        let out = twill().arg("check").arg(&cfg).output().unwrap();
-        (
-            out.status.code(),
-            String::from_utf8_lossy(&out.stderr).to_string(),
-        )
-    };
+    let run = |host: &str, memory: &str| check_pool(host, memory, None);
     // Address space: 20,000 slots of 2 x 4 GiB is 160 TiB.
     let (code, err) = run("max-instances = 20000", "4GiB");
     assert_eq!(code, Some(2), "{err}");
@@ -477,13 +501,7 @@ fn check_rejects_an_instance_pool_the_system_cannot_hold() {
             "{err}"
         );
         // The value it suggests passes.
-        let fits: String = err
-            .split("lower max-instances to at most ")
-            .nth(1)
-            .unwrap()
-            .chars()
-            .take_while(char::is_ascii_digit)
-            .collect();
+        let fits = suggested_pool(&err);
         let (code, err) = run(&format!("max-instances = {fits}"), "16MiB");
         assert_eq!(code, Some(0), "{err}");
     } else {
@@ -632,26 +650,7 @@ fn one_chat_user_without_newlines_cannot_take_the_room_down() {
 /// that fits, and the default pool shrinks to fit.
 #[test]
 fn a_pool_is_sized_to_the_address_space_limit() {
-    let check = |host: &str, ulimit_kib: u64| {
-        let cfg = write_config(&format!(
-            "[host]\n{host}\n\n[plugins.p]\ncomponent = {:?}\n\n[[listen]]\nport = 0\nplugin = \"p\"\n",
-            echo_wasm().display().to_string()
-        ));
-        let out = std::process::Command::new("sh")
-            .arg("-c")
-            .arg(format!(
-                "ulimit -v {ulimit_kib} && exec {:?} check {:?}",
-                env!("CARGO_BIN_EXE_twill"),
-                cfg
-            ))
-            .env_remove("RUST_LOG")
-            .output()
-            .unwrap();
-        (
-            out.status.code(),
-            String::from_utf8_lossy(&out.stderr).to_string(),
-        )
-    };
+    let check = |host: &str, ulimit_kib: u64| check_pool(host, "16MiB", Some(ulimit_kib));
     // 8 GiB of address space: less than 1,000 slots of 2 x 16 MiB.
     let (code, err) = check("max-instances = 1000", 8 << 20);
     assert_eq!(code, Some(2), "{err}");
@@ -660,13 +659,7 @@ fn a_pool_is_sized_to_the_address_space_limit() {
             && err.contains("ulimit -v"),
         "{err}"
     );
-    let fits: String = err
-        .split("lower max-instances to at most ")
-        .nth(1)
-        .unwrap()
-        .chars()
-        .take_while(char::is_ascii_digit)
-        .collect();
+    let fits = suggested_pool(&err);
     let (code, err) = check(&format!("max-instances = {fits}"), 8 << 20);
     assert_eq!(code, Some(0), "the suggested {fits} fits: {err}");
     // The default pool shrinks to fit, and says so.

@@ -280,10 +280,9 @@ fn call(
         Some(batch) => batch.call_data_received(&mut g.store, chunks, data),
         None => Ok(()),
     });
-    let live = g.store.data().transports.live();
     drop(g);
     if let Err(f) = &r {
-        shared.fail(plugin, f, live);
+        shared.fail(plugin, f);
     }
     r
 }

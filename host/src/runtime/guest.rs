@@ -64,13 +64,19 @@ pub(crate) struct SharedGuest {
 }
 
 impl SharedGuest {
-    /// The instance faulted: fires its fault signal, which aborts every
-    /// connection on it, and says so once, at ERROR, with what was lost.
-    pub(crate) fn fail(&self, plugin: &str, fault: &GuestFault, connections: usize) {
+    /// The instance faulted (the caller no longer holds its lock): fires
+    /// its fault signal, which aborts every connection on it, and says so
+    /// once, at ERROR, with what was lost.
+    pub(crate) fn fail(&self, plugin: &str, fault: &GuestFault) {
         if matches!(fault, GuestFault::Poisoned) || self.fault.is_fired() {
             return;
         }
         self.fault.fire();
+        let connections = super::state::lock(&self.guest)
+            .store
+            .data()
+            .transports
+            .live();
         tracing::error!(
             plugin,
             %fault,

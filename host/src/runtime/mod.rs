@@ -226,21 +226,19 @@ impl Runtime {
             max_instances: Some(pool),
             ..config.host.clone()
         };
+        let reserved = pool::human(pool::reservation(u64::from(pool), max_memory as u64));
+        let memory = pool::human(max_memory as u64);
         let mut rt = Runtime::new(&host, max_memory).map_err(|e| {
             // Most often the pool's address space (a `ulimit -v`, or an
             // overcommit policy): say which keys size it.
-            vec![anyhow::anyhow!(
-                "{}: the instance pool ({pool} slots, {} of address space for memories of up to {}) cannot be set up: {e:#}; lower [host] max-instances or the plugins' memory, or lift the address-space limit (ulimit -v)",
-                config.at("host.max-instances"),
-                pool::human(pool::reservation(u64::from(pool), max_memory as u64)),
-                pool::human(max_memory as u64),
-            )]
+            at(format!(
+                "the instance pool ({pool} slots, {reserved} of address space for memories of up to {memory}) cannot be set up: {e:#}; lower [host] max-instances or the plugins' memory, or lift the address-space limit (ulimit -v)"
+            ))
         })?;
         tracing::info!(
             slots = pool,
-            reserved = %pool::human(pool::reservation(u64::from(pool), max_memory as u64)),
-            "instance pool: {pool} slots, each with room for memories of up to {}",
-            pool::human(max_memory as u64)
+            %reserved,
+            "instance pool: {pool} slots, each with room for memories of up to {memory}"
         );
         let mut errors = Vec::new();
         let maps_before = pool::count_maps();
@@ -262,33 +260,9 @@ impl Runtime {
             };
             match rt.load_plugin(name, &p.component, options) {
                 Ok(plugin) => {
-                    // Instantiate once now: a component that cannot even
-                    // start within its own plugin's limits fails here, not
-                    // at every connection. The trial instances stay alive
-                    // until all are made, so each has a slot of its own
-                    // and shows the memory maps a live instance costs.
-                    // The second instance shows the steady cost (the first
-                    // also maps the component's memory image, once).
-                    match plugin.new_guest(&rt.engine) {
-                        Ok(g) => {
-                            trials.push(g);
-                            let before = pool::count_maps();
-                            if let Ok(g2) = plugin.new_guest(&rt.engine) {
-                                if let (Some(b), Some(a)) = (before, pool::count_maps()) {
-                                    maps_per_live = maps_per_live.max(a.saturating_sub(b));
-                                }
-                                trials.push(g2);
-                            }
-                        }
-                        Err(f) => {
-                            errors.push(err(match f {
-                            GuestFault::MemoryAtStart { needed, limit } => format!(
-                                "the component needs at least {} of linear memory to start, more than plugins.{name}.memory ({}): raise `memory` to at least {}",
-                                pool::human(needed as u64), pool::human(limit as u64), pool::human(needed as u64)
-                            ),
-                            f => format!("the component fails to start: {f}"),
-                        }).into());
-                        }
+                    match trial(&plugin, &rt.engine, &mut trials) {
+                        Ok(maps) => maps_per_live = maps_per_live.max(maps),
+                        Err(m) => errors.push(err(m).into()),
                     }
                     if matches!(p.sharing, Sharing::Shared(_)) && !plugin.has_batch() {
                         tracing::info!(plugin = %name, "the component does not export `{BATCH}`: its shared instances get one data-received call per read");
@@ -419,6 +393,39 @@ impl Runtime {
     pub fn engine(&self) -> &Engine {
         &self.engine
     }
+}
+
+/// Instantiates `plugin` twice, keeping the instances in `trials` (so
+/// that every trial has a slot of its own until all are made): a component
+/// that cannot even start within its own plugin's limits fails at load,
+/// not at every connection. Returns the memory maps the second instance
+/// added (the steady cost of a live instance; the first also maps the
+/// component's memory image, once), or 0 if there is no figure.
+fn trial(plugin: &Plugin, engine: &Engine, trials: &mut Vec<guest::Guest>) -> Result<u64, String> {
+    let started = |r: Result<guest::Guest, GuestFault>| {
+        r.map_err(|f| match f {
+            GuestFault::MemoryAtStart { needed, limit } => {
+                let needed = pool::human(needed as u64);
+                format!(
+                    "the component needs at least {needed} of linear memory to start, more than plugins.{}.memory ({}): raise `memory` to at least {needed}",
+                    plugin.name,
+                    pool::human(limit as u64)
+                )
+            }
+            f => format!("the component fails to start: {f}"),
+        })
+    };
+    trials.push(started(plugin.new_guest(engine))?);
+    let before = pool::count_maps();
+    // A small pool may have no slot left for the second: then no figure.
+    let Ok(second) = plugin.new_guest(engine) else {
+        return Ok(0);
+    };
+    let added = before
+        .zip(pool::count_maps())
+        .map_or(0, |(b, a)| a.saturating_sub(b));
+    trials.push(second);
+    Ok(added)
 }
 
 fn export_list(engine: &Engine, component: &Component) -> String {

@@ -13,20 +13,13 @@ use std::sync::{Arc, Mutex};
 use std::task::{Context, Poll};
 
 use bytes::Bytes;
+
+pub use crate::sink::Stream;
 use wasmtime_wasi::cli::{IsTerminal, StdoutStream};
 use wasmtime_wasi::p2::{OutputStream, Pollable, StreamResult};
 
 /// The longest line kept before it is emitted anyway.
 pub const MAX_LINE: usize = 16 << 10;
-
-/// Which of the host's streams a guest stream maps to.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum Std {
-    /// The host's stdout.
-    Out,
-    /// The host's stderr.
-    Err,
-}
 
 /// Where a plugin's output goes.
 #[derive(Debug, Clone)]
@@ -36,7 +29,7 @@ pub enum Sink {
         /// The plugin name used as the prefix.
         plugin: Arc<str>,
         /// Which host stream.
-        std: Std,
+        stream: Stream,
     },
     /// Appended, unprefixed, to a shared buffer.
     Capture(Arc<Mutex<Vec<u8>>>),
@@ -45,7 +38,7 @@ pub enum Sink {
 impl Sink {
     fn emit(&self, line: &[u8]) {
         match self {
-            Sink::Host { plugin, std } => {
+            Sink::Host { plugin, stream } => {
                 let line = line.strip_suffix(b"\n").unwrap_or(line);
                 let mut msg = Vec::with_capacity(plugin.len() + line.len() + 4);
                 msg.push(b'[');
@@ -55,11 +48,7 @@ impl Sink {
                 msg.push(b'\n');
                 // Never blocks: a record the host stream cannot take now is
                 // dropped and counted (see `crate::sink`).
-                crate::sink::pipe(match std {
-                    Std::Out => crate::sink::Stream::Stdout,
-                    Std::Err => crate::sink::Stream::Stderr,
-                })
-                .push(msg);
+                crate::sink::pipe(*stream).push(msg);
             }
             Sink::Capture(buf) => buf.lock().unwrap().extend_from_slice(line),
         }

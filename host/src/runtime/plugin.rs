@@ -18,7 +18,7 @@ pub use crate::config::Sharing;
 
 use super::guest::{Guest, GuestFault, Home, SharedGuest, arm, fault};
 use super::limits::{self, Limits};
-use super::output::{GuestOutput, Sink, Std};
+use super::output::{GuestOutput, Sink, Stream};
 use super::pool::{InstanceCap, InstancePermit};
 use super::session::Session;
 use super::state::{
@@ -133,16 +133,16 @@ impl Plugin {
     }
 
     pub(super) fn wasi(&self) -> wasmtime_wasi::WasiCtx {
-        let sink = |std| match &self.capture {
+        let sink = |stream| match &self.capture {
             Some(buf) => GuestOutput(Sink::Capture(buf.clone())),
             None => GuestOutput(Sink::Host {
                 plugin: self.name.clone(),
-                std,
+                stream,
             }),
         };
         let mut b = WasiCtxBuilder::new();
-        b.stdout(sink(Std::Out))
-            .stderr(sink(Std::Err))
+        b.stdout(sink(Stream::Stdout))
+            .stderr(sink(Stream::Stderr))
             .allow_tcp(false)
             .allow_udp(false)
             .allow_ip_name_lookup(false)
@@ -177,7 +177,6 @@ impl Plugin {
             },
             transports: Transports::default(),
             current: None,
-            max_output: self.limits.max_output,
         };
         let mut store = Store::new(engine, state);
         // Host-side resources are host memory: bound them (the transports

@@ -158,12 +158,9 @@ impl Session {
         f: impl FnOnce(&mut Guest) -> wasmtime::Result<R>,
     ) -> Result<R, GuestFault> {
         let (slot, cpu) = (self.slot, self.plugin.limits.cpu);
-        let mut g = self.guest();
-        let r = g.call(cpu, 1, Caller::Connection(slot), f);
-        let live = g.store.data().transports.live();
-        drop(g);
+        let r = self.guest().call(cpu, 1, Caller::Connection(slot), f);
         if let (Err(f), Home::Shared(s)) = (&r, &self.home) {
-            s.fail(&self.plugin.name, f, live);
+            s.fail(&self.plugin.name, f);
         }
         r
     }

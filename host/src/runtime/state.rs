@@ -10,7 +10,7 @@
 use std::collections::VecDeque;
 use std::io::{self, IoSlice};
 use std::net::SocketAddr;
-use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
+use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex, MutexGuard, TryLockError};
 
 use wasmtime::component::ResourceTable;
@@ -29,8 +29,6 @@ pub struct ConnState {
     /// transport wakes that connection's task; in a batch, so does a write
     /// to a connection without a read in the batch.
     pub(crate) current: Option<super::guest::Caller>,
-    /// The plugin's `max-output` (every transport of the instance has it).
-    pub(crate) max_output: usize,
 }
 
 impl WasiView for ConnState {
@@ -296,7 +294,6 @@ impl TransportState {
 pub struct OutputBudget {
     used: AtomicUsize,
     limit: usize,
-    aborted: AtomicU64,
 }
 
 /// The unsent bytes of each connection that [`OutputBudget`] does not
@@ -309,23 +306,7 @@ impl OutputBudget {
         Arc::new(OutputBudget {
             used: AtomicUsize::new(0),
             limit,
-            aborted: AtomicU64::new(0),
         })
-    }
-
-    /// Counted unsent bytes now, across all connections.
-    pub fn used(&self) -> usize {
-        self.used.load(Ordering::Relaxed)
-    }
-
-    /// The ceiling.
-    pub fn limit(&self) -> usize {
-        self.limit
-    }
-
-    /// Connections aborted because the ceiling was reached.
-    pub fn aborted(&self) -> u64 {
-        self.aborted.load(Ordering::Relaxed)
     }
 }
 
@@ -386,14 +367,7 @@ impl OutBuf {
             return false;
         };
         let extra = (self.len + more).saturating_sub(UNCOUNTED) - self.charged;
-        extra > 0 && b.used() + extra > b.limit
-    }
-
-    /// Counts a connection aborted because the budget ran out.
-    pub fn count_budget_abort(&self) {
-        if let Some(b) = &self.budget {
-            b.aborted.fetch_add(1, Ordering::Relaxed);
-        }
+        extra > 0 && b.used.load(Ordering::Relaxed) + extra > b.limit
     }
 
     /// Queues a chunk; empty chunks are skipped.

@@ -77,76 +77,54 @@ impl ConnState {
 /// The transport interface, as named in the component's imports.
 const TRANSPORT: &str = "twill:protocol/transport@0.1.0";
 
-/// Links `write-sequence` over the guest's lists in place, replacing the
-/// bindings' version (which copies every list first).
+/// Links `write-sequence` over the guest's lists in place ([`write_sequence`]),
+/// replacing the bindings' version (which copies every list first).
 pub fn add_writes(linker: &mut Linker<ConnState>) -> wasmtime::Result<()> {
     linker.allow_shadowing(true);
-    let mut i = linker.instance(TRANSPORT)?;
-    i.func_wrap(
-        "[method]transport.write-sequence",
-        |mut store: StoreContextMut<'_, ConnState>,
-         (handle, data): (Resource<TransportHandle>, WasmList<WasmList<u8>>)| {
-            // First pass: the total, stopping as soon as it is over the
-            // limit; nothing is copied.
-            let mut len = 0usize;
-            for i in 0..data.len() {
-                let Some(l) = data.get(&mut store, i) else {
-                    break;
-                };
-                len = len.saturating_add(l?.len());
-                if len > store.data().max_output {
-                    break;
-                }
-            }
-            write_lists(store, handle, len, |store, i| {
-                data.get(store, i).transpose()
-            })
-        },
-    )?;
+    linker
+        .instance(TRANSPORT)?
+        .func_wrap("[method]transport.write-sequence", write_sequence)?;
     linker.allow_shadowing(false);
     Ok(())
 }
 
-/// Queues the lists `list(store, 0..)` yields (`len` bytes in all) on the
-/// transport, after checking that `len` fits: only then are they copied.
-fn write_lists(
+/// `write-sequence`: sums the lists' lengths in the guest's memory (up to
+/// the room the transport has left), so that `max-output` traps before a
+/// byte is copied; a sequence that fits is copied into one chunk.
+fn write_sequence(
     mut store: StoreContextMut<'_, ConnState>,
-    handle: Resource<TransportHandle>,
-    len: usize,
-    list: impl Fn(&mut StoreContextMut<'_, ConnState>, usize) -> wasmtime::Result<Option<WasmList<u8>>>,
+    (handle, data): (Resource<TransportHandle>, WasmList<WasmList<u8>>),
 ) -> wasmtime::Result<()> {
-    let open = store.data_mut().with_transport(&handle, false, |t| {
-        t.check_output(len).map(|()| t.is_open())
+    let room = store.data_mut().with_transport(&handle, false, |t| {
+        Ok(t.is_open()
+            .then(|| t.max_output.saturating_sub(t.out.len())))
     })?;
-    if !open {
+    let Some(room) = room else {
+        // Closing or gone: ignored, as Twisted ignores such writes.
         return Ok(());
+    };
+    let mut len = 0usize;
+    for i in 0..data.len() {
+        len = len.saturating_add(data.get(&mut store, i).transpose()?.map_or(0, |l| l.len()));
+        if len > room {
+            // `queue` traps with the limit's message; nothing is copied.
+            return store
+                .data_mut()
+                .with_transport(&handle, true, |t| t.queue(len, []));
+        }
     }
-    let mut chunks = Vec::new();
-    let mut i = 0;
-    while let Some(l) = list(&mut store, i)? {
-        i += 1;
-        if l.len() > 0 {
-            chunks.push(l.as_le_slice(&store).to_vec());
+    let mut chunk = Vec::with_capacity(len);
+    for i in 0..data.len() {
+        if let Some(l) = data.get(&mut store, i).transpose()? {
+            chunk.extend_from_slice(l.as_le_slice(&store));
         }
     }
     store
         .data_mut()
-        .with_transport(&handle, true, |t| t.queue(len, chunks))
+        .with_transport(&handle, true, |t| t.queue(len, [chunk]))
 }
 
 impl TransportState {
-    /// Traps if `len` more bytes would pass the output limit.
-    fn check_output(&self, len: usize) -> wasmtime::Result<()> {
-        if self.is_open() && self.out.len().saturating_add(len) > self.max_output {
-            return Err(wasmtime::format_err!(
-                "output limit exceeded: {} bytes unsent, max-output is {}",
-                self.out.len().saturating_add(len),
-                self.max_output
-            ));
-        }
-        Ok(())
-    }
-
     /// Queues output, trapping the guest if it would pass its output limit.
     fn queue(
         &mut self,
@@ -156,7 +134,13 @@ impl TransportState {
         if !self.is_open() {
             return Ok(());
         }
-        self.check_output(len)?;
+        if self.out.len().saturating_add(len) > self.max_output {
+            return Err(wasmtime::format_err!(
+                "output limit exceeded: {} bytes unsent, max-output is {}",
+                self.out.len().saturating_add(len),
+                self.max_output
+            ));
+        }
         if self.out.len() + len > self.high_water && self.out.over_budget(len) {
             // The host-wide ceiling: this connection's peer is not reading
             // and it holds more than its share; it goes, not the others.
@@ -165,7 +149,6 @@ impl TransportState {
                 peer = ?self.peer,
                 "the host's unsent output reached max-queued-output: aborting a connection whose peer is not reading"
             );
-            self.out.count_budget_abort();
             self.closing = Closing::Abort;
             self.out.clear();
             return Ok(());
@@ -185,6 +168,7 @@ impl transport::HostTransport for ConnState {
         self.with_transport(&handle, true, |t| t.queue(data.len(), [data]))
     }
 
+    /// Never called: the linker uses the in-place [`write_sequence`].
     fn write_sequence(
         &mut self,
         handle: Resource<TransportHandle>,
