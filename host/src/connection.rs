@@ -1,12 +1,13 @@
 //! The per-socket driver: the whole data path for one connection.
 //!
 //! socket → read buffer → guest `data-received` → `transport.write` (queued
-//! in [`TransportState`](crate::runtime::state::TransportState)) → vectored
+//! in [`TransportState`]) → vectored
 //! write → socket. One task owns the socket and the guest's Session, so
 //! callbacks never overlap. On a shared instance whose component exports
-//! `batch`, `Session::deliver` queues the read instead, and the instance's delivery
-//! task ([`crate::runtime::batch`]) makes the call and writes the output it
-//! caused; the task is woken only if more is left to do. A connection then
+//! `batch`, `Session::deliver` queues the read instead, and the instance's
+//! delivery task ([`crate::shared::batch`]) makes the call and writes the
+//! output it caused (with [`send`]); the task is woken only if more is left
+//! to do. A connection then
 //! has at most [`MAX_QUEUED`] bytes queued, and after the peer's FIN it
 //! closes only once they are delivered.
 //!
@@ -29,9 +30,9 @@ use std::time::Duration;
 use tokio::io::Interest;
 use tokio::net::TcpStream;
 
-use crate::runtime::batch::MAX_QUEUED;
 use crate::runtime::bindings::Reason;
-use crate::runtime::state::Closing;
+use crate::runtime::limits::MAX_QUEUED;
+use crate::runtime::state::{Closing, TransportState};
 use crate::runtime::{GuestFault, Session};
 use crate::shutdown::Shutdown;
 
@@ -88,7 +89,7 @@ pub async fn run(stream: TcpStream, session: &mut Session, shutdown: &Shutdown) 
 
 struct Conn {
     /// Shared with the instance's batch queue, which writes a batched
-    /// read's output straight to the socket ([`crate::runtime::batch`]).
+    /// read's output straight to the socket ([`crate::shared::batch`]).
     stream: Arc<TcpStream>,
     eof: bool,
     paused: bool,
@@ -152,8 +153,8 @@ impl Conn {
     /// the same lock.
     fn flush(&mut self, session: &mut Session) -> io::Result<(usize, Closing, usize)> {
         let mut t = session.transport();
-        t.write_to(&self.stream)?;
-        Ok((t.out.len(), t.closing, t.handoff.queued()))
+        send(&mut t, &self.stream)?;
+        Ok((t.unsent(), t.closing(), t.handoff().queued()))
     }
 
     /// Pauses or resumes a registered producer as output crosses the marks.
@@ -162,7 +163,7 @@ impl Conn {
         let (high, low) = (limits.high_water, limits.low_water);
         let (producer, closing, pending) = {
             let t = session.transport();
-            (t.producer, t.closing, t.out.len())
+            (t.producer(), t.closing(), t.unsent())
         };
         if !producer || closing != Closing::Open {
             return Ok(());
@@ -201,7 +202,7 @@ impl Conn {
         loop {
             // Twisted pauses a producer as soon as a write takes the buffer
             // past its size, before any byte is sent; resume after the flush.
-            let producer = session.transport().producer;
+            let producer = session.transport().producer();
             if producer {
                 self.producer(session)?;
             }
@@ -213,7 +214,7 @@ impl Conn {
                 // Resuming may write more (or close): read the state again.
                 self.producer(session)?;
                 let t = session.transport();
-                (pending, closing) = (t.out.len(), t.closing);
+                (pending, closing) = (t.unsent(), t.closing());
             }
             if closing == Closing::Abort {
                 self.abort();
@@ -245,7 +246,7 @@ impl Conn {
                     // Under the lock: if the reads were delivered since
                     // `flush` looked, go round again instead of waiting.
                     let mut t = session.transport();
-                    if !t.handoff.wait_for_delivery() {
+                    if !t.handoff().wait_for_delivery() {
                         continue;
                     }
                     None
@@ -277,17 +278,14 @@ impl Conn {
                     // The shutdown deadline passed with this connection
                     // still open: reset, so the peer sees the truncation.
                     self.abort();
-                    let unsent = session.transport().out.len();
+                    let unsent = session.transport().unsent();
                     tracing::warn!(plugin = %session.plugin().name, unsent, "shutdown deadline passed: connection reset, unsent output dropped");
                     return Ok(Reason::Lost("shutdown deadline passed; connection reset".into()));
                 }
                 () = &mut stop, if !stopping => {
                     stopping = true;
                     // Graceful shutdown: as if the protocol called lose-connection.
-                    let mut t = session.transport();
-                    if t.closing == Closing::Open {
-                        t.closing = Closing::Lose;
-                    }
+                    session.transport().lose();
                 }
             }
         }
@@ -348,6 +346,20 @@ impl Drop for ReadBuf {
             }
         });
     }
+}
+
+/// Writes as much of `t`'s unsent output to `stream` as it takes without
+/// blocking: one `send` for one slice (a shorter kernel path than
+/// `writev`), else a vectored write. Also used by batched delivery, which
+/// writes a batched read's output straight to the socket.
+pub fn send(t: &mut TransportState, stream: &TcpStream) -> io::Result<()> {
+    t.send_with(|iov| {
+        if iov.len() == 1 {
+            stream.try_write(&iov[0])
+        } else {
+            stream.try_write_vectored(iov)
+        }
+    })
 }
 
 fn lost(e: &io::Error) -> Reason {

@@ -7,15 +7,14 @@
 //! and `client-connection-lost`.
 
 use std::net::SocketAddr;
-use std::sync::Arc;
 
 use tokio::net::TcpStream;
-use wasmtime::Engine;
 
 use crate::config::ConnectConfig;
 use crate::connection::{self, End};
+use crate::runtime::GuestFault;
 use crate::runtime::bindings::Reason;
-use crate::runtime::{GuestFault, Plugin};
+use crate::shared::Instances;
 use crate::shutdown::Shutdown;
 
 /// How a connector ended.
@@ -32,15 +31,10 @@ pub enum ConnectorEnd {
 }
 
 /// Runs one `[[connect]]` entry to its end.
-pub async fn run(
-    cfg: ConnectConfig,
-    plugin: Arc<Plugin>,
-    engine: Engine,
-    shutdown: Shutdown,
-) -> ConnectorEnd {
-    let name = plugin.name.clone();
+pub async fn run(cfg: ConnectConfig, instances: Instances, shutdown: Shutdown) -> ConnectorEnd {
+    let name = instances.plugin().name.clone();
     let target = format!("{}:{}", cfg.host, cfg.port);
-    let mut session = match plugin.instantiate(&engine) {
+    let mut session = match instances.session() {
         Ok(s) => s,
         Err(fault) => {
             tracing::error!(plugin = %name, %target, %fault, "cannot instantiate guest for connector");

@@ -12,35 +12,57 @@
 //! | module | owns |
 //! |---|---|
 //! | [`config`] | `plugins.toml`: the schema and its defaults, every error at once with file:line:col: key (a parse function per table over a small checker) |
-//! | [`reactor`] | start-up, the shutdown broadcast, "done when idle" |
+//! | [`reactor`] | start-up, each plugin's [`shared::Instances`], the shutdown broadcast, "done when idle" |
 //! | [`listener`] | the accept loops: connection cap, EMFILE back-off, spreading connections over shared instances |
 //! | [`connector`] | client connections: resolve, connect with timeout, client-factory callbacks |
-//! | [`connection`] | the per-socket driver: the whole data path |
+//! | [`connection`] | the per-socket driver: reads, writes, closes, backpressure |
+//! | [`shared`] | a shared plugin's pool: its instances, their threads, live counts, batch queues and counters |
+//! | [`shared::threads`] | the thread each shared instance and its connections live on |
+//! | [`shared::batch`] | batched delivery: several connections' reads in one guest call on a shared instance |
 //! | [`shutdown`] | the shutdown signal (and a shared instance's fault signal), task tracking |
-//! | [`runtime`] | wasmtime: the engine and linker, loading and checking components |
-//! | [`runtime::plugin`] | a loaded plugin, built whole; it makes instances and sessions |
-//! | [`runtime::guest`] | one instance and the one call path: CPU budget, fault classification |
-//! | [`runtime::session`] | one connection's callbacks into its instance |
+//! | [`runtime`] | wasmtime only, no I/O: the engine and linker, loading and checking components |
+//! | [`runtime::plugin`] | a loaded plugin, immutable once built; it makes instances |
+//! | [`runtime::guest`] | one instance and the one call path: CPU budget, fault classification; a shared instance's batch call |
+//! | [`runtime::session`] | one connection's callbacks into its instance, on its own instance or a shared one |
 //! | [`runtime::bindings`] | the one `bindgen!` |
 //! | [`runtime::wasi`] | WASI p2 sync bindings, minus the calls that would block the reactor |
-//! | [`runtime::state`] | Store data: the transport slab and cells, the output queue, the host-wide output ceiling |
+//! | [`runtime::state`] | Store data: the transport slab, each connection's `TransportState` and its hand-off |
+//! | [`runtime::outbuf`] | a connection's unsent output, and the host-wide ceiling on it |
 //! | [`runtime::transport`] | host side of the `transport` resource (no I/O) |
 //! | [`runtime::limits`] | memory, CPU, backpressure, resource limits; the pooling allocator |
 //! | [`runtime::pool`] | the instance pool's size (address space, `vm.max_map_count`) and each plugin's cap |
-//! | [`runtime::threads`] | the thread each shared instance and its connections live on |
-//! | [`runtime::batch`] | batched delivery: several connections' reads in one guest call on a shared instance |
 //! | [`runtime::output`] | guest stdout/stderr, attributed to the plugin, control characters escaped |
 //! | [`sink`] | the host's stdout and stderr: bounded queues and writer threads, so output never blocks the reactor |
 //! | [`testing`] | the StringTransport-style test transport for guest authors |
 //!
-//! The data path reads in three files: [`connection`] (socket ↔ buffer ↔
-//! `Session::deliver`), [`runtime::session`] (`data-received`, one guest
-//! call) and [`runtime::transport`] (`write` queues bytes in the
-//! connection's `TransportState`, which [`connection`] flushes). On a
-//! shared instance whose component exports `batch`, `Session::deliver`
-//! queues the read instead, and [`runtime::batch`] delivers it with the
-//! other reads of the same moment in one call and writes the output back;
-//! the two sides meet in the transport's `Handoff` ([`runtime::state`]).
+//! Dependencies point one way: `listener`/`connector` → `shared` →
+//! `connection` → `runtime`; nothing in `runtime` does socket I/O or
+//! names a module above it (`host/tests/layout.rs` checks that no two files
+//! depend on each other).
+//!
+//! # One 64-byte read on a shared instance, file by file
+//!
+//! 1. [`listener`] accepts it on the first instance's thread and
+//!    [`shared::SharedPool::assign`]s it to the least busy instance;
+//! 2. [`shared`] gives it a [`runtime::Session`] on that instance
+//!    ([`shared::SharedPool::session_on`]), with the instance's batch queue;
+//! 3. [`connection`] reads the 64 bytes and calls `Session::deliver`;
+//! 4. [`runtime::session`] adds them to the transport's hand-off and pushes
+//!    them to the session's `ReadQueue`;
+//! 5. [`shared::batch`] queues them; its delivery task, run after every task
+//!    woken by the same readiness events, takes the queue;
+//! 6. [`runtime::guest`] makes the one `batch.data-received` call under the
+//!    CPU budget;
+//! 7. [`runtime::transport`] receives the guest's `write`;
+//! 8. [`runtime::state`] queues it in the connection's `TransportState`
+//!    (checking `max-output` and the host-wide ceiling, in
+//!    [`runtime::outbuf`]);
+//!
+//! then back in [`shared::batch`], which settles the connection: its output
+//! goes straight to the socket (through [`connection::send`]), and its task
+//! is woken only if something else is left to do. Without `batch` (or on
+//! an instance of its own), step 3 calls `data-received` directly and
+//! steps 4–6 are one `Session` call; [`connection`] then sends the reply.
 
 pub mod config;
 pub mod connection;
@@ -48,6 +70,7 @@ pub mod connector;
 pub mod listener;
 pub mod reactor;
 pub mod runtime;
+pub mod shared;
 pub mod shutdown;
 pub mod sink;
 pub mod testing;

@@ -13,12 +13,13 @@ use std::time::Duration;
 
 use tokio::net::{TcpListener, TcpSocket, TcpStream};
 use tokio::sync::Semaphore;
-use wasmtime::Engine;
 
 use crate::config::ListenConfig;
 use crate::connection::{self, End};
 use crate::runtime::pool::InstancePermit;
-use crate::runtime::{Plugin, Sharing, threads};
+use crate::runtime::{Plugin, Session};
+use crate::shared::Instances;
+use crate::shared::threads::LiveGuard;
 use crate::shutdown::{Shutdown, ShutdownSignal, TaskGuard};
 
 /// Why a listener could not start.
@@ -66,7 +67,7 @@ pub struct ListenerStats {
 #[derive(Debug)]
 pub struct Listener {
     listener: TcpListener,
-    plugin: Arc<Plugin>,
+    instances: Instances,
     limit: Arc<Semaphore>,
     stats: Arc<ListenerStats>,
 }
@@ -74,7 +75,7 @@ pub struct Listener {
 impl Listener {
     /// Binds the configured address. Binding happens before anything is
     /// served, so a bad address fails the whole start.
-    pub fn bind(cfg: &ListenConfig, plugin: Arc<Plugin>) -> Result<Listener, BindError> {
+    pub fn bind(cfg: &ListenConfig, instances: Instances) -> Result<Listener, BindError> {
         let addr = SocketAddr::new(cfg.interface, cfg.port);
         let err = |source| BindError {
             addr,
@@ -92,7 +93,7 @@ impl Listener {
         let listener = socket.listen(cfg.backlog).map_err(err)?;
         Ok(Listener {
             listener,
-            plugin,
+            instances,
             limit: Arc::new(Semaphore::new(cfg.max_connections)),
             stats: Arc::default(),
         })
@@ -114,26 +115,27 @@ impl Listener {
     /// a clone of `guard`, so the reactor can wait for them to finish.
     ///
     /// For a plugin with shared instances, the first instance's thread
-    /// (see [`crate::runtime::Plugin::instance_threads`]) accepts, and a
+    /// (see [`crate::shared::threads`]) accepts, and a
     /// connection stays there unless that instance has more live
     /// connections than another: then it moves to the least busy one's
     /// thread. So connections spread evenly, and a connection's socket,
     /// timers and callbacks stay on its instance's thread.
-    pub async fn serve(self, engine: Engine, notify: ShutdownSignal, guard: TaskGuard) {
+    pub async fn serve(self, notify: ShutdownSignal, guard: TaskGuard) {
         let addr = self.local_addr();
-        let plugin_name = self.plugin.name.clone();
+        let plugin_name = self.instances.plugin().name.clone();
         tracing::info!(plugin = %plugin_name, %addr, "listening");
+        let first = self.instances.pool().and_then(|p| p.thread(0)).cloned();
         let acceptor = Acceptor {
-            plugin: self.plugin.clone(),
-            engine,
+            plugin: self.instances.plugin().clone(),
+            instances: self.instances,
             stats: self.stats.clone(),
             limit: self.limit.clone(),
             notify,
             guard,
             addr,
         };
-        match self.plugin.instance_threads() {
-            Some(threads) => {
+        match first {
+            Some(first) => {
                 let listener = match self.listener.into_std() {
                     Ok(l) => l,
                     Err(e) => {
@@ -142,7 +144,7 @@ impl Listener {
                     }
                 };
                 // The first instance's thread accepts for all of them.
-                let accepting = threads[0].handle().spawn(async move {
+                let accepting = first.spawn(async move {
                     match TcpListener::from_std(listener) {
                         Ok(l) => acceptor.accept_loop(l, Some(0)).await,
                         Err(e) => {
@@ -162,7 +164,7 @@ impl Listener {
 /// instance's thread.
 struct Acceptor {
     plugin: Arc<Plugin>,
-    engine: Engine,
+    instances: Instances,
     stats: Arc<ListenerStats>,
     limit: Arc<Semaphore>,
     notify: ShutdownSignal,
@@ -213,8 +215,8 @@ impl Acceptor {
             // An instance of its own is reserved now, so that a plugin at
             // its cap refuses here, with a count, rather than failing deep
             // in instantiation.
-            let reserved = if self.plugin.sharing() == Sharing::PerConnection {
-                match self.plugin.reserve_instance() {
+            let reserved = if let Instances::PerConnection(plugin) = &self.instances {
+                match plugin.reserve_instance() {
                     Ok(p) => Some(p),
                     Err(e) => {
                         let n = self
@@ -235,16 +237,16 @@ impl Acceptor {
             };
             let _ = stream.set_nodelay(true);
             let task = ServerConnection {
-                plugin: self.plugin.clone(),
-                engine: self.engine.clone(),
+                instances: self.instances.clone(),
                 stats: self.stats.clone(),
                 peer,
                 reserved,
             };
             let conn_shutdown = self.notify.subscribe();
             let conn_guard = self.guard.clone();
-            let live = thread.map(|here| self.plugin.assign_instance(here));
-            let instance = live.as_ref().map(threads::LiveGuard::instance);
+            let pool = self.instances.pool();
+            let live = thread.zip(pool).map(|(here, pool)| pool.assign(here));
+            let instance = live.as_ref().map(LiveGuard::instance);
             if instance == thread {
                 tokio::spawn(async move {
                     task.run(stream, instance, &conn_shutdown).await;
@@ -254,7 +256,7 @@ impl Acceptor {
             }
             // Another instance is less busy: the socket moves to its
             // thread's reactor.
-            let (Some(i), Some(threads)) = (instance, self.plugin.instance_threads()) else {
+            let Some(thread) = instance.zip(pool).and_then(|(i, p)| p.thread(i)) else {
                 continue;
             };
             let stream = match stream.into_std() {
@@ -264,11 +266,11 @@ impl Acceptor {
                     continue;
                 }
             };
-            threads[i].handle().spawn(async move {
+            thread.spawn(async move {
                 match TcpStream::from_std(stream) {
                     Ok(stream) => task.run(stream, instance, &conn_shutdown).await,
                     Err(e) => {
-                        tracing::debug!(plugin = %task.plugin.name, peer = %task.peer, error = %e, "cannot register the connection")
+                        tracing::debug!(plugin = %task.instances.plugin().name, peer = %task.peer, error = %e, "cannot register the connection")
                     }
                 }
                 drop((live, permit, conn_guard));
@@ -286,8 +288,7 @@ fn is_resource_exhaustion(e: &io::Error) -> bool {
 }
 
 struct ServerConnection {
-    plugin: Arc<Plugin>,
-    engine: Engine,
+    instances: Instances,
     stats: Arc<ListenerStats>,
     peer: SocketAddr,
     /// The place reserved under the plugin's `max-instances`.
@@ -300,16 +301,21 @@ impl ServerConnection {
     /// fresh instance or the next shared one.
     async fn run(self, stream: TcpStream, instance: Option<usize>, shutdown: &Shutdown) {
         let Self {
-            plugin,
-            engine,
+            instances,
             stats,
             peer,
             reserved,
         } = self;
-        let name = &plugin.name;
-        let session = match instance {
-            Some(i) => plugin.instantiate_on(&engine, i),
-            None => plugin.instantiate_reserved(&engine, reserved),
+        let name = &instances.plugin().name;
+        let session = match (&instances, instance, reserved) {
+            (Instances::Shared(pool), Some(i), _) => pool.session_on(i),
+            (Instances::Shared(pool), None, _) => pool.next_session(),
+            (Instances::PerConnection(plugin), _, reserved) => match reserved {
+                Some(permit) => Session::own(plugin, permit),
+                None => plugin
+                    .reserve_instance()
+                    .and_then(|p| Session::own(plugin, p)),
+            },
         };
         let mut session = match session {
             Ok(s) => s,

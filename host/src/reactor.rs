@@ -3,6 +3,7 @@
 //! as the seed's client stops its reactor when its connection ends). Then
 //! it shuts down gracefully within a deadline.
 
+use std::collections::HashMap;
 use std::net::SocketAddr;
 use std::sync::Arc;
 
@@ -11,6 +12,7 @@ use tokio::sync::mpsc;
 use crate::config::Config;
 use crate::listener::{BindError, Listener, ListenerStats};
 use crate::runtime::Runtime;
+use crate::shared::Instances;
 use crate::shutdown::ShutdownController;
 
 /// How long connections get to reset once the shutdown deadline passed.
@@ -31,7 +33,11 @@ pub enum RunEnd {
 /// A reactor with its listeners bound.
 pub struct Reactor {
     config: Config,
-    runtime: Arc<Runtime>,
+    /// The engine's runtime: its epoch ticker runs while it lives.
+    _runtime: Arc<Runtime>,
+    /// Every plugin a listener or connector uses, with its instances (a
+    /// shared plugin's pool and threads live as long as the reactor).
+    instances: HashMap<String, Instances>,
     listeners: Vec<Listener>,
 }
 
@@ -48,18 +54,35 @@ impl Reactor {
     /// Fails on the first address that cannot be bound, having bound nothing
     /// that stays open.
     pub fn bind(config: Config, runtime: Runtime) -> Result<Reactor, BindError> {
+        // Each plugin's instances, built once: a shared plugin's instances
+        // get threads of their own if a listener serves it.
+        let mut instances = HashMap::new();
+        let used = (config.listen.iter().map(|l| (&l.plugin, true)))
+            .chain(config.connect.iter().map(|c| (&c.plugin, false)));
+        let mut served: HashMap<&String, bool> = HashMap::new();
+        for (name, listens) in used {
+            *served.entry(name).or_default() |= listens;
+        }
+        for (name, listens) in served {
+            let plugin = runtime.plugin(name).expect("config validated plugin names");
+            instances.insert(name.clone(), Instances::new(plugin, listens));
+        }
         let mut listeners = Vec::new();
         for l in &config.listen {
-            let plugin = runtime
-                .plugin(&l.plugin)
-                .expect("config validated plugin names");
-            listeners.push(Listener::bind(l, plugin)?);
+            listeners.push(Listener::bind(l, instances[&l.plugin].clone())?);
         }
         Ok(Reactor {
             config,
-            runtime: Arc::new(runtime),
+            _runtime: Arc::new(runtime),
+            instances,
             listeners,
         })
+    }
+
+    /// How the plugin called `name` gets its instances (its shared pool,
+    /// with the batch counters), if a listener or connector uses it.
+    pub fn instances(&self, name: &str) -> Option<&Instances> {
+        self.instances.get(name)
     }
 
     /// The bound address of each listener, in config order.
@@ -79,28 +102,36 @@ impl Reactor {
     /// every connector has finished.
     pub async fn run(self, mut stop: mpsc::Receiver<()>) -> RunEnd {
         let mut controller = ShutdownController::new();
-        let engine = self.runtime.engine().clone();
         for l in self.listeners {
-            tokio::spawn(l.serve(
-                engine.clone(),
-                controller.signal_handle(),
-                controller.guard(),
-            ));
+            tokio::spawn(l.serve(controller.signal_handle(), controller.guard()));
         }
         for c in self.config.connect.iter().cloned() {
-            let plugin = self
-                .runtime
-                .plugin(&c.plugin)
-                .expect("config validated plugin names");
+            let instances = self.instances[&c.plugin].clone();
             let shutdown = controller.subscribe();
             let guard = controller.guard();
-            let engine = engine.clone();
             tokio::spawn(async move {
-                crate::connector::run(c, plugin, engine, shutdown).await;
+                crate::connector::run(c, instances, shutdown).await;
                 drop(guard);
             });
         }
-        let deadline = self.config.host.shutdown_timeout;
+        let end = Self::serve(&self.config, &mut controller, &mut stop).await;
+        // The shared instances' threads go with the reactor.
+        for i in self.instances.values() {
+            if let Some(pool) = i.pool() {
+                pool.stop();
+            }
+        }
+        end
+    }
+
+    /// Waits for the end: every connector done (no listeners), or a stop
+    /// request and then the shutdown.
+    async fn serve(
+        config: &Config,
+        controller: &mut ShutdownController,
+        stop: &mut mpsc::Receiver<()>,
+    ) -> RunEnd {
+        let deadline = config.host.shutdown_timeout;
         // A closed `stop` channel is not a stop request: keep serving.
         let stop_requested = tokio::select! {
             () = controller.wait() => false,

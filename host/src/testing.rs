@@ -28,7 +28,8 @@ use crate::runtime::PluginOptions;
 use crate::runtime::bindings::Reason;
 use crate::runtime::limits::Limits;
 use crate::runtime::state::Closing;
-use crate::runtime::{GuestFault, Plugin, Runtime, Session, Sharing};
+use crate::runtime::{GuestFault, Runtime, Session, Sharing};
+use crate::shared::Instances;
 
 /// The default peer address a test connection reports.
 pub const PEER: &str = "192.0.2.7:40000";
@@ -37,15 +38,16 @@ pub const HOST: &str = "127.0.0.1:9000";
 
 /// A loaded component, ready to make test connections.
 pub struct TestComponent {
-    runtime: Runtime,
-    plugin: Arc<Plugin>,
+    /// Keeps the engine's epoch ticker running.
+    _runtime: Runtime,
+    instances: Instances,
     output: Arc<Mutex<Vec<u8>>>,
 }
 
 impl std::fmt::Debug for TestComponent {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         f.debug_struct("TestComponent")
-            .field("plugin", &self.plugin)
+            .field("plugin", self.instances.plugin())
             .finish_non_exhaustive()
     }
 }
@@ -98,8 +100,8 @@ impl TestComponent {
         let plugin = runtime.load_plugin("test", path.as_ref(), options)?;
         let plugin = runtime.insert_plugin(plugin);
         Ok(TestComponent {
-            runtime,
-            plugin,
+            _runtime: runtime,
+            instances: Instances::new(plugin, false),
             output,
         })
     }
@@ -114,7 +116,7 @@ impl TestComponent {
     /// factory refused.
     pub fn server_connection(&self) -> Result<Option<TestConnection>, GuestFault> {
         let peer: SocketAddr = PEER.parse().unwrap();
-        let mut session = self.plugin.instantiate(self.runtime.engine())?;
+        let mut session = self.instances.session()?;
         if !session.build_server_protocol(peer)? {
             return Ok(None);
         }
@@ -140,7 +142,7 @@ impl TestComponent {
             .iter_mut()
             .map(|(c, d)| (&mut c.session, *d))
             .collect();
-        crate::runtime::batch::data_received_batch(&mut sessions)
+        crate::runtime::session::data_received_batch(&mut sessions)
     }
 
     /// A fresh instance, as a connector makes: `started-connecting`,
@@ -148,7 +150,7 @@ impl TestComponent {
     /// declined.
     pub fn client_connection(&self) -> Result<Option<TestConnection>, GuestFault> {
         let peer: SocketAddr = PEER.parse().unwrap();
-        let mut session = self.plugin.instantiate(self.runtime.engine())?;
+        let mut session = self.instances.session()?;
         session.started_connecting(&peer.ip().to_string(), peer.port())?;
         if !session.build_client_protocol(peer)? {
             return Ok(None);
@@ -163,7 +165,7 @@ impl TestComponent {
     /// A fresh client instance whose connection attempt failed:
     /// `started-connecting`, then `client-connection-failed(reason)`.
     pub fn client_connection_failed(&self, message: &str) -> Result<(), GuestFault> {
-        let mut session = self.plugin.instantiate(self.runtime.engine())?;
+        let mut session = self.instances.session()?;
         session.started_connecting("192.0.2.7", 40000)?;
         session.client_connection_failed(&Reason::Failed(message.into()))
     }
@@ -185,22 +187,22 @@ impl TestConnection {
     /// Takes everything written so far: Twisted's `StringTransport.value()`
     /// followed by `clear()`.
     pub fn value(&mut self) -> Vec<u8> {
-        self.session.transport().out.take_all()
+        self.session.transport().take_output()
     }
 
     /// Whether the protocol called `lose-connection`.
     pub fn disconnecting(&mut self) -> bool {
-        self.session.transport().closing == Closing::Lose
+        self.session.transport().closing() == Closing::Lose
     }
 
     /// Whether the protocol called `abort-connection`.
     pub fn aborted(&mut self) -> bool {
-        self.session.transport().closing == Closing::Abort
+        self.session.transport().closing() == Closing::Abort
     }
 
     /// Whether the protocol registered itself as a producer.
     pub fn producer_registered(&mut self) -> bool {
-        self.session.transport().producer
+        self.session.transport().producer()
     }
 
     /// Ends the connection: the protocol's `connection-lost(reason)`; for a

@@ -422,10 +422,15 @@ fn accept_backs_off_on_emfile_without_busy_looping() {
     assert!(held.len() < 100, "the server ran out of descriptors");
     let log = server.stderr.lock().unwrap().clone();
     assert!(log.contains("out of resources; backing off"), "{log}");
-    // While exhausted, the accept loop sleeps rather than spins.
-    let c0 = cpu_secs(pid);
-    std::thread::sleep(Duration::from_secs(1));
-    let used = cpu_secs(pid) - c0;
+    // While exhausted, the accept loop sleeps rather than spins. Two
+    // windows, the quieter counts: a spinning loop spins in both, while a
+    // one-off (the compile cache's worker writing a fresh entry) is in one.
+    let window = || {
+        let c0 = cpu_secs(pid);
+        std::thread::sleep(Duration::from_secs(1));
+        cpu_secs(pid) - c0
+    };
+    let used = window().min(window());
     println!("CPU used in 1 s while out of descriptors: {used:.3} s");
     assert!(
         used < 0.25,

@@ -478,7 +478,7 @@ async fn reads_that_arrive_together_are_delivered_in_batches() {
     let plugin = server.plugin.clone().unwrap();
     assert!(plugin.has_batch(), "the echo component exports batch");
     ping_pong_together(server.addr(), 20).await;
-    let stats = plugin.batch_stats();
+    let stats = server.pool.clone().unwrap().batch_stats().clone();
     let (calls, reads) = (
         stats.calls.load(Ordering::Relaxed),
         stats.reads.load(Ordering::Relaxed),
@@ -500,7 +500,8 @@ async fn a_component_without_batch_is_served_one_call_per_read() {
     let plugin = server.plugin.clone().unwrap();
     assert!(!plugin.has_batch());
     ping_pong_together(server.addr(), 5).await;
-    assert_eq!(plugin.batch_stats().calls.load(Ordering::Relaxed), 0);
+    let stats = server.pool.clone().unwrap().batch_stats().clone();
+    assert_eq!(stats.calls.load(Ordering::Relaxed), 0);
     server.shutdown().await;
 }
 
@@ -550,7 +551,7 @@ async fn bulk_from_many_clients_at_once_is_byte_exact_through_batches() {
     for t in tasks {
         t.await.unwrap();
     }
-    let stats = server.plugin.clone().unwrap().batch_stats().clone();
+    let stats = server.pool.clone().unwrap().batch_stats().clone();
     println!(
         "{} reads in {} calls",
         stats.reads.load(Ordering::Relaxed),

@@ -3,14 +3,16 @@
 //!
 //! The file maps plugin names to components, ports to listening plugins and
 //! remote addresses to connecting plugins. Parsing walks toml's spanned
-//! document one table at a time ([`tables`]) through a small checker
-//! ([`check`]) that records a located error and carries on with a default,
+//! document one table at a time (`tables.rs`) through a small checker
+//! (`check.rs`, with `show.rs` for how values appear in messages) that
+//! records a located error and carries on with a default,
 //! so every problem in the file is reported at once; only a TOML syntax
 //! error stops early. This module owns the public types, the named
 //! defaults and the duration and size syntax.
 
 mod check;
 mod limits;
+mod show;
 mod tables;
 
 pub use limits::{DEFAULT_MAX_RESOURCES, Limits, Sharing};
@@ -227,7 +229,7 @@ pub struct ConnectConfig {
 /// Parses a duration such as `"5s"`, `"100ms"`, `"1.5s"`, `"2m"`.
 pub fn parse_duration(s: &str) -> Result<Duration, String> {
     let s = s.trim();
-    let q = check::quote(s);
+    let q = show::quote(s);
     let split = s
         .find(|c: char| !(c.is_ascii_digit() || c == '.'))
         .ok_or_else(|| format!("duration {q} has no unit: write e.g. \"5s\" or \"100ms\""))?;
@@ -244,7 +246,7 @@ pub fn parse_duration(s: &str) -> Result<Duration, String> {
         other => {
             return Err(format!(
                 "duration {q} has unknown unit {}: use us, ms, s, m or h",
-                check::quote(other)
+                show::quote(other)
             ));
         }
     };
@@ -257,7 +259,7 @@ pub fn parse_duration(s: &str) -> Result<Duration, String> {
 /// Parses a size such as `"16MiB"`, `"64KiB"`, `"1GiB"`, `"4096"` or `"1MB"`.
 pub fn parse_size(s: &str) -> Result<u64, String> {
     let s = s.trim();
-    let q = check::quote(s);
+    let q = show::quote(s);
     let split = s.find(|c: char| !c.is_ascii_digit()).unwrap_or(s.len());
     let (num, unit) = s.split_at(split);
     let n: u64 = num
@@ -274,7 +276,7 @@ pub fn parse_size(s: &str) -> Result<u64, String> {
         other => {
             return Err(format!(
                 "size {q} has unknown unit {}: use B, KiB, MiB or GiB",
-                check::quote(other)
+                show::quote(other)
             ));
         }
     };

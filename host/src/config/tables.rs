@@ -12,7 +12,8 @@ use std::time::Duration;
 
 use toml::de::{DeTable, DeValue};
 
-use super::check::{Checker, Table, Value, key_segment, quote, show, show_size};
+use super::check::{Checker, Table, Value};
+use super::show::{key_segment, quote, show, show_size};
 use super::*;
 
 const TOP_KEYS: &[&str] = &["host", "plugins", "listen", "connect"];

@@ -1,6 +1,6 @@
 //! The one `bindgen!` for the whole host, generated from `wit/`.
 //!
-//! Imports (the transport) are implemented in [`super::transport`]; exports
+//! Imports (the transport) are implemented in `transport.rs`; exports
 //! (the protocol and the factories) are called synchronously, under the
 //! epoch CPU budget (see [`super`]).
 
@@ -9,7 +9,7 @@ wasmtime::component::bindgen!({
     path: "../wit",
     imports: { default: trappable },
     with: {
-        "twill:protocol/transport.transport": super::transport::TransportHandle,
+        "twill:protocol/transport.transport": super::state::TransportHandle,
     },
 });
 

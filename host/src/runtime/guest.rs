@@ -8,9 +8,9 @@ use std::time::Duration;
 
 use wasmtime::Store;
 
-use super::batch;
+use super::bindings::batch::Chunk;
 use super::bindings::{batch as wit_batch, client_factory, protocol, server_factory};
-use super::state::ConnState;
+use super::state::{Caller, ConnState};
 use crate::shutdown::ShutdownSignal;
 
 /// Why a guest call failed. The connection is aborted either way; the
@@ -55,19 +55,51 @@ pub(crate) struct Guest {
 }
 
 /// An instance that serves many connections (`instance = "shared"`).
-pub(crate) struct SharedGuest {
+pub struct SharedGuest {
     pub(super) guest: std::sync::Mutex<Guest>,
     /// Fired when the instance faults: every connection on it is aborted.
     pub(super) fault: ShutdownSignal,
-    /// Reads waiting for batched delivery ([`batch`]).
-    pub(super) queue: batch::Queue,
+    /// Its plugin's name and CPU limit per callback.
+    pub(super) plugin: Arc<str>,
+    pub(super) cpu: Duration,
 }
 
 impl SharedGuest {
+    /// Its plugin's name.
+    pub fn plugin(&self) -> &str {
+        &self.plugin
+    }
+
+    /// Whether the instance faulted (its connections are being aborted;
+    /// the next connection needs a fresh instance).
+    pub fn is_faulted(&self) -> bool {
+        self.fault.is_fired()
+    }
+
+    /// One `batch.data-received` call: `chunks` name each read's protocol
+    /// and length, `data` holds their bytes in order. The call has the CPU
+    /// budget of one callback per chunk. A fault poisons the instance and
+    /// fires its fault signal, which aborts every connection on it.
+    pub fn data_received_batch(&self, chunks: &[Chunk], data: &[u8]) -> Result<(), GuestFault> {
+        let mut g = super::state::lock(&self.guest);
+        let callbacks = u32::try_from(chunks.len()).unwrap_or(u32::MAX);
+        let r = g.call(self.cpu, callbacks, Caller::Batch, |g| {
+            match g.batch.clone() {
+                Some(batch) => batch.call_data_received(&mut g.store, chunks, data),
+                None => Ok(()),
+            }
+        });
+        drop(g);
+        if let Err(f) = &r {
+            self.fail(f);
+        }
+        r
+    }
+
     /// The instance faulted (the caller no longer holds its lock): fires
     /// its fault signal, which aborts every connection on it, and says so
     /// once, at ERROR, with what was lost.
-    pub(crate) fn fail(&self, plugin: &str, fault: &GuestFault) {
+    pub(crate) fn fail(&self, fault: &GuestFault) {
         if matches!(fault, GuestFault::Poisoned) || self.fault.is_fired() {
             return;
         }
@@ -78,7 +110,7 @@ impl SharedGuest {
             .transports
             .live();
         tracing::error!(
-            plugin,
+            plugin = %self.plugin,
             %fault,
             connections,
             "a shared instance faulted: its {connections} connection(s) are aborted and the guest state it held is lost; the next connection gets a fresh instance"
@@ -118,17 +150,6 @@ impl std::ops::DerefMut for GuestRef<'_> {
             GuestRef::Shared(g) => g,
         }
     }
-}
-
-/// Whose callback is running, for the transport's wake-ups (see
-/// `ConnState::current`).
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub(crate) enum Caller {
-    /// One connection's callback (on the transport at this slot).
-    Connection(u32),
-    /// A batch: the connections with reads in it are settled after the
-    /// call.
-    Batch,
 }
 
 impl Guest {

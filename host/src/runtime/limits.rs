@@ -56,6 +56,10 @@ pub use crate::config::{DEFAULT_MAX_RESOURCES, Limits};
 /// most a connection may have queued for batched delivery).
 pub const READ_CHUNK: usize = 64 << 10;
 
+/// The most bytes one connection may have read and queued for batched
+/// delivery, undelivered: its task stops reading until they are delivered.
+pub const MAX_QUEUED: usize = READ_CHUNK;
+
 /// The limiter for one instance of a plugin with `limits`.
 pub fn store_limits(limits: &Limits) -> GuestLimiter {
     GuestLimiter {

@@ -1,19 +1,20 @@
-//! The narrow core over wasmtime: the [`Runtime`] (one [`Engine`], one
-//! [`Linker`]) loads each plugin's component into a [`Plugin`], which makes
-//! instances and a [`Session`] per connection (on an instance of its own,
-//! or on one of the plugin's shared instances).
+//! The narrow core over wasmtime, with no socket I/O: the [`Runtime`] (one
+//! [`Engine`], one [`Linker`]) loads each plugin's component into a
+//! [`Plugin`], which makes instances; a [`Session`] is one connection's
+//! callbacks on an instance of its own or a shared one (whose pool,
+//! threads and batch queue the crate's `shared` module owns).
 //!
 //! # Layout
 //!
 //! | module | owns |
 //! |---|---|
 //! | this file | the engine and linker, loading and checking components ([`Runtime::load`], [`LoadError`]) |
-//! | [`plugin`] | a loaded plugin, built whole: its exports, limits, grants and shared-instance slots; it makes instances and sessions |
-//! | [`guest`] | one instance and the one call path: CPU budget, caller, fault classification ([`GuestFault`]) |
-//! | [`session`] | one connection's callbacks into its instance |
+//! | [`plugin`] | a loaded plugin, immutable once built: its exports, limits and grants; it makes instances |
+//! | [`guest`] | one instance and the one call path: CPU budget, caller, fault classification ([`GuestFault`]); a shared instance and its batch call |
+//! | [`session`] | one connection's callbacks into its instance; the [`session::ReadQueue`] a batched session's reads go to |
 //! | [`pool`] | the instance pool's size and each plugin's cap |
-//! | [`bindings`], [`wasi`], [`transport`], [`state`], [`limits`], [`output`] | the WIT bindings, WASI, the transport's host side, Store data, limits, guest output |
-//! | [`threads`], [`batch`] | shared instances' threads and batched delivery |
+//! | [`state`], [`outbuf`] | Store data: the transport slab, each connection's transport state and hand-off; unsent output and its host-wide ceiling |
+//! | [`bindings`], [`wasi`], [`transport`], [`limits`], [`output`] | the WIT bindings, WASI, the transport's host side, limits, guest output |
 //!
 //! # Choices, and why
 //!
@@ -36,11 +37,11 @@
 //!   whose lock a callback holds; each connection's transport state is a
 //!   cell of its own, so the data path does not take the instance lock.
 //!   Each shared instance has a thread of its own, where its listeners'
-//!   connections run ([`threads`]).
+//!   connections run (the crate's `shared::threads`).
 //! - **Batched delivery on shared instances.** One call per read costs the
 //!   same fixed engine overhead whatever the read's size; a shared
 //!   instance's connections' reads that are ready at the same moment go to
-//!   the guest in one `batch.data-received` call ([`batch`]), if the
+//!   the guest in one `batch.data-received` call (`shared::batch`), if the
 //!   component exports it (the SDKs do).
 //! - **Deny by default.** WASI p2 is linked so that guests built with std
 //!   load, but the context grants nothing: no files, no sockets, no name
@@ -48,16 +49,15 @@
 //!   unless the plugin is granted `clock = true`. Stdout and stderr go to the
 //!   host's output, prefixed with the plugin's name.
 
-pub mod batch;
 pub mod bindings;
 pub mod guest;
 pub mod limits;
+pub mod outbuf;
 pub mod output;
 pub mod plugin;
 pub mod pool;
 pub mod session;
 pub mod state;
-pub mod threads;
 pub mod transport;
 pub mod wasi;
 
@@ -73,8 +73,9 @@ use wasmtime::{Config as EngineConfig, Engine};
 use crate::config::{Config, HostSettings};
 use bindings::{batch as wit_batch, client_factory, protocol, server_factory};
 use limits::Limits;
+use outbuf::OutputBudget;
 use pool::InstanceCap;
-use state::{ConnState, OutputBudget};
+use state::ConnState;
 
 pub use guest::GuestFault;
 pub use plugin::{Plugin, PluginOptions, Sharing};
@@ -86,7 +87,7 @@ pub const SERVER_FACTORY: &str = "twill:protocol/server-factory@0.1.0";
 pub const CLIENT_FACTORY: &str = "twill:protocol/client-factory@0.1.0";
 /// See [`SERVER_FACTORY`].
 pub const PROTOCOL: &str = "twill:protocol/protocol@0.1.0";
-/// The optional batched-delivery export (see [`batch`]).
+/// The optional batched-delivery export (see [`crate::shared::batch`]).
 pub const BATCH: &str = "twill:protocol/batch@0.1.0";
 
 /// A plugin that failed to load, or that cannot play the role it is used in.
@@ -260,7 +261,7 @@ impl Runtime {
             };
             match rt.load_plugin(name, &p.component, options) {
                 Ok(plugin) => {
-                    match trial(&plugin, &rt.engine, &mut trials) {
+                    match trial(&plugin, &mut trials) {
                         Ok(maps) => maps_per_live = maps_per_live.max(maps),
                         Err(m) => errors.push(err(m).into()),
                     }
@@ -363,15 +364,6 @@ impl Runtime {
             capture,
             exports,
             sharing,
-            shared: (0..sharing.instances())
-                .map(|_| std::sync::Mutex::new(None))
-                .collect(),
-            next_shared: std::sync::atomic::AtomicUsize::new(0),
-            threads: std::sync::OnceLock::new(),
-            live: (0..sharing.instances())
-                .map(|_| std::sync::atomic::AtomicUsize::new(0))
-                .collect(),
-            batch_stats: Arc::default(),
             budget: self.budget.clone(),
             cap: InstanceCap::new(self.pool as usize),
         })
@@ -401,7 +393,7 @@ impl Runtime {
 /// not at every connection. Returns the memory maps the second instance
 /// added (the steady cost of a live instance; the first also maps the
 /// component's memory image, once), or 0 if there is no figure.
-fn trial(plugin: &Plugin, engine: &Engine, trials: &mut Vec<guest::Guest>) -> Result<u64, String> {
+fn trial(plugin: &Plugin, trials: &mut Vec<guest::Guest>) -> Result<u64, String> {
     let started = |r: Result<guest::Guest, GuestFault>| {
         r.map_err(|f| match f {
             GuestFault::MemoryAtStart { needed, limit } => {
@@ -415,10 +407,10 @@ fn trial(plugin: &Plugin, engine: &Engine, trials: &mut Vec<guest::Guest>) -> Re
             f => format!("the component fails to start: {f}"),
         })
     };
-    trials.push(started(plugin.new_guest(engine))?);
+    trials.push(started(plugin.new_guest())?);
     let before = pool::count_maps();
     // A small pool may have no slot left for the second: then no figure.
-    let Ok(second) = plugin.new_guest(engine) else {
+    let Ok(second) = plugin.new_guest() else {
         return Ok(0);
     };
     let added = before

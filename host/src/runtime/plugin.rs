@@ -1,10 +1,9 @@
-//! A loaded plugin: its component pre-instantiated, the exports each role
-//! needs, its limits and grants, and how its instances map to connections.
-//! It makes the instances ([`Plugin::instantiate`]) and the sessions on
-//! them.
+//! A loaded plugin, immutable once built: its component pre-instantiated,
+//! the exports each role needs, its limits and grants. It makes instances
+//! (`Plugin::new_guest`, [`Plugin::new_shared_guest`]) and transport
+//! states; sessions on them are made in [`super::session`].
 
 use std::sync::Arc;
-use std::sync::atomic::Ordering;
 use std::time::Duration;
 
 use wasmtime::component::InstancePre;
@@ -16,15 +15,12 @@ use crate::shutdown::ShutdownSignal;
 use super::bindings::{batch as wit_batch, client_factory, protocol, server_factory};
 pub use crate::config::Sharing;
 
-use super::guest::{Guest, GuestFault, Home, SharedGuest, arm, fault};
+use super::guest::{Guest, GuestFault, SharedGuest, arm, fault};
 use super::limits::{self, Limits};
+use super::outbuf::OutputBudget;
 use super::output::{GuestOutput, Sink, Stream};
 use super::pool::{InstanceCap, InstancePermit};
-use super::session::Session;
-use super::state::{
-    ConnState, CpuBudget, OutBuf, OutputBudget, TransportCell, TransportState, Transports,
-};
-use super::{batch, threads};
+use super::state::{ConnState, CpuBudget, TransportState, Transports};
 
 /// Everything about one loaded plugin.
 pub struct Plugin {
@@ -42,16 +38,6 @@ pub struct Plugin {
     /// "it exports `a`, `b`", for errors about missing exports.
     pub(super) exports: String,
     pub(super) sharing: Sharing,
-    /// With `Sharing::Shared(n)`: the n instance slots, filled on first use.
-    pub(super) shared: Vec<std::sync::Mutex<Option<Arc<SharedGuest>>>>,
-    pub(super) next_shared: std::sync::atomic::AtomicUsize,
-    /// With `Sharing::Shared(n)`: the n threads the instances live on,
-    /// started when a listener first serves the plugin.
-    pub(super) threads: std::sync::OnceLock<Vec<threads::InstanceThread>>,
-    /// With `Sharing::Shared(n)`: live listener connections per instance.
-    pub(super) live: Vec<std::sync::atomic::AtomicUsize>,
-    /// Batched delivery's counters.
-    pub(super) batch_stats: Arc<batch::BatchStats>,
     /// The host-wide ceiling on unsent output.
     pub(super) budget: Arc<OutputBudget>,
     /// The cap on live instances of its own (with an instance per
@@ -121,15 +107,15 @@ impl Plugin {
         self.client.is_some()
     }
 
-    /// Whether the component exports `batch` (see [`batch`]).
+    /// Whether the component exports `batch` (reads of several
+    /// connections on a shared instance in one call).
     pub fn has_batch(&self) -> bool {
         self.batch.is_some()
     }
 
-    /// How many batches of reads, and reads in them, this plugin's shared
-    /// instances have been handed.
-    pub fn batch_stats(&self) -> &Arc<batch::BatchStats> {
-        &self.batch_stats
+    /// The engine its instances run on.
+    pub fn engine(&self) -> &Engine {
+        self.pre.engine()
     }
 
     pub(super) fn wasi(&self) -> wasmtime_wasi::WasiCtx {
@@ -155,16 +141,15 @@ impl Plugin {
 
     /// A transport state for a new connection of this plugin.
     pub(super) fn new_transport(&self) -> TransportState {
-        TransportState {
-            out: OutBuf::with_budget(Some(self.budget.clone())),
-            max_output: self.limits.max_output,
-            high_water: self.limits.high_water,
-            ..TransportState::default()
-        }
+        TransportState::new(
+            Some(self.budget.clone()),
+            self.limits.max_output,
+            self.limits.high_water,
+        )
     }
 
     /// Instantiates the component in a fresh Store.
-    pub(crate) fn new_guest(&self, engine: &Engine) -> Result<Guest, GuestFault> {
+    pub(crate) fn new_guest(&self) -> Result<Guest, GuestFault> {
         let state = ConnState {
             wasi: self.wasi(),
             table: wasmtime::component::ResourceTable::new(),
@@ -178,7 +163,7 @@ impl Plugin {
             transports: Transports::default(),
             current: None,
         };
-        let mut store = Store::new(engine, state);
+        let mut store = Store::new(self.pre.engine(), state);
         // Host-side resources are host memory: bound them (the transports
         // of a shared instance's connections come on top, see `session`).
         store
@@ -242,19 +227,6 @@ impl Plugin {
         })
     }
 
-    /// A session for one connection (or, for a client, one connector): a
-    /// fresh instance, or with `instance = "shared"` a place on one of the
-    /// plugin's shared instances (round robin; an instance that faulted is
-    /// replaced by a fresh one). Listeners use [`Plugin::assign_instance`]
-    /// and [`Plugin::instantiate_on`] instead.
-    pub fn instantiate(self: &Arc<Self>, engine: &Engine) -> Result<Session, GuestFault> {
-        let permit = match self.sharing {
-            Sharing::PerConnection => Some(self.reserve_instance()?),
-            Sharing::Shared(_) => None,
-        };
-        self.instantiate_reserved(engine, permit)
-    }
-
     /// A place for one more instance of this plugin's own, under its
     /// `max-instances`: a listener reserves it when it accepts.
     pub fn reserve_instance(&self) -> Result<InstancePermit, GuestFault> {
@@ -268,130 +240,15 @@ impl Plugin {
         &self.cap
     }
 
-    /// [`Plugin::instantiate`] with the place already reserved (`None` for
-    /// shared instances).
-    pub fn instantiate_reserved(
-        self: &Arc<Self>,
-        engine: &Engine,
-        permit: Option<InstancePermit>,
-    ) -> Result<Session, GuestFault> {
-        let home = match self.sharing {
-            Sharing::PerConnection => Home::Own(Box::new(self.new_guest(engine)?)),
-            Sharing::Shared(_) => {
-                let i = self.next_shared.fetch_add(1, Ordering::Relaxed) % self.shared.len();
-                Home::Shared(self.shared_guest(engine, i)?)
-            }
-        };
-        let mut session = self.session(home, false)?;
-        session.permit = permit;
-        Ok(session)
-    }
-
-    /// With shared instances: the threads they live on, one per instance
-    /// (see [`threads`]), started on first use. A listener accepts on each
-    /// and runs a connection's task on its instance's thread. `None` with an
-    /// instance per connection, or if the threads could not be started (the
-    /// connections then run on the reactor's runtime, round robin).
-    pub fn instance_threads(&self) -> Option<&[threads::InstanceThread]> {
-        let Sharing::Shared(_) = self.sharing else {
-            return None;
-        };
-        let threads = self.threads.get_or_init(|| {
-            (0..self.shared.len())
-                .map(|i| threads::InstanceThread::start(&self.name, i))
-                .collect::<Result<Vec<_>, _>>()
-                .unwrap_or_else(|e| {
-                    tracing::warn!(plugin = %self.name, error = %e, "cannot start the shared instances' threads; their connections run on the reactor's threads");
-                    Vec::new()
-                })
-        });
-        (!threads.is_empty()).then_some(threads.as_slice())
-    }
-
-    /// Picks the shared instance for a connection accepted on instance
-    /// `here`'s thread: `here`, unless it has more live connections than
-    /// another instance; then the first of the least busy. The connection
-    /// counts as live on it until the returned guard is dropped.
-    pub fn assign_instance(self: &Arc<Self>, here: usize) -> threads::LiveGuard {
-        let live = |i: usize| self.live[i].load(Ordering::Relaxed);
-        let least = (0..self.live.len()).min_by_key(|&i| live(i)).unwrap_or(0);
-        let instance = if here < self.live.len() && live(here) <= live(least) {
-            here
-        } else {
-            least
-        };
-        threads::LiveGuard::new(self.clone(), instance)
-    }
-
-    /// The live-connection counter of shared instance `i`.
-    pub(crate) fn live_count(&self, i: usize) -> &std::sync::atomic::AtomicUsize {
-        &self.live[i]
-    }
-
-    /// A session on shared instance `index` (from
-    /// [`Plugin::assign_instance`]), for a connection whose task runs on
-    /// that instance's thread; an instance that faulted is replaced by a
-    /// fresh one. Its reads are delivered in batches if the component
-    /// exports `batch` ([`batch`]). Falls back to [`Plugin::instantiate`]
-    /// for a plugin without shared instances.
-    pub fn instantiate_on(
-        self: &Arc<Self>,
-        engine: &Engine,
-        index: usize,
-    ) -> Result<Session, GuestFault> {
-        if self.shared.is_empty() {
-            return self.instantiate(engine);
-        }
-        let home = Home::Shared(self.shared_guest(engine, index % self.shared.len())?);
-        self.session(home, self.batch.is_some())
-    }
-
-    /// Shared instance `i`, made (again) if it does not exist or faulted.
-    pub(super) fn shared_guest(
-        &self,
-        engine: &Engine,
-        i: usize,
-    ) -> Result<Arc<SharedGuest>, GuestFault> {
-        let mut cell = self.shared[i].lock().unwrap_or_else(|e| e.into_inner());
-        Ok(match &*cell {
-            Some(s) if !s.fault.is_fired() => s.clone(),
-            _ => {
-                let s = Arc::new(SharedGuest {
-                    guest: std::sync::Mutex::new(self.new_guest(engine)?),
-                    fault: ShutdownSignal::default(),
-                    queue: batch::Queue::default(),
-                });
-                *cell = Some(s.clone());
-                s
-            }
-        })
-    }
-
-    /// A session for one connection on `home`, with its transport cell.
-    pub(super) fn session(
-        self: &Arc<Self>,
-        home: Home,
-        batched: bool,
-    ) -> Result<Session, GuestFault> {
-        let cell: TransportCell = Arc::new(std::sync::Mutex::new(self.new_transport()));
-        let mut session = Session {
-            plugin: self.clone(),
-            home,
-            batched,
-            protocol: None,
-            slot: 0,
-            generation: 0,
-            cell: cell.clone(),
-            permit: None,
-        };
-        let max_resources = self.limits.max_resources;
-        let mut g = session.guest();
-        let data = g.store.data_mut();
-        let (slot, generation) = data.transports.insert(cell);
-        let live = data.transports.live();
-        data.table.set_max_capacity(max_resources + live);
-        drop(g);
-        (session.slot, session.generation) = (slot, generation);
-        Ok(session)
+    /// A fresh instance to share among connections (`instance =
+    /// "shared"`); the crate's `shared` module keeps a plugin's pool of
+    /// them.
+    pub fn new_shared_guest(&self) -> Result<Arc<SharedGuest>, GuestFault> {
+        Ok(Arc::new(SharedGuest {
+            guest: std::sync::Mutex::new(self.new_guest()?),
+            fault: ShutdownSignal::default(),
+            plugin: self.name.clone(),
+            cpu: self.limits.cpu,
+        }))
     }
 }

@@ -1,19 +1,24 @@
-//! A [`Session`]: one connection's view of its plugin. Every method is one
-//! guest callback (Twisted's `buildProtocol`, `makeConnection`,
-//! `dataReceived`, ...), run under the plugin's CPU and memory limits.
+//! A [`Session`]: one connection's view of its plugin, made on an instance
+//! of its own ([`Session::own`]) or a place on a shared one
+//! ([`Session::shared`]). Every method is one guest callback (Twisted's
+//! `buildProtocol`, `makeConnection`, `dataReceived`, ...), run under the
+//! plugin's CPU and memory limits. On a batched session, a read goes to a
+//! [`ReadQueue`] instead (the crate's `shared` module implements it).
 
 use std::net::SocketAddr;
 use std::sync::Arc;
 
+use tokio::net::TcpStream;
 use wasmtime::Store;
 use wasmtime::component::ResourceAny;
 
+use super::bindings::batch::Chunk;
 use super::bindings::{self, protocol};
-use super::guest::{Caller, Guest, GuestFault, GuestRef, Home};
+use super::guest::{Guest, GuestFault, GuestRef, Home, SharedGuest};
 use super::plugin::Plugin;
 use super::pool::InstancePermit;
 use super::state::{self, ConnState, TransportCell, TransportState};
-use super::transport::TransportHandle;
+use super::state::{Caller, TransportHandle};
 
 /// One connection's view of its plugin: the instance (its own, or a place
 /// on a shared one), the connection's protocol once built, and its
@@ -22,8 +27,9 @@ use super::transport::TransportHandle;
 pub struct Session {
     pub(super) plugin: Arc<Plugin>,
     pub(super) home: Home,
-    /// Reads go through the shared instance's batch queue.
-    pub(super) batched: bool,
+    /// Where reads go for batched delivery, on a shared instance whose
+    /// component exports `batch` (from a listener).
+    pub(super) queue: Option<Arc<dyn ReadQueue>>,
     pub(super) protocol: Option<ResourceAny>,
     /// This connection's slot in the instance's transports, and the
     /// slot's generation (what the guest's transport handle names).
@@ -54,7 +60,7 @@ impl Drop for Session {
             return;
         }
         // A read still queued for batched delivery is skipped.
-        self.transport().lost = true;
+        self.transport().set_lost();
         if let Some(p) = self.protocol.take()
             && let Err(f) = self.call(|g| p.resource_drop(&mut g.store))
             && !matches!(f, GuestFault::Poisoned)
@@ -73,7 +79,68 @@ pub(super) fn address(a: SocketAddr) -> bindings::Address {
     }
 }
 
+/// Where a batched session's reads go: a shared instance's queue, which
+/// delivers the reads of the same moment in one `batch.data-received` call
+/// and writes the output they caused to each connection's socket.
+pub trait ReadQueue: Send + Sync {
+    /// Queues `data`, read from `stream`, for `protocol`, whose transport
+    /// is `cell`; the caller has added `data.len()` to the cell's hand-off.
+    fn push(
+        &self,
+        protocol: ResourceAny,
+        cell: &TransportCell,
+        stream: &Arc<TcpStream>,
+        data: &[u8],
+    );
+}
+
 impl Session {
+    /// A session on a fresh instance of `plugin`'s own, in the place
+    /// `permit` holds under its `max-instances` (given back once the
+    /// instance is dropped).
+    pub fn own(plugin: &Arc<Plugin>, permit: InstancePermit) -> Result<Session, GuestFault> {
+        let home = Home::Own(Box::new(plugin.new_guest()?));
+        let mut session = Session::on(plugin, home, None);
+        session.permit = Some(permit);
+        Ok(session)
+    }
+
+    /// A session on shared instance `shared` (made by
+    /// [`Plugin::new_shared_guest`]); its reads go to `queue` if given.
+    pub fn shared(
+        plugin: &Arc<Plugin>,
+        shared: Arc<SharedGuest>,
+        queue: Option<Arc<dyn ReadQueue>>,
+    ) -> Session {
+        Session::on(plugin, Home::Shared(shared), queue)
+    }
+
+    /// A session for one connection on `home`, with its transport cell in
+    /// the instance's slab (one more host-side resource allowed per live
+    /// transport).
+    fn on(plugin: &Arc<Plugin>, home: Home, queue: Option<Arc<dyn ReadQueue>>) -> Session {
+        let cell: TransportCell = Arc::new(std::sync::Mutex::new(plugin.new_transport()));
+        let mut session = Session {
+            plugin: plugin.clone(),
+            home,
+            queue,
+            protocol: None,
+            slot: 0,
+            generation: 0,
+            cell: cell.clone(),
+            permit: None,
+        };
+        let max_resources = plugin.limits.max_resources;
+        let mut g = session.guest();
+        let data = g.store.data_mut();
+        let (slot, generation) = data.transports.insert(cell);
+        let live = data.transports.live();
+        data.table.set_max_capacity(max_resources + live);
+        drop(g);
+        (session.slot, session.generation) = (slot, generation);
+        session
+    }
+
     /// The plugin this session runs.
     pub fn plugin(&self) -> &Arc<Plugin> {
         &self.plugin
@@ -96,35 +163,23 @@ impl Session {
     /// instance whose component exports `batch`, from a listener): then
     /// [`Session::deliver`] queues reads instead of calling `data-received`.
     pub fn is_batched(&self) -> bool {
-        self.batched
-    }
-
-    /// Queues `data` for batched delivery to this connection's protocol
-    /// ([`super::batch`]); the output it causes is written to `stream`. The
-    /// connection must not close cleanly while its transport's `queued`
-    /// is not zero.
-    pub fn queue_data(&mut self, data: &[u8], stream: &Arc<tokio::net::TcpStream>) {
-        let (Home::Shared(s), Some(protocol)) = (&self.home, self.protocol) else {
-            return;
-        };
-        self.transport().handoff.queue(data.len());
-        s.queue
-            .push(s, &self.plugin, protocol, &self.cell, stream, data);
+        self.queue.is_some()
     }
 
     /// Hands one read to the protocol: a `data-received` call now, or, on a
-    /// batched session, a place in the instance's queue for the next batch
-    /// (whose output is then written to `stream` by the delivery).
-    pub fn deliver(
-        &mut self,
-        data: &[u8],
-        stream: &Arc<tokio::net::TcpStream>,
-    ) -> Result<(), GuestFault> {
-        if self.batched {
-            self.queue_data(data, stream);
-            Ok(())
-        } else {
-            self.data_received(data)
+    /// batched session, a place in the instance's [`ReadQueue`] for the
+    /// next batch (whose output is then written to `stream` by the
+    /// delivery). The connection must not close cleanly while its
+    /// hand-off has bytes queued.
+    pub fn deliver(&mut self, data: &[u8], stream: &Arc<TcpStream>) -> Result<(), GuestFault> {
+        match (&self.queue, self.protocol) {
+            (Some(queue), Some(protocol)) => {
+                self.transport().handoff().queue(data.len());
+                queue.push(protocol, &self.cell, stream, data);
+                Ok(())
+            }
+            (Some(_), None) => Ok(()),
+            (None, _) => self.data_received(data),
         }
     }
 
@@ -146,7 +201,7 @@ impl Session {
     /// instance changed this connection's transport (wrote to it, closed
     /// it); registers the task's waker otherwise.
     pub fn poll_kicked(&mut self, cx: &mut std::task::Context<'_>) -> std::task::Poll<()> {
-        self.transport().handoff.poll_kicked(cx)
+        self.transport().handoff().poll_kicked(cx)
     }
 
     /// Runs one guest callback: refuses if the instance already faulted,
@@ -160,7 +215,7 @@ impl Session {
         let (slot, cpu) = (self.slot, self.plugin.limits.cpu);
         let r = self.guest().call(cpu, 1, Caller::Connection(slot), f);
         if let (Err(f), Home::Shared(s)) = (&r, &self.home) {
-            s.fail(&self.plugin.name, f);
+            s.fail(f);
         }
         r
     }
@@ -231,9 +286,7 @@ impl Session {
             return Ok(());
         };
         {
-            let mut t = self.transport();
-            t.peer = Some(peer);
-            t.host = Some(host);
+            self.transport().set_addresses(peer, host);
         }
         let handle = TransportHandle {
             slot: self.slot,
@@ -254,7 +307,7 @@ impl Session {
     /// `protocol.connection-lost(reason)`. The transport stops accepting
     /// writes first.
     pub fn connection_lost(&mut self, reason: &bindings::Reason) -> Result<(), GuestFault> {
-        self.transport().lost = true;
+        self.transport().set_lost();
         self.on_protocol(|api, store, p| api.call_connection_lost(store, p, reason))
     }
 
@@ -287,4 +340,48 @@ impl Session {
             f(api.protocol(), &mut g.store, p)
         })
     }
+}
+
+/// Delivers one batch directly, as one `batch.data-received` call: each
+/// session's protocol gets its data, in order. Every session must be on
+/// the same shared instance. Reads for a connection that is closing or
+/// gone are skipped, as the queue skips them. If the component does not
+/// export `batch`, each read is one `data-received` call instead, as the
+/// host does then. The test transport uses this to let guest authors test
+/// a batch without sockets.
+pub fn data_received_batch(reads: &mut [(&mut Session, &[u8])]) -> Result<(), GuestFault> {
+    let Some((first, _)) = reads.first() else {
+        return Ok(());
+    };
+    let Home::Shared(shared) = &first.home else {
+        panic!("data_received_batch: the sessions must be on a shared instance");
+    };
+    let shared = shared.clone();
+    if !first.plugin.has_batch() {
+        for (session, data) in reads.iter_mut() {
+            session.data_received(data)?;
+        }
+        return Ok(());
+    }
+    let mut chunks = Vec::new();
+    let mut data = Vec::new();
+    for (session, bytes) in reads.iter() {
+        let same = matches!(&session.home, Home::Shared(s) if Arc::ptr_eq(s, &shared));
+        assert!(
+            same,
+            "data_received_batch: the sessions must share one instance"
+        );
+        let open = session.transport().is_open();
+        if let (true, Some(protocol)) = (open, session.protocol) {
+            chunks.push(Chunk {
+                protocol,
+                len: u32::try_from(bytes.len()).expect("a read under 4 GiB"),
+            });
+            data.extend_from_slice(bytes);
+        }
+    }
+    if chunks.is_empty() {
+        return Ok(());
+    }
+    shared.data_received_batch(&chunks, &data)
 }

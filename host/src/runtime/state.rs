@@ -1,20 +1,23 @@
 //! Store data: the WASI context, the resource table, the limits, and the
 //! transports of the connections the instance serves (one, or many on a
-//! shared instance): each a [`TransportCell`] holding the buffered output
-//! and close flags, in a slab addressed by slot and generation.
+//! shared instance), in a slab addressed by slot and generation. Each
+//! transport is a [`TransportCell`]: a [`TransportState`] (unsent output,
+//! close flags, producer, addresses, and the [`Handoff`] between its
+//! connection's task and batched delivery) whose fields only its named
+//! operations touch.
 //!
-//! The transport's host functions only touch [`TransportState`]; the
-//! connection driver (the crate's `connection` module) reads its own cell after each
-//! callback and does the actual I/O.
+//! No I/O here: the transport's host functions record what the guest
+//! asked; the connection driver (the crate's `connection` module) and
+//! batched delivery send the output with [`TransportState::send_with`].
 
-use std::collections::VecDeque;
 use std::io::{self, IoSlice};
 use std::net::SocketAddr;
-use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex, MutexGuard, TryLockError};
 
 use wasmtime::component::ResourceTable;
 use wasmtime_wasi::{WasiCtx, WasiCtxView, WasiView};
+
+use super::outbuf::{MAX_IOVECS, OutBuf, OutputBudget};
 
 /// Everything one Store owns.
 pub struct ConnState {
@@ -28,7 +31,7 @@ pub struct ConnState {
     /// Whose callback is running. A write to any other connection's
     /// transport wakes that connection's task; in a batch, so does a write
     /// to a connection without a read in the batch.
-    pub(crate) current: Option<super::guest::Caller>,
+    pub(crate) current: Option<Caller>,
 }
 
 impl WasiView for ConnState {
@@ -38,6 +41,26 @@ impl WasiView for ConnState {
             table: &mut self.table,
         }
     }
+}
+
+/// Whose callback is running, for the transport's wake-ups (see
+/// `ConnState::current`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) enum Caller {
+    /// One connection's callback (on the transport at this slot).
+    Connection(u32),
+    /// A batch: the connections with reads in it are settled after the
+    /// call.
+    Batch,
+}
+
+/// The host's representation of a guest-held `transport` handle: which
+/// slot of the instance's [`Transports`] it
+/// names, and that slot's generation when the handle was made.
+#[derive(Debug, Clone, Copy)]
+pub struct TransportHandle {
+    pub(crate) slot: u32,
+    pub(crate) generation: u32,
 }
 
 /// Epoch ticks a callback has used, against its budget.
@@ -143,29 +166,32 @@ impl Transports {
     }
 }
 
-/// The host's side of one transport.
+/// The host's side of one transport: what the guest asked for (output,
+/// a close, a producer) and what the connection's task and the shared
+/// instance tell each other ([`Handoff`]). Only its named operations touch
+/// it; none does I/O.
 #[derive(Debug, Default)]
 pub struct TransportState {
     /// Bytes written by the guest and not yet sent.
-    pub out: OutBuf,
+    out: OutBuf,
     /// Whether the guest asked to close.
-    pub closing: Closing,
+    closing: Closing,
     /// The connection is over; writes are ignored.
-    pub lost: bool,
+    lost: bool,
     /// The protocol registered itself as a streaming producer.
-    pub producer: bool,
+    producer: bool,
     /// The remote address.
-    pub peer: Option<SocketAddr>,
+    peer: Option<SocketAddr>,
     /// The local address.
-    pub host: Option<SocketAddr>,
+    host: Option<SocketAddr>,
     /// The cap on unsent output (see `Limits::max_output`).
-    pub max_output: usize,
+    max_output: usize,
     /// The plugin's high-water mark: past the host-wide output ceiling, a
     /// connection holding more than this is aborted ([`OutputBudget`]).
-    pub high_water: usize,
+    high_water: usize,
     /// What the connection's task and its instance's batched delivery
     /// (or another connection's callback) tell each other.
-    pub handoff: Handoff,
+    handoff: Handoff,
 }
 
 /// The hand-off between a connection's task and the rest of a shared
@@ -241,6 +267,22 @@ impl Handoff {
 }
 
 impl TransportState {
+    /// A transport whose unsent output is capped at `max_output` and
+    /// counted against `budget`; past the budget, it is aborted if it holds
+    /// more than `high_water`.
+    pub fn new(
+        budget: Option<Arc<OutputBudget>>,
+        max_output: usize,
+        high_water: usize,
+    ) -> TransportState {
+        TransportState {
+            out: OutBuf::with_budget(budget),
+            max_output,
+            high_water,
+            ..TransportState::default()
+        }
+    }
+
     /// Whether the connection is open: not closing, not gone. Only then
     /// are writes accepted (Twisted ignores them once the connection is
     /// closing) and reads delivered.
@@ -248,238 +290,140 @@ impl TransportState {
         self.closing == Closing::Open && !self.lost
     }
 
-    /// Marks the transport changed and wakes its connection's task.
-    pub fn kick(&mut self) {
-        self.handoff.kick();
+    /// How the guest (or the shutdown) asked the connection to end.
+    pub fn closing(&self) -> Closing {
+        self.closing
     }
 
-    /// Writes as much queued output to `stream` as it takes without
-    /// blocking: one `send` for one chunk (a shorter kernel path than
-    /// `writev`), else a vectored write.
-    pub fn write_to(&mut self, stream: &tokio::net::TcpStream) -> io::Result<()> {
-        let out = &mut self.out;
-        while !out.is_empty() {
+    /// Unsent output, in bytes.
+    pub fn unsent(&self) -> usize {
+        self.out.len()
+    }
+
+    /// Room left under `max-output`, if the transport takes writes.
+    pub fn room(&self) -> Option<usize> {
+        self.is_open()
+            .then(|| self.max_output.saturating_sub(self.out.len()))
+    }
+
+    /// Whether the protocol registered itself as a producer.
+    pub fn producer(&self) -> bool {
+        self.producer
+    }
+
+    /// `register-producer` / `unregister-producer`.
+    pub fn set_producer(&mut self, on: bool) {
+        self.producer = on;
+    }
+
+    /// The connection's addresses, for `get-peer` and `get-host`.
+    pub fn set_addresses(&mut self, peer: SocketAddr, host: SocketAddr) {
+        (self.peer, self.host) = (Some(peer), Some(host));
+    }
+
+    /// The remote address, once the connection is made.
+    pub fn peer(&self) -> Option<SocketAddr> {
+        self.peer
+    }
+
+    /// The local address, once the connection is made.
+    pub fn host(&self) -> Option<SocketAddr> {
+        self.host
+    }
+
+    /// `lose-connection` (and the shutdown): close cleanly once the output
+    /// is sent. No effect once closing.
+    pub fn lose(&mut self) {
+        if self.closing == Closing::Open {
+            self.closing = Closing::Lose;
+        }
+    }
+
+    /// `abort-connection`: drop the output and reset. No effect once the
+    /// connection is gone.
+    pub fn abort(&mut self) {
+        if !self.lost {
+            self.closing = Closing::Abort;
+            self.out.clear();
+        }
+    }
+
+    /// The connection is over (`connection-lost` is next): writes are
+    /// ignored, and reads still queued for batched delivery are skipped.
+    pub fn set_lost(&mut self) {
+        self.lost = true;
+    }
+
+    /// Queues `len` bytes of output in `chunks`, trapping the guest if it
+    /// would pass its `max-output`; ignored unless open. Past the host-wide
+    /// ceiling, a transport holding more than its high-water mark is
+    /// aborted instead (its peer is not reading; it goes, not the others).
+    pub fn write(
+        &mut self,
+        len: usize,
+        chunks: impl IntoIterator<Item = Vec<u8>>,
+    ) -> wasmtime::Result<()> {
+        if !self.is_open() {
+            return Ok(());
+        }
+        let after = self.out.len().saturating_add(len);
+        if after > self.max_output {
+            return Err(wasmtime::format_err!(
+                "output limit exceeded: {after} bytes unsent, max-output is {}",
+                self.max_output
+            ));
+        }
+        if after > self.high_water && self.out.over_budget(len) {
+            tracing::warn!(
+                unsent = after,
+                peer = ?self.peer,
+                "the host's unsent output reached max-queued-output: aborting a connection whose peer is not reading"
+            );
+            self.abort();
+            return Ok(());
+        }
+        for c in chunks {
+            self.out.push(c);
+        }
+        Ok(())
+    }
+
+    /// Hands the unsent output to `send` (the connection's socket write:
+    /// it takes the slices in order and says how many bytes it took) until
+    /// it is all sent or `send` would block. No I/O of its own.
+    pub fn send_with(
+        &mut self,
+        mut send: impl FnMut(&[IoSlice<'_>]) -> io::Result<usize>,
+    ) -> io::Result<()> {
+        while !self.out.is_empty() {
             let n = {
                 let mut iov = [IoSlice::new(&[]); MAX_IOVECS];
-                let k = out.slices(&mut iov);
-                let r = if k == 1 {
-                    stream.try_write(&iov[0])
-                } else {
-                    stream.try_write_vectored(&iov[..k])
-                };
-                match r {
+                let k = self.out.slices(&mut iov);
+                match send(&iov[..k]) {
+                    Ok(0) => return Err(io::ErrorKind::WriteZero.into()),
                     Ok(n) => n,
                     Err(e) if e.kind() == io::ErrorKind::WouldBlock => break,
                     Err(e) if e.kind() == io::ErrorKind::Interrupted => continue,
                     Err(e) => return Err(e),
                 }
             };
-            if n == 0 {
-                return Err(io::ErrorKind::WriteZero.into());
-            }
-            out.advance(n);
+            self.out.advance(n);
         }
         Ok(())
     }
-}
 
-/// The host-wide ceiling on unsent output (`[host] max-queued-output`):
-/// every connection's unsent bytes past its first [`UNCOUNTED`] are
-/// counted here. Once a write would take the total past the ceiling, a
-/// connection already holding more than its `high-water` mark (its peer is
-/// not reading) is aborted instead of growing: the largest offenders go,
-/// the others keep their output. So the total stays below the ceiling plus
-/// `high-water` per connection.
-#[derive(Debug)]
-pub struct OutputBudget {
-    used: AtomicUsize,
-    limit: usize,
-}
-
-/// The unsent bytes of each connection that [`OutputBudget`] does not
-/// count: small replies, flushed at once, never touch the shared counter.
-pub const UNCOUNTED: usize = 64 << 10;
-
-impl OutputBudget {
-    /// A budget of `limit` bytes.
-    pub fn new(limit: usize) -> Arc<OutputBudget> {
-        Arc::new(OutputBudget {
-            used: AtomicUsize::new(0),
-            limit,
-        })
-    }
-}
-
-/// A queue of owned chunks, written with vectored I/O.
-#[derive(Debug, Default)]
-pub struct OutBuf {
-    chunks: VecDeque<Vec<u8>>,
-    /// Bytes of the front chunk already sent.
-    offset: usize,
-    len: usize,
-    /// The host-wide budget, and how many of this buffer's bytes it counts.
-    budget: Option<Arc<OutputBudget>>,
-    charged: usize,
-}
-
-impl Drop for OutBuf {
-    fn drop(&mut self) {
-        self.clear();
-    }
-}
-
-/// At most this many chunks go into one `writev`.
-pub const MAX_IOVECS: usize = 64;
-
-impl OutBuf {
-    /// An empty buffer whose bytes count against `budget`.
-    pub fn with_budget(budget: Option<Arc<OutputBudget>>) -> OutBuf {
-        OutBuf {
-            chunks: VecDeque::new(),
-            offset: 0,
-            len: 0,
-            budget,
-            charged: 0,
-        }
+    /// Everything unsent, taken (the test transport's `value()`).
+    pub fn take_output(&mut self) -> Vec<u8> {
+        self.out.take_all()
     }
 
-    /// Brings the budget's count of this buffer up to date. Touches the
-    /// shared counter only while the buffer holds more than [`UNCOUNTED`].
-    fn recharge(&mut self) {
-        let want = self.len.saturating_sub(UNCOUNTED);
-        if want == self.charged {
-            return;
-        }
-        if let Some(b) = &self.budget {
-            if want > self.charged {
-                b.used.fetch_add(want - self.charged, Ordering::Relaxed);
-            } else {
-                b.used.fetch_sub(self.charged - want, Ordering::Relaxed);
-            }
-        }
-        self.charged = want;
+    /// The hand-off with batched delivery and other connections' callbacks.
+    pub fn handoff(&mut self) -> &mut Handoff {
+        &mut self.handoff
     }
 
-    /// Whether `more` bytes would take the host-wide unsent output past its
-    /// ceiling.
-    pub fn over_budget(&self, more: usize) -> bool {
-        let Some(b) = &self.budget else {
-            return false;
-        };
-        let extra = (self.len + more).saturating_sub(UNCOUNTED) - self.charged;
-        extra > 0 && b.used.load(Ordering::Relaxed) + extra > b.limit
-    }
-
-    /// Queues a chunk; empty chunks are skipped.
-    pub fn push(&mut self, chunk: Vec<u8>) {
-        if chunk.is_empty() {
-            return;
-        }
-        self.len += chunk.len();
-        self.recharge();
-        // Coalesce small writes so a chatty guest does not make long iovecs.
-        // (Never append to a front chunk that is partly sent.)
-        let appendable = self.chunks.len() > 1 || self.offset == 0;
-        if let Some(last) = self.chunks.back_mut()
-            && appendable
-            && chunk.len() <= 512
-            && last.len() + chunk.len() <= 16 << 10
-        {
-            last.extend_from_slice(&chunk);
-            return;
-        }
-        self.chunks.push_back(chunk);
-    }
-
-    /// Unsent bytes.
-    pub fn len(&self) -> usize {
-        self.len
-    }
-
-    /// Whether everything has been sent.
-    pub fn is_empty(&self) -> bool {
-        self.len == 0
-    }
-
-    /// Drops everything unsent.
-    pub fn clear(&mut self) {
-        self.chunks.clear();
-        self.offset = 0;
-        self.len = 0;
-        self.recharge();
-    }
-
-    /// Fills `out` with the next slices to write, in order; returns how
-    /// many. No allocation: this is on the data path.
-    pub fn slices<'a>(&'a self, out: &mut [IoSlice<'a>; MAX_IOVECS]) -> usize {
-        let mut n = 0;
-        for (i, c) in self.chunks.iter().take(MAX_IOVECS).enumerate() {
-            out[i] = IoSlice::new(if i == 0 { &c[self.offset..] } else { c });
-            n += 1;
-        }
-        n
-    }
-
-    /// Marks `n` bytes as sent.
-    pub fn advance(&mut self, mut n: usize) {
-        self.len -= n;
-        self.recharge();
-        while n > 0 {
-            let front = self.chunks.front().expect("advance past end of OutBuf");
-            let left = front.len() - self.offset;
-            if n >= left {
-                n -= left;
-                self.offset = 0;
-                self.chunks.pop_front();
-            } else {
-                self.offset += n;
-                n = 0;
-            }
-        }
-    }
-
-    /// Everything unsent, concatenated (for the test transport).
-    pub fn take_all(&mut self) -> Vec<u8> {
-        let mut v = Vec::with_capacity(self.len);
-        for (i, c) in self.chunks.iter().enumerate() {
-            v.extend_from_slice(if i == 0 { &c[self.offset..] } else { c });
-        }
-        self.clear();
-        v
-    }
-}
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    #[test]
-    fn outbuf_keeps_order_across_partial_writes() {
-        let mut b = OutBuf::default();
-        let mut expected = Vec::new();
-        for i in 0..200u32 {
-            let chunk: Vec<u8> = (0..(i * 37 % 1000)).map(|j| (i + j) as u8).collect();
-            expected.extend_from_slice(&chunk);
-            b.push(chunk);
-        }
-        assert_eq!(b.len(), expected.len());
-        let mut sent = Vec::new();
-        let mut step = 1;
-        while !b.is_empty() {
-            let mut iov = [IoSlice::new(&[]); MAX_IOVECS];
-            let k = b.slices(&mut iov);
-            let mut n = 0;
-            for s in &iov[..k] {
-                let take = (step - n).min(s.len());
-                sent.extend_from_slice(&s[..take]);
-                n += take;
-                if n == step {
-                    break;
-                }
-            }
-            b.advance(n);
-            step = step * 3 % 4097 + 1;
-        }
-        assert_eq!(sent, expected);
+    /// Marks the transport changed and wakes its connection's task.
+    pub fn kick(&mut self) {
+        self.handoff.kick();
     }
 }

@@ -18,17 +18,7 @@ use wasmtime::StoreContextMut;
 use wasmtime::component::{Linker, Resource, WasmList};
 
 use super::bindings::twill::protocol::{transport, types};
-use super::guest::Caller;
-use super::state::{Closing, ConnState, TransportState, lock};
-
-/// The host's representation of a guest-held `transport` handle: which
-/// slot of the instance's [`Transports`](super::state::Transports) it
-/// names, and that slot's generation when the handle was made.
-#[derive(Debug, Clone, Copy)]
-pub struct TransportHandle {
-    pub(crate) slot: u32,
-    pub(crate) generation: u32,
-}
+use super::state::{Caller, ConnState, TransportHandle, TransportState, lock};
 
 fn address(a: Option<SocketAddr>) -> types::Address {
     match a {
@@ -64,7 +54,7 @@ impl ConnState {
         let r = f(&mut t)?;
         let settled_after = match current {
             Some(Caller::Connection(slot)) => slot == h.slot,
-            Some(Caller::Batch) => t.handoff.queued() > 0,
+            Some(Caller::Batch) => t.handoff().queued() > 0,
             None => false,
         };
         if kick && !settled_after {
@@ -77,7 +67,7 @@ impl ConnState {
 /// The transport interface, as named in the component's imports.
 const TRANSPORT: &str = "twill:protocol/transport@0.1.0";
 
-/// Links `write-sequence` over the guest's lists in place ([`write_sequence`]),
+/// Links `write-sequence` over the guest's lists in place (`write_sequence`),
 /// replacing the bindings' version (which copies every list first).
 pub fn add_writes(linker: &mut Linker<ConnState>) -> wasmtime::Result<()> {
     linker.allow_shadowing(true);
@@ -95,10 +85,9 @@ fn write_sequence(
     mut store: StoreContextMut<'_, ConnState>,
     (handle, data): (Resource<TransportHandle>, WasmList<WasmList<u8>>),
 ) -> wasmtime::Result<()> {
-    let room = store.data_mut().with_transport(&handle, false, |t| {
-        Ok(t.is_open()
-            .then(|| t.max_output.saturating_sub(t.out.len())))
-    })?;
+    let room = store
+        .data_mut()
+        .with_transport(&handle, false, |t| Ok(t.room()))?;
     let Some(room) = room else {
         // Closing or gone: ignored, as Twisted ignores such writes.
         return Ok(());
@@ -110,7 +99,7 @@ fn write_sequence(
             // `queue` traps with the limit's message; nothing is copied.
             return store
                 .data_mut()
-                .with_transport(&handle, true, |t| t.queue(len, []));
+                .with_transport(&handle, true, |t| t.write(len, []));
         }
     }
     let mut chunk = Vec::with_capacity(len);
@@ -121,43 +110,7 @@ fn write_sequence(
     }
     store
         .data_mut()
-        .with_transport(&handle, true, |t| t.queue(len, [chunk]))
-}
-
-impl TransportState {
-    /// Queues output, trapping the guest if it would pass its output limit.
-    fn queue(
-        &mut self,
-        len: usize,
-        chunks: impl IntoIterator<Item = Vec<u8>>,
-    ) -> wasmtime::Result<()> {
-        if !self.is_open() {
-            return Ok(());
-        }
-        if self.out.len().saturating_add(len) > self.max_output {
-            return Err(wasmtime::format_err!(
-                "output limit exceeded: {} bytes unsent, max-output is {}",
-                self.out.len().saturating_add(len),
-                self.max_output
-            ));
-        }
-        if self.out.len() + len > self.high_water && self.out.over_budget(len) {
-            // The host-wide ceiling: this connection's peer is not reading
-            // and it holds more than its share; it goes, not the others.
-            tracing::warn!(
-                unsent = self.out.len() + len,
-                peer = ?self.peer,
-                "the host's unsent output reached max-queued-output: aborting a connection whose peer is not reading"
-            );
-            self.closing = Closing::Abort;
-            self.out.clear();
-            return Ok(());
-        }
-        for c in chunks {
-            self.out.push(c);
-        }
-        Ok(())
-    }
+        .with_transport(&handle, true, |t| t.write(len, [chunk]))
 }
 
 impl types::Host for ConnState {}
@@ -165,58 +118,53 @@ impl transport::Host for ConnState {}
 
 impl transport::HostTransport for ConnState {
     fn write(&mut self, handle: Resource<TransportHandle>, data: Vec<u8>) -> wasmtime::Result<()> {
-        self.with_transport(&handle, true, |t| t.queue(data.len(), [data]))
+        self.with_transport(&handle, true, |t| t.write(data.len(), [data]))
     }
 
-    /// Never called: the linker uses the in-place [`write_sequence`].
+    /// Never called: the linker uses the in-place `write_sequence`.
     fn write_sequence(
         &mut self,
         handle: Resource<TransportHandle>,
         data: Vec<Vec<u8>>,
     ) -> wasmtime::Result<()> {
         let len = data.iter().map(Vec::len).sum();
-        self.with_transport(&handle, true, |t| t.queue(len, data))
+        self.with_transport(&handle, true, |t| t.write(len, data))
     }
 
     fn lose_connection(&mut self, handle: Resource<TransportHandle>) -> wasmtime::Result<()> {
         self.with_transport(&handle, true, |t| {
-            if t.closing == Closing::Open {
-                t.closing = Closing::Lose;
-            }
+            t.lose();
             Ok(())
         })
     }
 
     fn abort_connection(&mut self, handle: Resource<TransportHandle>) -> wasmtime::Result<()> {
         self.with_transport(&handle, true, |t| {
-            if !t.lost {
-                t.closing = Closing::Abort;
-                t.out.clear();
-            }
+            t.abort();
             Ok(())
         })
     }
 
     fn get_peer(&mut self, handle: Resource<TransportHandle>) -> wasmtime::Result<types::Address> {
-        self.with_transport(&handle, false, |t| Ok(Some(t.peer)))
+        self.with_transport(&handle, false, |t| Ok(Some(t.peer())))
             .map(|a| address(a.flatten()))
     }
 
     fn get_host(&mut self, handle: Resource<TransportHandle>) -> wasmtime::Result<types::Address> {
-        self.with_transport(&handle, false, |t| Ok(Some(t.host)))
+        self.with_transport(&handle, false, |t| Ok(Some(t.host())))
             .map(|a| address(a.flatten()))
     }
 
     fn register_producer(&mut self, handle: Resource<TransportHandle>) -> wasmtime::Result<()> {
         self.with_transport(&handle, true, |t| {
-            t.producer = true;
+            t.set_producer(true);
             Ok(())
         })
     }
 
     fn unregister_producer(&mut self, handle: Resource<TransportHandle>) -> wasmtime::Result<()> {
         self.with_transport(&handle, true, |t| {
-            t.producer = false;
+            t.set_producer(false);
             Ok(())
         })
     }

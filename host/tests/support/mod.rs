@@ -126,6 +126,8 @@ pub struct Running {
     pub stats: Vec<std::sync::Arc<twill::listener::ListenerStats>>,
     /// The plugin called `p`, if the config has one.
     pub plugin: Option<std::sync::Arc<twill::runtime::Plugin>>,
+    /// Its shared pool, if it has shared instances.
+    pub pool: Option<std::sync::Arc<twill::shared::SharedPool>>,
 }
 
 impl Running {
@@ -159,6 +161,7 @@ pub async fn start(config_text: &str) -> Running {
     let runtime = Runtime::load(&config).unwrap_or_else(|e| panic!("runtime: {e:?}"));
     let plugin = runtime.plugin("p");
     let reactor = Reactor::bind(config, runtime).unwrap();
+    let pool = reactor.instances("p").and_then(|i| i.pool()).cloned();
     let addrs = reactor.listen_addrs();
     let stats = reactor.stats();
     let (stop, rx) = mpsc::channel(2);
@@ -169,6 +172,7 @@ pub async fn start(config_text: &str) -> Running {
         task,
         stats,
         plugin,
+        pool,
     }
 }
 

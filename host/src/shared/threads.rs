@@ -9,7 +9,7 @@
 //! single-threaded tokio runtime. The first instance's thread accepts the
 //! listener's connections; a connection stays there unless that instance
 //! has more live connections than another, and then moves, once, to the
-//! least busy instance's thread ([`Plugin::assign_instance`]). A
+//! least busy instance's thread ([`SharedPool::assign`]). A
 //! connection's socket, timers and callbacks then all stay on its
 //! instance's thread, and its instance's lock is not contended by the
 //! instance's own connections.
@@ -28,23 +28,24 @@
 //! it, and they are exactly the connections on its thread. Connections of
 //! other plugins and of other instances run elsewhere.
 //!
-//! The threads start when a listener first serves the plugin, and stop
-//! when the plugin is dropped (their runtimes then cancel what is left;
-//! the reactor has already waited for its connections by then).
+//! The threads start when the reactor binds a listener for the plugin
+//! ([`super::Instances::new`]), and stop when the reactor is done
+//! ([`super::SharedPool::stop`]; their runtimes then cancel what is left,
+//! after the reactor waited for its connections).
 
-use std::sync::Arc;
 use std::sync::atomic::Ordering;
+use std::sync::{Arc, Mutex};
 
 use tokio::runtime::Handle;
 use tokio::sync::oneshot;
 
-use super::Plugin;
+use super::SharedPool;
 
 /// One shared instance's thread: its runtime's handle, and the sender
 /// whose drop stops it.
 pub struct InstanceThread {
     handle: Handle,
-    _stop: oneshot::Sender<()>,
+    stop: Mutex<Option<oneshot::Sender<()>>>,
 }
 
 impl InstanceThread {
@@ -72,8 +73,13 @@ impl InstanceThread {
             .map_err(|_| std::io::Error::other("the instance thread ended at start"))?;
         Ok(InstanceThread {
             handle,
-            _stop: stop,
+            stop: Mutex::new(Some(stop)),
         })
+    }
+
+    /// Stops the thread (its runtime cancels its tasks). Idempotent.
+    pub(crate) fn stop(&self) {
+        self.stop.lock().unwrap_or_else(|e| e.into_inner()).take();
     }
 
     /// The thread's runtime, to spawn a connection's task on.
@@ -83,16 +89,16 @@ impl InstanceThread {
 }
 
 /// A connection counted as live on a shared instance
-/// ([`Plugin::assign_instance`]) until dropped.
+/// ([`SharedPool::assign`]) until dropped.
 pub struct LiveGuard {
-    plugin: Arc<Plugin>,
+    pool: Arc<SharedPool>,
     instance: usize,
 }
 
 impl LiveGuard {
-    pub(crate) fn new(plugin: Arc<Plugin>, instance: usize) -> LiveGuard {
-        plugin.live_count(instance).fetch_add(1, Ordering::Relaxed);
-        LiveGuard { plugin, instance }
+    pub(crate) fn new(pool: Arc<SharedPool>, instance: usize) -> LiveGuard {
+        pool.live(instance).fetch_add(1, Ordering::Relaxed);
+        LiveGuard { pool, instance }
     }
 
     /// The instance the connection was assigned to.
@@ -103,8 +109,8 @@ impl LiveGuard {
 
 impl Drop for LiveGuard {
     fn drop(&mut self) {
-        self.plugin
-            .live_count(self.instance)
+        self.pool
+            .live(self.instance)
             .fetch_sub(1, Ordering::Relaxed);
     }
 }

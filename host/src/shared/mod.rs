@@ -1,0 +1,223 @@
+//! How a plugin's connections get their instance ([`Instances`]), and the
+//! pool of a plugin with `instance = "shared"` ([`SharedPool`]): its
+//! instances (made on first use, replaced after a fault), the thread each
+//! lives on, how many live connections each serves, their batch queues and
+//! batch counters. Built whole when the reactor binds, torn down with it
+//! ([`SharedPool::stop`]). Besides [`crate::connection`], the only code
+//! that touches sockets: batched delivery writes a read's output straight
+//! back.
+//!
+//! # Layout
+//!
+//! | module | owns |
+//! |---|---|
+//! | this file | [`Instances`], [`SharedPool`]: slots, round robin, live counts |
+//! | [`threads`] | the thread each shared instance lives on, and the guard counting a live connection |
+//! | [`batch`] | batched delivery: a shared instance's queue of reads, one guest call for the reads of a moment |
+
+pub mod batch;
+pub mod threads;
+
+use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::{Arc, Mutex};
+
+use tokio::runtime::Handle;
+
+use crate::runtime::guest::SharedGuest;
+use crate::runtime::session::ReadQueue;
+use crate::runtime::state::lock;
+use crate::runtime::{GuestFault, Plugin, Session, Sharing};
+
+use batch::BatchStats;
+use threads::{InstanceThread, LiveGuard};
+
+/// How a plugin's connections get their instance: a fresh one each, or a
+/// place on one of its shared instances.
+#[derive(Debug, Clone)]
+pub enum Instances {
+    /// An instance of its own per connection (the default).
+    PerConnection(Arc<Plugin>),
+    /// A place on one of the plugin's shared instances.
+    Shared(Arc<SharedPool>),
+}
+
+impl Instances {
+    /// What `plugin`'s connections run on. With shared instances and
+    /// `threads`, each instance gets a thread of its own now (a listener's
+    /// connections run there, see [`threads`]); without, connections run
+    /// where their task does.
+    pub fn new(plugin: Arc<Plugin>, threads: bool) -> Instances {
+        match plugin.sharing() {
+            Sharing::PerConnection => Instances::PerConnection(plugin),
+            Sharing::Shared(_) => Instances::Shared(Arc::new(SharedPool::new(plugin, threads))),
+        }
+    }
+
+    /// The plugin.
+    pub fn plugin(&self) -> &Arc<Plugin> {
+        match self {
+            Instances::PerConnection(p) => p,
+            Instances::Shared(pool) => &pool.plugin,
+        }
+    }
+
+    /// The shared pool, if the plugin has one.
+    pub fn pool(&self) -> Option<&Arc<SharedPool>> {
+        match self {
+            Instances::PerConnection(_) => None,
+            Instances::Shared(pool) => Some(pool),
+        }
+    }
+
+    /// A session for a connector or a test connection: a fresh instance
+    /// (under the plugin's `max-instances`), or the next shared instance,
+    /// round robin, with one call per read.
+    pub fn session(&self) -> Result<Session, GuestFault> {
+        match self {
+            Instances::PerConnection(p) => Session::own(p, p.reserve_instance()?),
+            Instances::Shared(pool) => pool.next_session(),
+        }
+    }
+}
+
+/// The pool of a plugin with `instance = "shared"`: n slots, each with its
+/// current instance and batch queue, its live connections, and (for a
+/// listener's connections) its thread.
+pub struct SharedPool {
+    plugin: Arc<Plugin>,
+    slots: Vec<Slot>,
+    /// Round robin over the slots, for sessions not placed by a listener.
+    next: AtomicUsize,
+    /// One per slot, or none if they were not wanted or could not start.
+    threads: Vec<InstanceThread>,
+    stats: Arc<BatchStats>,
+}
+
+/// A slot's instance and its batch queue.
+type Current = (Arc<SharedGuest>, Option<Arc<batch::Queue>>);
+
+/// One shared instance's place in the pool.
+#[derive(Default)]
+struct Slot {
+    /// The current instance and its batch queue (none unless the
+    /// component exports `batch`), made on first use and replaced once it
+    /// faulted.
+    current: Mutex<Option<Current>>,
+    /// Live listener connections on it.
+    live: AtomicUsize,
+}
+
+impl std::fmt::Debug for SharedPool {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("SharedPool")
+            .field("plugin", &self.plugin.name)
+            .field("instances", &self.slots.len())
+            .field("threads", &self.threads.len())
+            .finish_non_exhaustive()
+    }
+}
+
+impl SharedPool {
+    fn new(plugin: Arc<Plugin>, threads: bool) -> SharedPool {
+        let n = plugin.sharing().instances();
+        let threads = if threads {
+            (0..n)
+                .map(|i| InstanceThread::start(&plugin.name, i))
+                .collect::<Result<Vec<_>, _>>()
+                .unwrap_or_else(|e| {
+                    tracing::warn!(plugin = %plugin.name, error = %e, "cannot start the shared instances' threads; their connections run on the reactor's threads");
+                    Vec::new()
+                })
+        } else {
+            Vec::new()
+        };
+        SharedPool {
+            slots: (0..n).map(|_| Slot::default()).collect(),
+            next: AtomicUsize::new(0),
+            threads,
+            stats: Arc::default(),
+            plugin,
+        }
+    }
+
+    /// The plugin.
+    pub fn plugin(&self) -> &Arc<Plugin> {
+        &self.plugin
+    }
+
+    /// How many batches of reads, and reads in them, its instances have
+    /// been handed.
+    pub fn batch_stats(&self) -> &Arc<BatchStats> {
+        &self.stats
+    }
+
+    /// The runtime of instance `i`'s thread, if the threads run
+    /// ([`threads`]). A listener accepts on the first and runs a
+    /// connection's task on its instance's thread.
+    pub fn thread(&self, i: usize) -> Option<&Handle> {
+        self.threads.get(i).map(InstanceThread::handle)
+    }
+
+    /// Stops the instances' threads: their runtimes cancel what is left on
+    /// them. The reactor calls this once its connections are done.
+    pub fn stop(&self) {
+        for t in &self.threads {
+            t.stop();
+        }
+    }
+
+    /// Picks the shared instance for a connection accepted on instance
+    /// `here`'s thread: `here`, unless it has more live connections than
+    /// another instance; then the first of the least busy. The connection
+    /// counts as live on it until the returned guard is dropped.
+    pub fn assign(self: &Arc<Self>, here: usize) -> LiveGuard {
+        let live = |i: usize| self.slots[i].live.load(Ordering::Relaxed);
+        let least = (0..self.slots.len()).min_by_key(|&i| live(i)).unwrap_or(0);
+        let instance = if here < self.slots.len() && live(here) <= live(least) {
+            here
+        } else {
+            least
+        };
+        LiveGuard::new(self.clone(), instance)
+    }
+
+    /// The live-connection counter of instance `i`.
+    fn live(&self, i: usize) -> &AtomicUsize {
+        &self.slots[i].live
+    }
+
+    /// A session on instance `index` (from [`SharedPool::assign`]), for a
+    /// listener's connection whose task runs on that instance's thread; its
+    /// reads are delivered in batches if the component exports `batch`.
+    pub fn session_on(&self, index: usize) -> Result<Session, GuestFault> {
+        let (guest, queue) = self.instance(index % self.slots.len())?;
+        let queue = queue.map(|q| q as Arc<dyn ReadQueue>);
+        Ok(Session::shared(&self.plugin, guest, queue))
+    }
+
+    /// A session on the next instance, round robin, with one call per read
+    /// (for connectors and the test transport).
+    pub fn next_session(&self) -> Result<Session, GuestFault> {
+        let i = self.next.fetch_add(1, Ordering::Relaxed) % self.slots.len();
+        let (guest, _) = self.instance(i)?;
+        Ok(Session::shared(&self.plugin, guest, None))
+    }
+
+    /// Instance `i` and its batch queue, made (again) if it does not exist
+    /// or faulted.
+    fn instance(&self, i: usize) -> Result<Current, GuestFault> {
+        let mut current = lock(&self.slots[i].current);
+        if let Some((guest, queue)) = &*current
+            && !guest.is_faulted()
+        {
+            return Ok((guest.clone(), queue.clone()));
+        }
+        let guest = self.plugin.new_shared_guest()?;
+        let queue = self
+            .plugin
+            .has_batch()
+            .then(|| batch::Queue::new(guest.clone(), self.stats.clone()));
+        *current = Some((guest.clone(), queue.clone()));
+        Ok((guest, queue))
+    }
+}
