@@ -14,7 +14,12 @@ Each scenario reports the loadgen's throughput and the *server's* CPU time per
 operation, read from /proc/PID/stat: the load generator shares the machine's
 cores, so CPU per operation is the stable figure. Loopback only.
 
-Usage: bench/run.sh [--rounds N] [--duration SECONDS] [--quick]
+With --baseline BIN, a second twill binary (an earlier build) runs the
+three twill configurations too, in the same rounds, and a third table gives
+each configuration's ratio after/before and both against native: the
+before/after figure of a change, measured in one sitting.
+
+Usage: bench/run.sh [--rounds N] [--duration SECONDS] [--baseline BIN]
 """
 import argparse
 import os
@@ -39,7 +44,7 @@ IDLE_CONNS = 10_000
 NAMES = ["twill", "shared", "floor", "native", "twisted", "shared-1t", "floor-1t", "native-1t"]
 # The single-thread servers skip the idle scenario (memory does not depend
 # on the thread count) to keep the run under 10 minutes.
-NO_IDLE = {"shared-1t", "floor-1t", "native-1t"}
+NO_IDLE = {"shared-1t", "floor-1t", "native-1t", "shared-1t-before"}
 TABLES = [
     (
         "Default threading (one reactor thread per CPU; Twisted is single-threaded)",
@@ -73,12 +78,26 @@ def wait_port(port, proc, timeout=60):
     raise SystemExit(f"server on port {port} did not start")
 
 
-def servers(venv_python):
+BASELINE_OF = {"twill-before": "twill", "shared-before": "shared", "shared-1t-before": "shared-1t"}
+
+
+def baseline_table():
+    return (
+        "Before/after (`--baseline`: the same configurations on the earlier build, alternated in every round)",
+        [("twill-before", "twill before"), ("twill", "twill after"), ("shared-before", "shared before"), ("shared", "shared after"),
+         ("shared-1t-before", "shared 1t before"), ("shared-1t", "shared 1t after")],
+        [("twill", "twill-before"), ("shared", "shared-before"), ("shared-1t", "shared-1t-before"),
+         ("twill-before", "native"), ("twill", "native"), ("shared-before", "native"), ("shared", "native"),
+         ("shared-1t-before", "native-1t"), ("shared-1t", "native-1t")],
+    )
+
+
+def servers(venv_python, baseline=None):
     cfg = ROOT / "bench" / "twill-bench.toml"
     shared = ROOT / "bench" / "twill-bench-shared.toml"
     shared1 = ROOT / "bench" / "twill-bench-shared-1t.toml"
     echo = str(ROOT / "guest-echo" / "echo.wasm")
-    return {
+    srv = {
         "twill": ([str(TARGET / "release" / "twill"), "-q", "run", str(cfg)], 9100),
         "shared": ([str(TARGET / "release" / "twill"), "-q", "run", str(shared)], 9103),
         "floor": ([str(TARGET / "release" / "floor-echo"), "127.0.0.1:9104", "2", echo], 9104),
@@ -88,6 +107,12 @@ def servers(venv_python):
         "floor-1t": ([str(TARGET / "release" / "floor-echo"), "127.0.0.1:9106", "1", echo], 9106),
         "native-1t": ([str(TARGET / "release" / "native-echo"), "127.0.0.1:9107", "1"], 9107),
     }
+    if baseline:
+        # The same command lines with the earlier binary (ports as configured).
+        for before, after in BASELINE_OF.items():
+            cmd, port = srv[after]
+            srv[before] = ([baseline, *cmd[1:]], port)
+    return srv
 
 
 def loadgen(args):
@@ -137,9 +162,17 @@ def main():
     ap.add_argument("--venv-python", default="/var/tmp/twill-bench-venv/bin/python")
     ap.add_argument("--out", default=str(ROOT / "bench" / "results" / "latest.md"))
     ap.add_argument("--only", default=",".join(NAMES))
+    ap.add_argument("--baseline", help="an earlier twill binary to run the same twill configurations with")
     a = ap.parse_args()
-    srv = servers(a.venv_python)
+    srv = servers(a.venv_python, a.baseline)
     names = [n for n in NAMES if n in a.only.split(",")]
+    tables = list(TABLES)
+    if a.baseline:
+        # Each earlier configuration runs right before its later one.
+        for before, after in BASELINE_OF.items():
+            if after in names:
+                names.insert(names.index(after), before)
+        tables.append(baseline_table())
     results = {}
     t0 = time.time()
     for rnd in range(a.rounds):
@@ -171,9 +204,10 @@ def main():
         rs = [x[key] / y[key] for x, y in zip(xs, ys) if y[key]]
         return f"{med(rs):.2f}×" if rs else "–"
 
-    label = {n: l for _, cols, _ in TABLES for n, l in cols}
-    for title, cols, ratios in TABLES:
+    names_of = {n: l for _, cols, _ in TABLES for n, l in cols}
+    for title, cols, ratios in tables:
         lines.append(f"### {title}\n")
+        label = {**names_of, **dict(cols)}
         head = [l for _, l in cols] + [f"{label[a_]} / {label[b_]}" for a_, b_ in ratios]
         lines.append("| scenario | metric | " + " | ".join(head) + " |")
         lines.append("|---|---|" + "---:|" * len(head))

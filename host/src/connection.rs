@@ -55,8 +55,15 @@ pub enum End {
 
 /// Runs one established connection to its end: `make-connection`, every
 /// `data-received`, the close, and `connection-lost`. The session must
-/// already hold a built protocol.
-pub async fn run(stream: TcpStream, session: &mut Session, shutdown: &Shutdown) -> End {
+/// already hold a built protocol. With `idle_timeout`, a connection with no
+/// bytes read or sent for that long is closed as if the protocol called
+/// `lose-connection` (its output is flushed, then `connection-lost(done)`).
+pub async fn run(
+    stream: TcpStream,
+    session: &mut Session,
+    shutdown: &Shutdown,
+    idle_timeout: Option<Duration>,
+) -> End {
     let peer = stream
         .peer_addr()
         .unwrap_or_else(|_| SocketAddr::from(([0, 0, 0, 0], 0)));
@@ -68,6 +75,8 @@ pub async fn run(stream: TcpStream, session: &mut Session, shutdown: &Shutdown) 
         eof: false,
         paused: false,
         open: Some(shutdown.open_connection()),
+        idle_timeout,
+        active: tokio::time::Instant::now(),
     };
     let reason = match session.make_connection(peer, host) {
         Ok(()) => conn.drive(session, shutdown).await,
@@ -96,6 +105,10 @@ struct Conn {
     /// Counted as open (one the shutdown's abort would reset) until it ends
     /// on purpose: cleanly, FIN after every byte, or with a reset arranged.
     open: Option<crate::shutdown::OpenConnection>,
+    /// `[[listen]] idle-timeout`.
+    idle_timeout: Option<Duration>,
+    /// When a byte was last read or sent.
+    active: tokio::time::Instant,
 }
 
 impl Drop for Conn {
@@ -153,7 +166,9 @@ impl Conn {
     /// the same lock.
     fn flush(&mut self, session: &mut Session) -> io::Result<(usize, Closing, usize)> {
         let mut t = session.transport();
-        send(&mut t, &self.stream)?;
+        if send(&mut t, &self.stream)? > 0 && self.idle_timeout.is_some() {
+            self.active = tokio::time::Instant::now();
+        }
         Ok((t.unsent(), t.closing(), t.handoff().queued()))
     }
 
@@ -199,6 +214,12 @@ impl Conn {
         let fault = session.fault_listener();
         let shared = fault.is_some();
         let mut fault = fault.as_ref().map(crate::shutdown::Shutdown::recv);
+        // The idle timeout: armed for the last activity seen, and moved on
+        // when it fires early (activity does not touch the timer).
+        let idle = self.idle_timeout;
+        let idle_timer = tokio::time::sleep(idle.unwrap_or(LINGER));
+        tokio::pin!(idle_timer);
+        let mut idle_closed = false;
         loop {
             // Twisted pauses a producer as soon as a write takes the buffer
             // past its size, before any byte is sent; resume after the flush.
@@ -263,7 +284,12 @@ impl Conn {
                         let mut buf = ReadBuf::take();
                         match self.read(&mut buf.0) {
                             Ok(0) => self.eof = true,
-                            Ok(n) => session.deliver(&buf.0[..n], &self.stream)?,
+                            Ok(n) => {
+                                if idle.is_some() {
+                                    self.active = tokio::time::Instant::now();
+                                }
+                                session.deliver(&buf.0[..n], &self.stream)?;
+                            }
                             Err(e) if e.kind() == io::ErrorKind::WouldBlock => {}
                             Err(e) if e.kind() == io::ErrorKind::Interrupted => {}
                             Err(e) => return Ok(lost(&e)),
@@ -281,6 +307,17 @@ impl Conn {
                     let unsent = session.transport().unsent();
                     tracing::warn!(plugin = %session.plugin().name, unsent, "shutdown deadline passed: connection reset, unsent output dropped");
                     return Ok(Reason::Lost("shutdown deadline passed; connection reset".into()));
+                }
+                () = &mut idle_timer, if idle.is_some() && !idle_closed => {
+                    let timeout = idle.unwrap_or(LINGER);
+                    if self.active.elapsed() >= timeout {
+                        // As if the protocol called lose-connection.
+                        idle_closed = true;
+                        tracing::debug!(plugin = %session.plugin().name, ?timeout, "idle timeout: closing the connection");
+                        session.transport().lose();
+                    } else {
+                        idle_timer.as_mut().reset(self.active + timeout);
+                    }
                 }
                 () = &mut stop, if !stopping => {
                     stopping = true;
@@ -352,7 +389,7 @@ impl Drop for ReadBuf {
 /// blocking: one `send` for one slice (a shorter kernel path than
 /// `writev`), else a vectored write. Also used by batched delivery, which
 /// writes a batched read's output straight to the socket.
-pub fn send(t: &mut TransportState, stream: &TcpStream) -> io::Result<()> {
+pub fn send(t: &mut TransportState, stream: &TcpStream) -> io::Result<usize> {
     t.send_with(|iov| {
         if iov.len() == 1 {
             stream.try_write(&iov[0])

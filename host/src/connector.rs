@@ -10,7 +10,13 @@ use std::net::SocketAddr;
 
 use tokio::net::TcpStream;
 
-use crate::config::ConnectConfig;
+use std::time::Duration;
+
+use rand::SeedableRng;
+use rand::rngs::StdRng;
+use rand_distr::{Distribution, Normal};
+
+use crate::config::{ConnectConfig, Reconnect};
 use crate::connection::{self, End};
 use crate::runtime::GuestFault;
 use crate::runtime::bindings::Reason;
@@ -30,20 +36,104 @@ pub enum ConnectorEnd {
     Cancelled,
 }
 
-/// Runs one `[[connect]]` entry to its end.
+/// Runs one `[[connect]]` entry to its end: one attempt, or with
+/// `reconnect` attempts until `max-retries` is passed or shutdown.
 pub async fn run(cfg: ConnectConfig, instances: Instances, shutdown: Shutdown) -> ConnectorEnd {
+    let Some(policy) = cfg.reconnect.clone() else {
+        return attempt(&cfg, &instances, &shutdown).await.0;
+    };
+    let name = instances.plugin().name.clone();
+    let target = format!("{}:{}", cfg.host, cfg.port);
+    let mut backoff = Backoff::new(policy, StdRng::from_os_rng());
+    loop {
+        let (end, made) = attempt(&cfg, &instances, &shutdown).await;
+        if matches!(end, ConnectorEnd::Cancelled) || shutdown.is_shutdown() {
+            return end;
+        }
+        if made {
+            backoff.reset();
+        }
+        let Some(delay) = backoff.next_delay() else {
+            tracing::warn!(plugin = %name, %target, retries = backoff.retries - 1, "giving up reconnecting: max-retries reached");
+            return end;
+        };
+        tracing::info!(plugin = %name, %target, delay_ms = delay.as_millis() as u64, retry = backoff.retries, "reconnecting after a delay");
+        tokio::select! {
+            () = tokio::time::sleep(delay) => {}
+            () = shutdown.recv() => return ConnectorEnd::Cancelled,
+        }
+    }
+}
+
+/// Twisted's `ReconnectingClientFactory` delay: after each failure or loss
+/// the delay is multiplied by `factor` (up to `max-delay`), then drawn from
+/// a normal distribution around itself with `jitter` × itself as standard
+/// deviation; [`Backoff::reset`] (a connection was made) starts over from
+/// `initial-delay`.
+#[derive(Debug)]
+pub struct Backoff<R> {
+    policy: Reconnect,
+    /// The current delay, in seconds.
+    delay: f64,
+    /// Retries since the last reset.
+    retries: u32,
+    rng: R,
+}
+
+impl<R: rand::Rng> Backoff<R> {
+    /// A backoff at `initial-delay`, drawing jitter from `rng`.
+    pub fn new(policy: Reconnect, rng: R) -> Backoff<R> {
+        Backoff {
+            delay: policy.initial_delay.as_secs_f64(),
+            policy,
+            retries: 0,
+            rng,
+        }
+    }
+
+    /// A connection was made: Twisted's `resetDelay`.
+    pub fn reset(&mut self) {
+        self.delay = self.policy.initial_delay.as_secs_f64();
+        self.retries = 0;
+    }
+
+    /// How long to wait before the next attempt, or none once `max-retries`
+    /// retries have been made since the last reset (Twisted's `retry`).
+    pub fn next_delay(&mut self) -> Option<Duration> {
+        self.retries += 1;
+        if self.policy.max_retries.is_some_and(|m| self.retries > m) {
+            return None;
+        }
+        self.delay = (self.delay * self.policy.factor).min(self.policy.max_delay.as_secs_f64());
+        if self.policy.jitter > 0.0
+            && let Ok(normal) = Normal::new(self.delay, self.delay * self.policy.jitter)
+        {
+            self.delay = normal.sample(&mut self.rng);
+        }
+        // Twisted lets jitter take a delay past the maximum; never below 0.
+        Some(Duration::from_secs_f64(self.delay.max(0.0)))
+    }
+}
+
+/// One attempt, to its end; also whether a connection was made.
+async fn attempt(
+    cfg: &ConnectConfig,
+    instances: &Instances,
+    shutdown: &Shutdown,
+) -> (ConnectorEnd, bool) {
+    let end = |e| (e, false);
     let name = instances.plugin().name.clone();
     let target = format!("{}:{}", cfg.host, cfg.port);
     let mut session = match instances.session() {
         Ok(s) => s,
         Err(fault) => {
             tracing::error!(plugin = %name, %target, %fault, "cannot instantiate guest for connector");
-            return ConnectorEnd::Fault(fault);
+            return end(ConnectorEnd::Fault(fault));
         }
     };
     if let Err(fault) = session.started_connecting(&cfg.host, cfg.port) {
         tracing::warn!(plugin = %name, %target, %fault, "guest faulted in started-connecting");
-        return ConnectorEnd::Fault(fault);
+        return end(ConnectorEnd::Fault(fault));
     }
     let attempt = tokio::time::timeout(cfg.timeout, connect(&cfg.host, cfg.port));
     let result = tokio::select! {
@@ -51,7 +141,7 @@ pub async fn run(cfg: ConnectConfig, instances: Instances, shutdown: Shutdown) -
             Ok(r) => r,
             Err(_) => Err(format!("connecting to {target} timed out after {:?}", cfg.timeout)),
         },
-        () = shutdown.recv() => return ConnectorEnd::Cancelled,
+        () = shutdown.recv() => return end(ConnectorEnd::Cancelled),
     };
     let stream = match result {
         Ok(s) => s,
@@ -59,9 +149,9 @@ pub async fn run(cfg: ConnectConfig, instances: Instances, shutdown: Shutdown) -
             tracing::info!(plugin = %name, %target, error = %msg, "connection failed");
             if let Err(fault) = session.client_connection_failed(&Reason::Failed(msg.clone())) {
                 tracing::warn!(plugin = %name, %target, %fault, "guest faulted in client-connection-failed");
-                return ConnectorEnd::Fault(fault);
+                return end(ConnectorEnd::Fault(fault));
             }
-            return ConnectorEnd::Failed(msg);
+            return end(ConnectorEnd::Failed(msg));
         }
     };
     let _ = stream.set_nodelay(true);
@@ -70,11 +160,11 @@ pub async fn run(cfg: ConnectConfig, instances: Instances, shutdown: Shutdown) -
         .unwrap_or_else(|_| SocketAddr::from(([0, 0, 0, 0], 0)));
     tracing::debug!(plugin = %name, %peer, "connected");
     let reason = match session.build_client_protocol(peer) {
-        Ok(true) => match connection::run(stream, &mut session, &shutdown).await {
+        Ok(true) => match connection::run(stream, &mut session, shutdown, None).await {
             End::Closed(reason) => reason,
             End::Fault(fault) => {
                 tracing::warn!(plugin = %name, %peer, %fault, "guest faulted; connection aborted");
-                return ConnectorEnd::Fault(fault);
+                return (ConnectorEnd::Fault(fault), true);
             }
         },
         Ok(false) => {
@@ -87,14 +177,14 @@ pub async fn run(cfg: ConnectConfig, instances: Instances, shutdown: Shutdown) -
         }
         Err(fault) => {
             tracing::warn!(plugin = %name, %peer, %fault, "guest faulted in build-protocol");
-            return ConnectorEnd::Fault(fault);
+            return (ConnectorEnd::Fault(fault), true);
         }
     };
     if let Err(fault) = session.client_connection_lost(&reason) {
         tracing::warn!(plugin = %name, %peer, %fault, "guest faulted in client-connection-lost");
-        return ConnectorEnd::Fault(fault);
+        return (ConnectorEnd::Fault(fault), true);
     }
-    ConnectorEnd::Lost(reason)
+    (ConnectorEnd::Lost(reason), true)
 }
 
 /// Resolves `host` and tries each address in turn.

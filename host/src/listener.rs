@@ -70,6 +70,7 @@ pub struct Listener {
     instances: Instances,
     limit: Arc<Semaphore>,
     stats: Arc<ListenerStats>,
+    idle_timeout: Option<Duration>,
 }
 
 impl Listener {
@@ -96,6 +97,7 @@ impl Listener {
             instances,
             limit: Arc::new(Semaphore::new(cfg.max_connections)),
             stats: Arc::default(),
+            idle_timeout: cfg.idle_timeout,
         })
     }
 
@@ -128,6 +130,7 @@ impl Listener {
         let acceptor = Acceptor {
             plugin: self.instances.plugin().clone(),
             instances: self.instances,
+            idle_timeout: self.idle_timeout,
             stats: self.stats.clone(),
             limit: self.limit.clone(),
             notify,
@@ -165,6 +168,7 @@ impl Listener {
 struct Acceptor {
     plugin: Arc<Plugin>,
     instances: Instances,
+    idle_timeout: Option<Duration>,
     stats: Arc<ListenerStats>,
     limit: Arc<Semaphore>,
     notify: ShutdownSignal,
@@ -238,6 +242,7 @@ impl Acceptor {
             let _ = stream.set_nodelay(true);
             let task = ServerConnection {
                 instances: self.instances.clone(),
+                idle_timeout: self.idle_timeout,
                 stats: self.stats.clone(),
                 peer,
                 reserved,
@@ -289,6 +294,7 @@ fn is_resource_exhaustion(e: &io::Error) -> bool {
 
 struct ServerConnection {
     instances: Instances,
+    idle_timeout: Option<Duration>,
     stats: Arc<ListenerStats>,
     peer: SocketAddr,
     /// The place reserved under the plugin's `max-instances`.
@@ -302,6 +308,7 @@ impl ServerConnection {
     async fn run(self, stream: TcpStream, instance: Option<usize>, shutdown: &Shutdown) {
         let Self {
             instances,
+            idle_timeout,
             stats,
             peer,
             reserved,
@@ -341,7 +348,7 @@ impl ServerConnection {
         }
         stats.accepted.fetch_add(1, Ordering::Relaxed);
         tracing::debug!(plugin = %name, %peer, "connection made");
-        match connection::run(stream, &mut session, shutdown).await {
+        match connection::run(stream, &mut session, shutdown, idle_timeout).await {
             End::Closed(reason) => {
                 tracing::debug!(plugin = %name, %peer, ?reason, "connection lost")
             }

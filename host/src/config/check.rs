@@ -313,6 +313,35 @@ impl<'a> Checker<'a> {
         }
     }
 
+    /// A number in `range` (an integer is accepted too).
+    pub fn float(
+        &mut self,
+        t: &Table<'_, '_>,
+        name: &str,
+        range: std::ops::RangeInclusive<f64>,
+    ) -> Option<f64> {
+        let v = t.get(name)?;
+        let key = t.field(name);
+        let n = match v.get_ref() {
+            DeValue::Float(f) => f.as_str().parse::<f64>().ok(),
+            DeValue::Integer(i) => i64::from_str_radix(i.as_str(), i.radix())
+                .ok()
+                .map(|n| n as f64),
+            _ => {
+                self.type_error(v, &key, "a number (such as 2.5)");
+                return None;
+            }
+        };
+        match n {
+            Some(n) if range.contains(&n) => Some(n),
+            _ => {
+                let message = format!("must be a number from {} to {}", range.start(), range.end());
+                self.error(Some(v.span()), &key, message);
+                None
+            }
+        }
+    }
+
     /// `true` or `false`.
     pub fn bool(&mut self, t: &Table<'_, '_>, name: &str) -> Option<bool> {
         let v = t.get(name)?;

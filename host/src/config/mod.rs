@@ -62,6 +62,17 @@ pub const DEFAULT_MAX_CONNECTIONS: usize = 10_000;
 pub const DEFAULT_BACKLOG: u32 = 1024;
 /// `[[connect]] timeout` when not set.
 pub const DEFAULT_CONNECT_TIMEOUT: Duration = Duration::from_secs(30);
+/// The shortest `[[listen]] idle-timeout`.
+pub const MIN_IDLE_TIMEOUT: Duration = Duration::from_millis(10);
+/// `[[connect]] initial-delay` when not set: Twisted's
+/// `ReconnectingClientFactory.initialDelay`.
+pub const DEFAULT_INITIAL_DELAY: Duration = Duration::from_secs(1);
+/// `[[connect]] max-delay` when not set (`maxDelay`, an hour).
+pub const DEFAULT_MAX_DELAY: Duration = Duration::from_secs(3600);
+/// `[[connect]] factor` when not set (`factor`, e).
+pub const DEFAULT_FACTOR: f64 = std::f64::consts::E;
+/// `[[connect]] jitter` when not set (`jitter`).
+pub const DEFAULT_JITTER: f64 = 0.119_626_565_82;
 
 /// A problem in a config file, located as precisely as the file allows.
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
@@ -207,12 +218,15 @@ pub struct ListenConfig {
     pub max_connections: usize,
     /// The listen backlog.
     pub backlog: u32,
+    /// A connection with no bytes in either direction for this long is
+    /// closed cleanly (`idle-timeout`); none by default.
+    pub idle_timeout: Option<Duration>,
     /// Line of the entry.
     pub line: usize,
 }
 
 /// `[[connect]]`: Twisted's `reactor.connectTCP(host, port, factory, timeout)`.
-#[derive(Debug, Clone, PartialEq, Eq)]
+#[derive(Debug, Clone, PartialEq)]
 pub struct ConnectConfig {
     /// The plugin whose client-factory is used.
     pub plugin: String,
@@ -222,8 +236,43 @@ pub struct ConnectConfig {
     pub port: u16,
     /// The connect timeout, covering name resolution and the TCP handshake.
     pub timeout: Duration,
+    /// Retry after failures and losses, as Twisted's
+    /// `ReconnectingClientFactory` (`reconnect = true`).
+    pub reconnect: Option<Reconnect>,
     /// Line of the entry.
     pub line: usize,
+}
+
+/// `[[connect]] reconnect = true` and its backoff: Twisted's
+/// `ReconnectingClientFactory`. After each failure or loss the delay grows
+/// by `factor` up to `max-delay`, with normal jitter of `jitter` times the
+/// delay; a connection made resets it to `initial-delay`.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Reconnect {
+    /// `initial-delay`: the delay the backoff starts from (the first retry
+    /// waits `initial-delay` × `factor`, as in Twisted).
+    pub initial_delay: Duration,
+    /// `max-delay`: the longest wait between attempts.
+    pub max_delay: Duration,
+    /// `factor`: how much the delay grows per attempt.
+    pub factor: f64,
+    /// `jitter`: the standard deviation of a delay, as a fraction of it.
+    pub jitter: f64,
+    /// `max-retries`: attempts after the first before giving up; none means
+    /// forever.
+    pub max_retries: Option<u32>,
+}
+
+impl Default for Reconnect {
+    fn default() -> Reconnect {
+        Reconnect {
+            initial_delay: DEFAULT_INITIAL_DELAY,
+            max_delay: DEFAULT_MAX_DELAY,
+            factor: DEFAULT_FACTOR,
+            jitter: DEFAULT_JITTER,
+            max_retries: None,
+        }
+    }
 }
 
 /// Parses a duration such as `"5s"`, `"100ms"`, `"1.5s"`, `"2m"`.

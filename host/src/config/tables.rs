@@ -36,8 +36,34 @@ const PLUGIN_KEYS: &[&str] = &[
     "max-instances",
     "max-resources",
 ];
-const LISTEN_KEYS: &[&str] = &["port", "plugin", "interface", "max-connections", "backlog"];
-const CONNECT_KEYS: &[&str] = &["host", "port", "plugin", "timeout"];
+const LISTEN_KEYS: &[&str] = &[
+    "port",
+    "plugin",
+    "interface",
+    "max-connections",
+    "backlog",
+    "idle-timeout",
+];
+const CONNECT_KEYS: &[&str] = &[
+    "host",
+    "port",
+    "plugin",
+    "timeout",
+    "reconnect",
+    "initial-delay",
+    "max-delay",
+    "factor",
+    "jitter",
+    "max-retries",
+];
+/// The `[[connect]]` keys that only mean something with `reconnect = true`.
+const BACKOFF_KEYS: &[&str] = &[
+    "initial-delay",
+    "max-delay",
+    "factor",
+    "jitter",
+    "max-retries",
+];
 
 /// Parses the whole document; `None` after a syntax error. Whatever it
 /// returns, the checker's errors decide whether the config is valid.
@@ -376,6 +402,7 @@ fn parse_listen(
     let interface = c.interface(t, "interface");
     let max_connections = c.int(t, "max-connections", 1..);
     let backlog = c.int(t, "backlog", 1..=u32::MAX);
+    let idle_timeout = c.duration(t, "idle-timeout", MIN_IDLE_TIMEOUT);
     let interface = interface.unwrap_or(DEFAULT_INTERFACE);
     if let Some(port) = port.filter(|p| *p != 0) {
         let clash = seen.iter().find(|(ip, p, _)| {
@@ -396,6 +423,7 @@ fn parse_listen(
         port: port?,
         max_connections: max_connections.unwrap_or(DEFAULT_MAX_CONNECTIONS),
         backlog: backlog.unwrap_or(DEFAULT_BACKLOG),
+        idle_timeout,
         line,
     })
 }
@@ -423,11 +451,56 @@ fn parse_connect(
         );
     }
     let timeout = c.duration(t, "timeout", MIN_CPU);
+    let reconnect = parse_reconnect(c, t);
     Some(ConnectConfig {
         plugin: plugin?,
         host: host?.0.to_string(),
         port: port?,
         timeout: timeout.unwrap_or(DEFAULT_CONNECT_TIMEOUT),
+        reconnect,
         line,
     })
+}
+
+/// `[[connect]] reconnect` and its backoff keys, which mean nothing
+/// without it.
+fn parse_reconnect(c: &mut Checker<'_>, t: &Table<'_, '_>) -> Option<Reconnect> {
+    if c.bool(t, "reconnect") != Some(true) {
+        for key in BACKOFF_KEYS {
+            if let Some(v) = t.get(key) {
+                c.error(
+                    Some(v.span()),
+                    &t.field(key),
+                    "has no effect without `reconnect = true` in the same [[connect]]",
+                );
+            }
+        }
+        return None;
+    }
+    let d = Reconnect::default();
+    let initial_delay = c.duration(t, "initial-delay", MIN_CPU);
+    let max_delay = c.duration(t, "max-delay", MIN_CPU);
+    let factor = c.float(t, "factor", 1.0..=1000.0);
+    let jitter = c.float(t, "jitter", 0.0..=1.0);
+    let max_retries = c.int(t, "max-retries", 0..=u32::MAX);
+    let r = Reconnect {
+        initial_delay: initial_delay.unwrap_or(d.initial_delay),
+        max_delay: max_delay.unwrap_or(d.max_delay),
+        factor: factor.unwrap_or(d.factor),
+        jitter: jitter.unwrap_or(d.jitter),
+        max_retries,
+    };
+    if r.max_delay < r.initial_delay
+        && let Some(v) = t.get("max-delay")
+    {
+        c.error(
+            Some(v.span()),
+            &t.field("max-delay"),
+            format!(
+                "is shorter than initial-delay ({:?}): the backoff would never grow",
+                r.initial_delay
+            ),
+        );
+    }
+    Some(r)
 }

@@ -390,11 +390,13 @@ impl TransportState {
 
     /// Hands the unsent output to `send` (the connection's socket write:
     /// it takes the slices in order and says how many bytes it took) until
-    /// it is all sent or `send` would block. No I/O of its own.
+    /// it is all sent or `send` would block; returns how many bytes it
+    /// took. No I/O of its own.
     pub fn send_with(
         &mut self,
         mut send: impl FnMut(&[IoSlice<'_>]) -> io::Result<usize>,
-    ) -> io::Result<()> {
+    ) -> io::Result<usize> {
+        let mut sent = 0;
         while !self.out.is_empty() {
             let n = {
                 let mut iov = [IoSlice::new(&[]); MAX_IOVECS];
@@ -408,8 +410,9 @@ impl TransportState {
                 }
             };
             self.out.advance(n);
+            sent += n;
         }
-        Ok(())
+        Ok(sent)
     }
 
     /// Everything unsent, taken (the test transport's `value()`).
