@@ -21,6 +21,7 @@ GUESTS=(
   "guest-echo:guest-echo/echo.wasm"
   "guests/testkit:guests/testkit/testkit.wasm:needs-sockets"
   "guests/chat:guests/chat/chat.wasm"
+  "guests/minikv:guests/minikv/minikv.wasm"
 )
 
 mode=${TWILL_GUEST_TOOLCHAIN:-auto}

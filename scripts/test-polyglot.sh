@@ -65,7 +65,7 @@ step "SDK unit tests"
 for lang in "${LANGS[@]}"; do
   case $lang in
     python) python3 -m unittest discover -s guest-sdk/python/tests ;;
-    js) node --test --test-reporter=spec guest-sdk/js/test/ ;;
+    js) node --import ./guest-sdk/js/test/register.mjs --test --test-reporter=spec guest-sdk/js/test/ ;;
   esac
 done
 

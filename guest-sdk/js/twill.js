@@ -13,7 +13,10 @@
 //   `getHost`.
 // - `Reason`: why a connection ended, with Twisted's `check` and
 //   `getErrorMessage`.
-// - `serve({ server, client })`: returns the three exports the component
+// - `seconds`, `callLater`, `DelayedCall`, `LoopingCall`, `TimeoutMixin`:
+//   reactor time (Twisted's `reactor.seconds`, `reactor.callLater`,
+//   `task.LoopingCall`, `policies.TimeoutMixin`).
+// - `serve({ server, client })`: returns the exports the component
 //   needs; export them from your module:
 //
 //       import { Factory, Protocol, serve } from './twill.js';
@@ -24,7 +27,7 @@
 //         }
 //       }
 //
-//       export const { protocol, batch, serverFactory, clientFactory } =
+//       export const { protocol, batch, serverFactory, clientFactory, reactorCalls } =
 //         serve({ server: Factory.forProtocol(Echo) });
 //
 // Build it with guest-sdk/js/build.mjs (ComponentizeJS, world `peer`).
@@ -39,6 +42,8 @@
 // factory state lives exactly as long as one connection; with
 // `instance = "shared"` in plugins.toml one instance serves many connections
 // and that state is shared by them, as in one Twisted process.
+
+import * as hostReactor from 'twill:protocol/reactor@0.1.0';
 
 const encoder = new TextEncoder();
 
@@ -265,6 +270,21 @@ export class Factory {
     p.factory = this;
     return p;
   }
+
+  /**
+   * The factory is about to be used: Twisted's `startFactory`. Once per
+   * instance, before anything else: on a shared instance before its first
+   * connection (the place to start a `LoopingCall`), on an instance of its
+   * own before its connection's protocol is built.
+   */
+  startFactory() {}
+
+  /**
+   * The factory is done: Twisted's `stopFactory`. Once per instance, last:
+   * at shutdown on a shared instance, after the connection on an instance
+   * of its own.
+   */
+  stopFactory() {}
 }
 
 /** A factory for accepted connections: Twisted's `ServerFactory`. */
@@ -286,6 +306,184 @@ export class ClientFactory extends Factory {
   /** An established connection was lost, after the protocol's own `connectionLost`. */
   clientConnectionLost(reason) {}
 }
+
+// ---------------------------------------------------------------------------
+// Reactor time.
+
+/** The delayed call already ran: Twisted's `AlreadyCalled`. */
+export class AlreadyCalled extends Error {}
+
+/** The delayed call was cancelled: Twisted's `AlreadyCancelled`. */
+export class AlreadyCancelled extends Error {}
+
+// The calls not yet run, by token: [f, args, DelayedCall].
+const calls = new Map();
+let nextToken = 1n;
+
+/**
+ * The reactor's time, in seconds: Twisted's `reactor.seconds()`. Monotonic
+ * and only meaningful in differences; under the host's test transport a
+ * deterministic clock.
+ */
+export function seconds() {
+  return hostReactor.seconds();
+}
+
+/**
+ * Call `f(...args)` once, `delay` seconds from now: Twisted's
+ * `reactor.callLater`. Returns the `DelayedCall`; dropping it does not
+ * cancel the call. A delayed call runs on the instance that scheduled it,
+ * never while another of its callbacks runs, under the same CPU budget; on
+ * an instance of its own (one per connection) calls die with the
+ * connection, on a shared instance they live as long as the instance.
+ */
+export function callLater(delay, f, ...args) {
+  if (!(delay >= 0)) throw new RangeError(`callLater: delay must be >= 0, got ${delay}`);
+  const token = nextToken++;
+  const call = new DelayedCall(token);
+  calls.set(token, [f, args, call]);
+  call._raw = hostReactor.callLater(Number(delay), token);
+  return call;
+}
+
+function fire(token) {
+  const entry = calls.get(token);
+  if (!entry) return;
+  calls.delete(token);
+  const [f, args, call] = entry;
+  call.called = true;
+  f(...args);
+}
+
+/** A call scheduled by `callLater`: Twisted's `IDelayedCall`. */
+export class DelayedCall {
+  constructor(token) {
+    this._token = token;
+    this._raw = null;
+    /** True once it ran. */
+    this.called = false;
+    /** True once it was cancelled. */
+    this.cancelled = false;
+  }
+
+  /** When it is (or was) due, in `seconds()`: `getTime`. */
+  getTime() {
+    return this._raw.getTime();
+  }
+
+  /** Whether it neither ran nor was cancelled. */
+  active() {
+    return !(this.called || this.cancelled);
+  }
+
+  #check() {
+    if (this.called) throw new AlreadyCalled();
+    if (this.cancelled) throw new AlreadyCancelled();
+  }
+
+  /** Cancel it; throws `AlreadyCalled` / `AlreadyCancelled` if inactive. */
+  cancel() {
+    this.#check();
+    this._raw.cancel();
+    this.cancelled = true;
+    calls.delete(this._token);
+  }
+
+  /** Make it due `secondsFromNow` from now instead: `reset`. */
+  reset(secondsFromNow) {
+    this.#check();
+    this._raw.reset(Number(secondsFromNow));
+  }
+
+  /** Make it due `secondsLater` later than it was: `delay`. */
+  delay(secondsLater) {
+    this.#check();
+    this._raw.delay(Number(secondsLater));
+  }
+}
+
+/**
+ * Call `f(...args)` every `interval` seconds: Twisted's `task.LoopingCall`.
+ * A tick that comes late runs once and the next is the grid point after
+ * it: missed ticks are skipped, as Twisted does.
+ */
+export class LoopingCall {
+  constructor(f, ...args) {
+    this.f = f;
+    this.args = args;
+    this.running = false;
+    this.interval = null;
+    this.call = null;
+    this._startTime = 0;
+  }
+
+  /** Start calling every `interval` seconds, first at once if `now`. */
+  start(interval, now = true) {
+    if (!(interval > 0)) throw new RangeError('LoopingCall: interval must be > 0');
+    if (this.running) throw new Error('LoopingCall: already running');
+    this.running = true;
+    this.interval = interval;
+    this._startTime = seconds();
+    if (now) this._tick();
+    else this._schedule(seconds());
+  }
+
+  /** Stop it: Twisted's `stop`. */
+  stop() {
+    if (!this.running) throw new Error('LoopingCall: not running');
+    this.running = false;
+    const call = this.call;
+    this.call = null;
+    call?.cancel();
+  }
+
+  _tick() {
+    this.call = null;
+    this.f(...this.args);
+    if (this.running) this._schedule(seconds());
+  }
+
+  _schedule(now) {
+    const ticks = Math.floor((now - this._startTime) / this.interval) + 1;
+    const due = this._startTime + ticks * this.interval;
+    this.call = callLater(Math.max(0, due - now), () => this._tick());
+  }
+}
+
+/**
+ * Close a connection after a period without activity: Twisted's
+ * `policies.TimeoutMixin`, as a class mixin:
+ * `class P extends TimeoutMixin(Protocol) { ... }`. Call `resetTimeout()`
+ * on activity; override `timeoutConnection()` (default: lose the
+ * connection).
+ */
+export const TimeoutMixin = (Base) =>
+  class extends Base {
+    /** Set (or with null, cancel) the timeout; returns the previous period. */
+    setTimeout(period) {
+      const prev = this.timeOut ?? null;
+      this.timeOut = period;
+      if (this._timeoutCall?.active()) this._timeoutCall.cancel();
+      this._timeoutCall = null;
+      if (period != null) {
+        this._timeoutCall = callLater(period, () => {
+          this._timeoutCall = null;
+          this.timeoutConnection();
+        });
+      }
+      return prev;
+    }
+
+    /** Activity: the period starts over (`resetTimeout`). */
+    resetTimeout() {
+      if (this.timeOut != null && this._timeoutCall?.active()) this._timeoutCall.reset(this.timeOut);
+    }
+
+    /** The period passed: by default, lose the connection. */
+    timeoutConnection() {
+      this.transport.loseConnection();
+    }
+  };
 
 // ---------------------------------------------------------------------------
 // Glue between ComponentizeJS's bindings and the classes above. Not API.
@@ -355,11 +553,12 @@ function wrap(p) {
 /**
  * The component's exports for `server` and/or `client` (factory instances,
  * or `Protocol` subclasses, which get a `Factory`). A role left out refuses
- * every connection. Export the result under these four names (`batch`
+ * every connection. Export the result under these five names (`batch`
  * delivers several connections' reads in one call; the SDK turns it back
- * into `dataReceived` calls):
+ * into `dataReceived` calls; `reactorCalls` fires delayed calls and the
+ * factories' `startFactory` / `stopFactory`):
  *
- *     export const { protocol, batch, serverFactory, clientFactory } = serve({ server, client });
+ *     export const { protocol, batch, serverFactory, clientFactory, reactorCalls } = serve({ server, client });
  */
 export function serve({ server = null, client = null } = {}) {
   server = asFactory(server, 'server');
@@ -375,6 +574,19 @@ export function serve({ server = null, client = null } = {}) {
           protocol._batchReceived(data.slice(offset, offset + len));
           offset += len;
         }
+      },
+    },
+    reactorCalls: {
+      timerFired(token) {
+        fire(token);
+      },
+      startFactory() {
+        server?.startFactory?.();
+        client?.startFactory?.();
+      },
+      stopFactory() {
+        server?.stopFactory?.();
+        client?.stopFactory?.();
       },
     },
     serverFactory: {

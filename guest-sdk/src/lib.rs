@@ -13,6 +13,8 @@
 //!   `writeSequence`, `loseConnection`, `abortConnection`, `getPeer` and
 //!   `getHost`.
 //! - [`export!`]: names the factories the component exports.
+//! - [`reactor`]: time: `seconds`, `call_later`, `LoopingCall` and a
+//!   `TimeoutMixin` ([`reactor::Timeout`]).
 //!
 //! ## Example: Twisted's `echoserv.py`
 //!
@@ -62,6 +64,8 @@
 use std::cell::RefCell;
 use std::fmt;
 
+pub mod reactor;
+
 #[doc(hidden)]
 pub mod __bindings {
     #![allow(missing_docs, unsafe_code, unsafe_op_in_unsafe_fn)]
@@ -75,7 +79,7 @@ pub mod __bindings {
 }
 
 use __bindings::exports::twill::protocol::{
-    batch as wit_batch, client_factory, protocol as wit_protocol, server_factory,
+    batch as wit_batch, client_factory, protocol as wit_protocol, reactor_calls, server_factory,
 };
 use __bindings::twill::protocol::{transport as wit_transport, types as wit_types};
 
@@ -310,6 +314,18 @@ pub trait ServerFactory: 'static {
     /// Twisted's `buildProtocol`. Return `None` to refuse the connection;
     /// the host then closes it at once.
     fn build_protocol(&self, addr: &Address) -> Option<Box<dyn Protocol>>;
+
+    /// The factory is about to be used: Twisted's `startFactory`. Once per
+    /// instance, before anything else: on a shared instance before its
+    /// first connection (the place to start a
+    /// [`LoopingCall`](reactor::LoopingCall)), on an instance of its own
+    /// before its connection's protocol is built.
+    fn start_factory(&self) {}
+
+    /// The factory is done: Twisted's `stopFactory`. Once per instance,
+    /// last: at shutdown on a shared instance, after the connection on an
+    /// instance of its own.
+    fn stop_factory(&self) {}
 }
 
 /// Builds protocols for outgoing connections and hears how they ended:
@@ -342,6 +358,14 @@ pub trait ClientFactory: 'static {
     fn client_connection_lost(&self, reason: Reason) {
         let _ = reason;
     }
+
+    /// The factory is about to be used: Twisted's `startFactory` (see
+    /// [`ServerFactory::start_factory`]).
+    fn start_factory(&self) {}
+
+    /// The factory is done: Twisted's `stopFactory` (see
+    /// [`ServerFactory::stop_factory`]).
+    fn stop_factory(&self) {}
 }
 
 /// A factory that builds `P::default()` for every connection, like
@@ -543,6 +567,22 @@ pub mod __private {
         fn build_protocol(addr: wit_types::Address) -> Option<wit_protocol::Protocol> {
             let addr = addr.into();
             wrap(E::with_server(|f| f.build_protocol(&addr)))
+        }
+    }
+
+    impl<E: Exports> reactor_calls::Guest for Glue<E> {
+        fn timer_fired(token: u64) {
+            crate::reactor::fire(token);
+        }
+
+        fn start_factory() {
+            E::with_server(|f| f.start_factory());
+            E::with_client(|f| f.start_factory());
+        }
+
+        fn stop_factory() {
+            E::with_server(|f| f.stop_factory());
+            E::with_client(|f| f.stop_factory());
         }
     }
 

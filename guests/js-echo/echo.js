@@ -56,7 +56,7 @@ class EchoFactory extends ClientFactory {
   }
 }
 
-export const { protocol, batch, serverFactory, clientFactory } = serve({
+export const { protocol, batch, serverFactory, clientFactory, reactorCalls } = serve({
   server: Factory.forProtocol(Echo),
   client: new EchoFactory(),
 });

@@ -220,6 +220,11 @@ impl Conn {
         let idle_timer = tokio::time::sleep(idle.unwrap_or(LINGER));
         tokio::pin!(idle_timer);
         let mut idle_closed = false;
+        // The instance's next delayed call (an instance of its own; a
+        // shared instance's timer task fires its calls).
+        let timer = tokio::time::sleep(LINGER);
+        tokio::pin!(timer);
+        let mut armed: Option<std::time::Instant> = None;
         loop {
             // Twisted pauses a producer as soon as a write takes the buffer
             // past its size, before any byte is sent; resume after the flush.
@@ -273,6 +278,16 @@ impl Conn {
                     None
                 }
             };
+            let next = session.next_timer();
+            if next != armed {
+                if let Some(at) = next {
+                    timer.as_mut().reset(at.into());
+                }
+                armed = next;
+            }
+            // Due already (a call with no delay): fire after the I/O that
+            // is ready, without the timer wheel's millisecond rounding.
+            let due_now = armed.is_some_and(|at| at <= std::time::Instant::now());
             tokio::select! {
                 biased;
                 ready = async { self.stream.ready(interest.unwrap_or(Interest::READABLE)).await }, if interest.is_some() => {
@@ -297,6 +312,14 @@ impl Conn {
                     }
                 }
                 () = std::future::poll_fn(|cx| session.poll_kicked(cx)), if shared => {}
+                () = std::future::ready(()), if due_now => {
+                    armed = None;
+                    session.fire_timers()?;
+                }
+                () = &mut timer, if armed.is_some() && !due_now => {
+                    armed = None;
+                    session.fire_timers()?;
+                }
                 () = async { if let Some(f) = fault.as_mut() { f.await } }, if fault.is_some() => {
                     return Err(GuestFault::Poisoned);
                 }

@@ -18,14 +18,23 @@
 //! [`TestConnection::disconnecting`] and [`TestConnection::aborted`] report.
 //! What the guest prints is captured and returned by
 //! [`TestComponent::output`].
+//!
+//! Time is Twisted's `task.Clock`: the component's reactor clock starts at
+//! 0 and moves only when [`TestComponent::advance`] moves it, which then
+//! fires every delayed call that fell due, in order within each instance,
+//! with no real sleeping.
 
+use std::cell::RefCell;
 use std::net::SocketAddr;
 use std::path::Path;
+use std::rc::{Rc, Weak};
 use std::sync::{Arc, Mutex};
+use std::time::Duration;
 
 use crate::config::HostSettings;
 use crate::runtime::PluginOptions;
 use crate::runtime::bindings::Reason;
+use crate::runtime::clock::Clock;
 use crate::runtime::limits::Limits;
 use crate::runtime::state::Closing;
 use crate::runtime::{GuestFault, Runtime, Session, Sharing};
@@ -42,6 +51,10 @@ pub struct TestComponent {
     _runtime: Runtime,
     instances: Instances,
     output: Arc<Mutex<Vec<u8>>>,
+    /// The manual reactor clock.
+    clock: Clock,
+    /// Every connection made, to fire their instances' delayed calls.
+    live: RefCell<Vec<Weak<RefCell<Session>>>>,
 }
 
 impl std::fmt::Debug for TestComponent {
@@ -91,11 +104,13 @@ impl TestComponent {
         };
         let mut runtime = Runtime::new(&settings, limits.memory)?;
         let output = Arc::new(Mutex::new(Vec::new()));
+        let clock = Clock::Manual(Arc::default());
         let options = PluginOptions {
             limits,
             clock: false,
             sharing,
             capture: Some(output.clone()),
+            time: clock.clone(),
         };
         let plugin = runtime.load_plugin("test", path.as_ref(), options)?;
         let plugin = runtime.insert_plugin(plugin);
@@ -103,7 +118,64 @@ impl TestComponent {
             _runtime: runtime,
             instances: Instances::new(plugin, false),
             output,
+            clock,
+            live: RefCell::default(),
         })
+    }
+
+    /// The reactor's time, in seconds: 0 at load, moved only by
+    /// [`TestComponent::advance`].
+    pub fn seconds(&self) -> f64 {
+        self.clock.now() as f64 / 1e9
+    }
+
+    /// Moves the clock on by `by` and fires every delayed call due by then,
+    /// as Twisted's `task.Clock.advance`: in order within each instance,
+    /// including calls those calls schedule for no later than the new
+    /// time. Returns how many fired. A fault ends the firing with the
+    /// fault; the instance is then unusable, as the host would have it.
+    ///
+    /// # Panics
+    ///
+    /// If more than 100,000 calls fire in one advance (a call that keeps
+    /// rescheduling itself with no delay would otherwise never return).
+    pub fn advance(&self, by: Duration) -> Result<usize, GuestFault> {
+        self.clock.advance(by);
+        let mut fired = 0;
+        let mut drain = |mut pass: Box<dyn FnMut() -> Result<usize, GuestFault> + '_>| {
+            loop {
+                let n = pass()?;
+                fired += n;
+                assert!(
+                    fired <= 100_000,
+                    "advance: over 100,000 delayed calls fired; does one reschedule itself with no delay?"
+                );
+                if n == 0 {
+                    return Ok::<_, GuestFault>(());
+                }
+            }
+        };
+        if let Some(pool) = self.instances.pool() {
+            for guest in pool.live_instances() {
+                drain(Box::new(move || guest.fire_timers()))?;
+            }
+        }
+        self.live.borrow_mut().retain(|w| w.strong_count() > 0);
+        for session in self.live.borrow().iter().filter_map(Weak::upgrade) {
+            if session.borrow().is_shared() {
+                continue;
+            }
+            drain(Box::new(move || session.borrow_mut().fire_timers()))?;
+        }
+        Ok(fired)
+    }
+
+    /// Keeps a connection's session where [`TestComponent::advance`]
+    /// finds it.
+    fn connection(&self, session: Session, client: bool) -> TestConnection {
+        let session = Rc::new(RefCell::new(session));
+        self.live.borrow_mut().push(Rc::downgrade(&session));
+        TestConnection { session, client }
     }
 
     /// Everything the component's instances have printed so far.
@@ -121,10 +193,7 @@ impl TestComponent {
             return Ok(None);
         }
         session.make_connection(peer, HOST.parse().unwrap())?;
-        Ok(Some(TestConnection {
-            session,
-            client: false,
-        }))
+        Ok(Some(self.connection(session, false)))
     }
 
     /// Delivers several connections' reads in one call, as the host does
@@ -138,9 +207,11 @@ impl TestComponent {
         &self,
         reads: &mut [(&mut TestConnection, &[u8])],
     ) -> Result<(), GuestFault> {
-        let mut sessions: Vec<(&mut Session, &[u8])> = reads
+        let mut held: Vec<_> = reads.iter().map(|(c, _)| c.session.borrow_mut()).collect();
+        let mut sessions: Vec<(&mut Session, &[u8])> = held
             .iter_mut()
-            .map(|(c, d)| (&mut c.session, *d))
+            .zip(reads.iter())
+            .map(|(s, (_, d))| (&mut **s, *d))
             .collect();
         crate::runtime::session::data_received_batch(&mut sessions)
     }
@@ -156,10 +227,7 @@ impl TestComponent {
             return Ok(None);
         }
         session.make_connection(peer, HOST.parse().unwrap())?;
-        Ok(Some(TestConnection {
-            session,
-            client: true,
-        }))
+        Ok(Some(self.connection(session, true)))
     }
 
     /// A fresh client instance whose connection attempt failed:
@@ -174,43 +242,44 @@ impl TestComponent {
 /// One protocol instance on an in-memory transport.
 #[derive(Debug)]
 pub struct TestConnection {
-    session: Session,
+    session: Rc<RefCell<Session>>,
     client: bool,
 }
 
 impl TestConnection {
     /// Delivers `data` to the protocol's `data-received`.
     pub fn data_received(&mut self, data: &[u8]) -> Result<(), GuestFault> {
-        self.session.data_received(data)
+        self.session.borrow_mut().data_received(data)
     }
 
     /// Takes everything written so far: Twisted's `StringTransport.value()`
     /// followed by `clear()`.
     pub fn value(&mut self) -> Vec<u8> {
-        self.session.transport().take_output()
+        self.session.borrow().transport().take_output()
     }
 
     /// Whether the protocol called `lose-connection`.
     pub fn disconnecting(&mut self) -> bool {
-        self.session.transport().closing() == Closing::Lose
+        self.session.borrow().transport().closing() == Closing::Lose
     }
 
     /// Whether the protocol called `abort-connection`.
     pub fn aborted(&mut self) -> bool {
-        self.session.transport().closing() == Closing::Abort
+        self.session.borrow().transport().closing() == Closing::Abort
     }
 
     /// Whether the protocol registered itself as a producer.
     pub fn producer_registered(&mut self) -> bool {
-        self.session.transport().producer()
+        self.session.borrow().transport().producer()
     }
 
     /// Ends the connection: the protocol's `connection-lost(reason)`; for a
     /// client connection, then the factory's `client-connection-lost`.
-    pub fn connection_lost(mut self, reason: Reason) -> Result<(), GuestFault> {
-        self.session.connection_lost(&reason)?;
+    pub fn connection_lost(self, reason: Reason) -> Result<(), GuestFault> {
+        let mut session = self.session.borrow_mut();
+        session.connection_lost(&reason)?;
         if self.client {
-            self.session.client_connection_lost(&reason)?;
+            session.client_connection_lost(&reason)?;
         }
         Ok(())
     }

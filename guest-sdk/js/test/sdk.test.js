@@ -1,7 +1,7 @@
 // Unit tests for the twill JavaScript SDK under plain Node: the exported glue
 // driven with a fake host transport, as ComponentizeJS drives it.
 //
-//   node --test guest-sdk/js/test/
+//   node --import ./guest-sdk/js/test/register.mjs --test guest-sdk/js/test/
 //
 // The components themselves are tested against the real host by
 // scripts/test-polyglot.sh.

@@ -14,6 +14,8 @@ Twill repository), shaped like Twisted:
 - :class:`Reason`: why a connection ended, with Twisted's ``check`` and
   ``get_error_message``.
 - :func:`serve`: names the factories the component exports.
+- :mod:`twill.reactor`: time: ``seconds``, ``call_later``,
+  ``LoopingCall`` and ``TimeoutMixin``.
 
 Example, Twisted's ``echoserv.py``::
 
@@ -330,6 +332,18 @@ class Factory:
         p.factory = self
         return p
 
+    def start_factory(self):
+        """The factory is about to be used: Twisted's ``startFactory``.
+        Once per instance, before anything else: on a shared instance
+        before its first connection (the place to start a
+        :class:`~twill.reactor.LoopingCall`), on an instance of its own
+        before its connection's protocol is built."""
+
+    def stop_factory(self):
+        """The factory is done: Twisted's ``stopFactory``. Once per
+        instance, last: at shutdown on a shared instance, after the
+        connection on an instance of its own."""
+
 
 class ServerFactory(Factory):
     """A factory for accepted connections: Twisted's ``ServerFactory``."""
@@ -362,7 +376,7 @@ def serve(server=None, client=None, module=None):
     wrapped in a :class:`Factory`). A role left out refuses every
     connection. Call it once, last, at the top level of the module you hand
     to componentize-py: it defines that module's ``ServerFactory``,
-    ``ClientFactory`` and ``Batch`` attributes, which are the names
+    ``ClientFactory``, ``Batch`` and ``ReactorCalls`` attributes, which are the names
     componentize-py looks up (``module`` defaults to the caller's module).
 
     The call runs when the component is built (componentize-py snapshots the
@@ -381,6 +395,7 @@ def serve(server=None, client=None, module=None):
     module.ServerFactory = _export.ServerFactoryExport
     module.ClientFactory = _export.ClientFactoryExport
     module.Batch = _export.BatchExport
+    module.ReactorCalls = _export.ReactorCallsExport
 
 
 def _as_factory(f, role):

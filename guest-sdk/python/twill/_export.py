@@ -107,6 +107,36 @@ class BatchExport:
             _flush()
 
 
+class ReactorCallsExport:
+    """Exported as ``twill:protocol/reactor-calls``: delayed calls falling
+    due, and the factory hooks."""
+
+    def timer_fired(self, token):
+        from . import reactor
+
+        try:
+            reactor._fire(token)
+        finally:
+            _flush()
+
+    def start_factory(self):
+        _factory_hook("start_factory")
+
+    def stop_factory(self):
+        _factory_hook("stop_factory")
+
+
+def _factory_hook(name):
+    """Calls ``name`` on each factory that has it."""
+    try:
+        for f in (_server, _client):
+            hook = getattr(f, name, None)
+            if hook is not None:
+                hook()
+    finally:
+        _flush()
+
+
 def _wrap(p):
     return None if p is None else ProtocolExport(p)
 

@@ -11,11 +11,20 @@
 //! resource each, and a protocol writes to other users through the
 //! [`Transport`] clones it keeps. (With an instance per connection every
 //! user would be alone in their own room.)
+//!
+//! One addition to Twisted's example: a user who sends nothing for
+//! [`IDLE`] is told so and dropped, with the SDK's `TimeoutMixin`
+//! ([`Timeout`]), reset on every byte received.
 
 use std::cell::RefCell;
 use std::collections::BTreeMap;
+use std::time::Duration;
 
+use twill_guest::reactor::Timeout;
 use twill_guest::{Factory, Protocol, Reason, Transport, export};
+
+/// How long a user may stay silent before being dropped.
+pub const IDLE: Duration = Duration::from_secs(600);
 
 thread_local! {
     /// Twisted's `factory.users`: name -> that user's transport.
@@ -34,6 +43,7 @@ pub const MAX_LENGTH: usize = 16384;
 pub struct Chat {
     name: Option<String>,
     line: Vec<u8>,
+    idle: Option<Timeout>,
 }
 
 fn send_line(t: &Transport, line: &str) {
@@ -71,9 +81,19 @@ impl Chat {
 impl Protocol for Chat {
     fn connection_made(&mut self, t: &Transport) {
         send_line(t, "What's your name?");
+        let me = t.clone();
+        let idle = Timeout::with(move || {
+            send_line(&me, "Idle for too long, goodbye.");
+            me.lose_connection();
+        });
+        idle.set_timeout(Some(IDLE));
+        self.idle = Some(idle);
     }
 
     fn data_received(&mut self, t: &Transport, data: &[u8]) {
+        if let Some(idle) = &self.idle {
+            idle.reset_timeout();
+        }
         // LineReceiver: split on \n, drop a trailing \r, any chunking.
         for &b in data {
             if b == b'\n' {
@@ -93,6 +113,8 @@ impl Protocol for Chat {
     }
 
     fn connection_lost(&mut self, _reason: Reason) {
+        // Dropping the timeout cancels it.
+        self.idle = None;
         if let Some(name) = &self.name {
             USERS.with(|u| u.borrow_mut().remove(name));
         }

@@ -29,12 +29,25 @@
 //! | `served` | writes `served=N live=L room=M\n`: protocols this instance has built, how many are not yet dropped, connections in its room |
 //! | `leak N` | creates N WASI output streams and never drops them (host-side resources), then writes `leaked N\n` |
 //! | `amplify N K` | one `write-sequence` of K entries that all point at one N-byte buffer (a raw call, as a hostile guest would make), then writes `amplified\n` |
+//! | `later MS TEXT` | `call_later(MS)` that writes `TEXT\n` (kept as the connection's pending call) |
+//! | `cancel` / `reset MS` / `delay MS` | `cancel` / `reset` / `delay` the pending call; writes `ok` or the `AlreadyDone` error |
+//! | `active` | writes `active=true` or `active=false` for the pending call |
+//! | `seconds` | writes the reactor's time, `seconds=S` |
+//! | `every MS [later]` / `stop` | a `LoopingCall` writing `tick N\n` every MS ms (first at once, or after one interval with `later`) / stops it |
+//! | `timeout MS` / `touch` | a `Timeout` that loses the connection after MS ms of no `touch` / resets it |
+//! | `timers N` | schedules N calls an hour away (past `max-timers`, the host traps), then writes `scheduled N\n` |
+//! | `spin` | a call that reschedules itself with no delay forever, counting in `spins` |
+//! | `spins` | writes `spins=N` |
+//! | `panic-later MS` | a call that panics when it fires |
+//! | `factory` | writes `started=N stopped=M ticks=T`: the factory hooks this instance heard, and the ticks of the `LoopingCall` its `start-factory` started (every second, first at once) |
 //!
 //! Its factory refuses (returns none for) every peer whose address is
 //! `127.0.0.66`.
 
 use std::cell::{Cell, RefCell};
+use std::time::Duration;
 
+use twill_guest::reactor::{DelayedCall, LoopingCall, Timeout, call_later, seconds};
 use twill_guest::{Address, Protocol, Reason, ServerFactory, Transport, export};
 
 thread_local! {
@@ -47,6 +60,23 @@ thread_local! {
     static ROOM: RefCell<Vec<(u64, Transport)>> = const { RefCell::new(Vec::new()) };
     /// Transports kept forever, even after their connections end.
     static KEPT: RefCell<Vec<Transport>> = const { RefCell::new(Vec::new()) };
+    /// `spin` calls that ran.
+    static SPINS: Cell<u64> = const { Cell::new(0) };
+    /// Factory hooks heard: (start-factory, stop-factory).
+    static HOOKS: Cell<(u32, u32)> = const { Cell::new((0, 0)) };
+    /// The factory's own loop, started by `start-factory`, and its ticks.
+    static FACTORY_LOOP: RefCell<Option<LoopingCall>> = const { RefCell::new(None) };
+    static FACTORY_TICKS: Cell<u64> = const { Cell::new(0) };
+}
+
+/// A call that reschedules itself with no delay, forever.
+fn spin() {
+    SPINS.with(|s| s.set(s.get() + 1));
+    call_later(Duration::ZERO, spin);
+}
+
+fn ms(s: &str) -> Duration {
+    Duration::from_millis(s.trim().parse().unwrap_or(0))
 }
 
 /// Builds [`Kit`], refusing peers from 127.0.0.66.
@@ -54,6 +84,21 @@ thread_local! {
 pub struct KitFactory;
 
 impl ServerFactory for KitFactory {
+    fn start_factory(&self) {
+        HOOKS.with(|h| h.set((h.get().0 + 1, h.get().1)));
+        let l = LoopingCall::new(|| FACTORY_TICKS.with(|t| t.set(t.get() + 1)));
+        l.start(Duration::from_secs(1), true);
+        FACTORY_LOOP.with(|f| *f.borrow_mut() = Some(l));
+    }
+
+    fn stop_factory(&self) {
+        HOOKS.with(|h| h.set((h.get().0, h.get().1 + 1)));
+        if let Some(l) = FACTORY_LOOP.with(|f| f.borrow_mut().take()) {
+            l.stop();
+        }
+        println!("testkit: stop-factory");
+    }
+
     fn build_protocol(&self, addr: &Address) -> Option<Box<dyn Protocol>> {
         if addr.host == "127.0.0.66" {
             return None;
@@ -67,6 +112,9 @@ impl ServerFactory for KitFactory {
             id,
             line: Vec::new(),
             produce: Cell::new(0),
+            pending: None,
+            looping: None,
+            timeout: None,
         }))
     }
 }
@@ -76,6 +124,17 @@ pub struct Kit {
     id: u64,
     line: Vec<u8>,
     produce: Cell<usize>,
+    pending: Option<DelayedCall>,
+    looping: Option<LoopingCall>,
+    timeout: Option<Timeout>,
+}
+
+/// `ok`, or the `AlreadyDone` error.
+fn done(t: &Transport, r: Result<(), twill_guest::reactor::AlreadyDone>) {
+    match r {
+        Ok(()) => t.write(b"ok\n"),
+        Err(e) => t.write(format!("{e:?}\n").as_bytes()),
+    }
 }
 
 /// One cycle of the test pattern: byte i of a stream is `i % 251`.
@@ -249,6 +308,66 @@ impl Kit {
                 raw::write_sequence_of_one_buffer(t.raw_handle(), &buf, k);
                 t.write(b"amplified\n");
             }
+            "later" => {
+                let (delay, text) = rest.split_once(' ').unwrap_or((rest, ""));
+                let (me, text) = (t.clone(), format!("{text}\n"));
+                self.pending = Some(call_later(ms(delay), move || me.write(text.as_bytes())));
+            }
+            "cancel" => done(t, self.pending.as_ref().map_or(Ok(()), DelayedCall::cancel)),
+            "reset" => done(t, self.pending.as_ref().map_or(Ok(()), |c| c.reset(ms(rest)))),
+            "delay" => done(t, self.pending.as_ref().map_or(Ok(()), |c| c.delay(ms(rest)))),
+            "active" => {
+                let a = self.pending.as_ref().is_some_and(DelayedCall::active);
+                t.write(format!("active={a}\n").as_bytes());
+            }
+            "seconds" => t.write(format!("seconds={}\n", seconds()).as_bytes()),
+            "every" => {
+                let (me, n) = (t.clone(), Cell::new(0u64));
+                let l = LoopingCall::new(move || {
+                    n.set(n.get() + 1);
+                    me.write(format!("tick {}\n", n.get()).as_bytes());
+                });
+                let (interval, later) = rest.split_once(' ').unwrap_or((rest, ""));
+                l.start(ms(interval), later != "later");
+                self.looping = Some(l);
+            }
+            "stop" => {
+                if let Some(l) = self.looping.take() {
+                    l.stop();
+                }
+                t.write(b"stopped\n");
+            }
+            "timeout" => {
+                let timeout = Timeout::new(t);
+                timeout.set_timeout(Some(ms(rest)));
+                self.timeout = Some(timeout);
+            }
+            "touch" => {
+                if let Some(timeout) = &self.timeout {
+                    timeout.reset_timeout();
+                }
+                t.write(b"touched\n");
+            }
+            "timers" => {
+                let n: usize = rest.trim().parse().unwrap_or(0);
+                for _ in 0..n {
+                    call_later(Duration::from_secs(3600), || {});
+                }
+                t.write(format!("scheduled {n}\n").as_bytes());
+            }
+            "spin" => {
+                call_later(Duration::ZERO, spin);
+                t.write(b"spinning\n");
+            }
+            "spins" => t.write(format!("spins={}\n", SPINS.with(Cell::get)).as_bytes()),
+            "panic-later" => {
+                call_later(ms(rest), || panic!("testkit: a delayed call panicked"));
+            }
+            "factory" => {
+                let (s, p) = HOOKS.with(Cell::get);
+                let ticks = FACTORY_TICKS.with(Cell::get);
+                t.write(format!("started={s} stopped={p} ticks={ticks}\n").as_bytes());
+            }
             "sleep" => {
                 // Blocking the reactor: the host must trap this, not wait.
                 std::thread::sleep(std::time::Duration::from_millis(50));
@@ -281,6 +400,10 @@ impl Protocol for Kit {
     }
 
     fn connection_lost(&mut self, reason: Reason) {
+        if let Some(l) = self.looping.take() {
+            l.stop();
+        }
+        self.timeout = None;
         ROOM.with(|r| r.borrow_mut().retain(|(id, _)| *id != self.id));
         if let Reason::Lost(m) = &reason {
             eprintln!("testkit: connection lost uncleanly: {m}");

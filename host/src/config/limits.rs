@@ -30,10 +30,17 @@ pub struct Limits {
     /// transports. Each costs host memory outside the guest's `memory`
     /// limit; past this, the call that would create one traps. Default 1000.
     pub max_resources: usize,
+    /// The most active delayed calls (`reactor.call-later`) one instance
+    /// may have; the call past it traps. Default 10,000.
+    pub max_timers: usize,
 }
 
 /// The default of [`Limits::max_resources`].
 pub const DEFAULT_MAX_RESOURCES: usize = 1000;
+/// The default of [`Limits::max_timers`].
+pub const DEFAULT_MAX_TIMERS: usize = 10_000;
+/// The largest `max-timers`.
+pub const MAX_TIMERS: usize = 1_000_000;
 
 impl Default for Limits {
     fn default() -> Self {
@@ -44,6 +51,7 @@ impl Default for Limits {
             low_water: 256 << 10,
             max_output: 16 << 20,
             max_resources: DEFAULT_MAX_RESOURCES,
+            max_timers: DEFAULT_MAX_TIMERS,
         }
     }
 }

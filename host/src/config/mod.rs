@@ -15,7 +15,7 @@ mod limits;
 mod show;
 mod tables;
 
-pub use limits::{DEFAULT_MAX_RESOURCES, Limits, Sharing};
+pub use limits::{DEFAULT_MAX_RESOURCES, DEFAULT_MAX_TIMERS, Limits, MAX_TIMERS, Sharing};
 #[cfg(test)]
 mod tests;
 

@@ -35,6 +35,7 @@ const PLUGIN_KEYS: &[&str] = &[
     "shared-instances",
     "max-instances",
     "max-resources",
+    "max-timers",
 ];
 const LISTEN_KEYS: &[&str] = &[
     "port",
@@ -267,6 +268,9 @@ fn parse_plugin(
     }
     if let Some(r) = c.int(t, "max-resources", MIN_RESOURCES..=MAX_RESOURCES) {
         limits.max_resources = r;
+    }
+    if let Some(n) = c.int(t, "max-timers", 1..=MAX_TIMERS) {
+        limits.max_timers = n;
     }
 
     let shared_instances = c.int(t, "shared-instances", 1..=MAX_SHARED_INSTANCES);

@@ -10,11 +10,13 @@ wasmtime::component::bindgen!({
     imports: { default: trappable },
     with: {
         "twill:protocol/transport.transport": super::state::TransportHandle,
+        "twill:protocol/reactor.delayed-call": super::clock::DelayedCallHandle,
     },
 });
 
 pub use self::exports::twill::protocol::batch;
 pub use self::exports::twill::protocol::client_factory;
 pub use self::exports::twill::protocol::protocol;
+pub use self::exports::twill::protocol::reactor_calls;
 pub use self::exports::twill::protocol::server_factory;
 pub use self::twill::protocol::types::{Address, Reason};

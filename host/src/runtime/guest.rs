@@ -9,7 +9,9 @@ use std::time::Duration;
 use wasmtime::Store;
 
 use super::bindings::batch::Chunk;
-use super::bindings::{batch as wit_batch, client_factory, protocol, server_factory};
+use super::bindings::{
+    batch as wit_batch, client_factory, protocol, reactor_calls, server_factory,
+};
 use super::state::{Caller, ConnState};
 use crate::shutdown::ShutdownSignal;
 
@@ -49,6 +51,7 @@ pub(crate) struct Guest {
     pub(super) store: Store<ConnState>,
     pub(super) api: protocol::Guest,
     pub(super) batch: Option<wit_batch::Guest>,
+    pub(super) reactor_calls: Option<reactor_calls::Guest>,
     pub(super) server: Option<server_factory::Guest>,
     pub(super) client: Option<client_factory::Guest>,
     pub(super) poisoned: bool,
@@ -62,6 +65,16 @@ pub struct SharedGuest {
     /// Its plugin's name and CPU limit per callback.
     pub(super) plugin: Arc<str>,
     pub(super) cpu: Duration,
+    /// Wakes its timer task when a delayed call falls due earlier, or
+    /// the instance is gone.
+    pub(super) wake: Arc<tokio::sync::Notify>,
+}
+
+impl Drop for SharedGuest {
+    fn drop(&mut self) {
+        // Let the timer task see that the instance is gone, and end.
+        self.wake.notify_one();
+    }
 }
 
 impl SharedGuest {
@@ -90,6 +103,43 @@ impl SharedGuest {
             }
         });
         drop(g);
+        if let Err(f) = &r {
+            self.fail(f);
+        }
+        r
+    }
+
+    /// Whether the component exports `reactor-calls` (delayed calls and
+    /// the factory hooks).
+    pub fn has_reactor_calls(&self) -> bool {
+        super::state::lock(&self.guest).reactor_calls.is_some()
+    }
+
+    /// What its timer task sleeps on: told when a delayed call falls due
+    /// earlier than any before, and when the instance is dropped.
+    pub fn wake(&self) -> &Arc<tokio::sync::Notify> {
+        &self.wake
+    }
+
+    /// When its next delayed call falls due (or a little earlier), as a
+    /// real instant; none if it has none, or runs on a manual clock.
+    pub fn next_timer(&self) -> Option<std::time::Instant> {
+        super::state::lock(&self.guest).next_timer()
+    }
+
+    /// Fires its due delayed calls (one pass, see [`Guest::fire_due`]).
+    /// A fault poisons the instance and aborts its connections.
+    pub fn fire_timers(&self) -> Result<usize, GuestFault> {
+        let r = super::state::lock(&self.guest).fire_due(self.cpu, Caller::Reactor);
+        if let Err(f) = &r {
+            self.fail(f);
+        }
+        r
+    }
+
+    /// `reactor-calls.start-factory` or `stop-factory`, if exported.
+    pub fn factory_hook(&self, start: bool) -> Result<(), GuestFault> {
+        let r = super::state::lock(&self.guest).factory_hook(self.cpu, Caller::Reactor, start);
         if let Err(f) = &r {
             self.fail(f);
         }
@@ -175,6 +225,62 @@ impl Guest {
         r.map_err(|e| {
             self.poisoned = true;
             fault(&self.store, cpu, e)
+        })
+    }
+}
+
+/// The most delayed calls one pass fires before the driver looks at its
+/// sockets again.
+const MAX_FIRES_PER_PASS: usize = 1024;
+
+impl Guest {
+    /// When its next delayed call falls due (or a little earlier), as a
+    /// real instant; none without calls, or on a manual clock.
+    pub(super) fn next_timer(&self) -> Option<std::time::Instant> {
+        let timers = &self.store.data().timers;
+        timers.next_due().and_then(|ns| timers.clock().instant(ns))
+    }
+
+    /// One pass of firing: every delayed call due now and scheduled before
+    /// the pass began, in order, each as a `timer-fired` callback with its
+    /// own CPU budget (at most [`MAX_FIRES_PER_PASS`]). Calls scheduled by
+    /// these callbacks wait for the next pass, after the sockets had their
+    /// turn. Returns how many fired.
+    pub(super) fn fire_due(&mut self, cpu: Duration, caller: Caller) -> Result<usize, GuestFault> {
+        let Some(calls) = self.reactor_calls.clone() else {
+            return Ok(0);
+        };
+        let timers = &self.store.data().timers;
+        let (now, fence) = (timers.clock().now(), timers.fence());
+        let mut fired = 0;
+        while fired < MAX_FIRES_PER_PASS {
+            let Some(token) = self.store.data_mut().timers.pop_due(now, fence) else {
+                break;
+            };
+            self.call(cpu, 1, caller, |g| {
+                calls.call_timer_fired(&mut g.store, token)
+            })?;
+            fired += 1;
+        }
+        Ok(fired)
+    }
+
+    /// `reactor-calls.start-factory` (or `stop-factory`), if exported.
+    pub(super) fn factory_hook(
+        &mut self,
+        cpu: Duration,
+        caller: Caller,
+        start: bool,
+    ) -> Result<(), GuestFault> {
+        let Some(calls) = self.reactor_calls.clone() else {
+            return Ok(());
+        };
+        self.call(cpu, 1, caller, |g| {
+            if start {
+                calls.call_start_factory(&mut g.store)
+            } else {
+                calls.call_stop_factory(&mut g.store)
+            }
         })
     }
 }

@@ -50,12 +50,14 @@
 //!   host's output, prefixed with the plugin's name.
 
 pub mod bindings;
+pub mod clock;
 pub mod guest;
 pub mod limits;
 pub mod outbuf;
 pub mod output;
 pub mod plugin;
 pub mod pool;
+pub mod reactor;
 pub mod session;
 pub mod state;
 pub mod transport;
@@ -71,7 +73,7 @@ use wasmtime::component::{Component, Linker};
 use wasmtime::{Config as EngineConfig, Engine};
 
 use crate::config::{Config, HostSettings};
-use bindings::{batch as wit_batch, client_factory, protocol, server_factory};
+use bindings::{batch as wit_batch, client_factory, protocol, reactor_calls, server_factory};
 use limits::Limits;
 use outbuf::OutputBudget;
 use pool::InstanceCap;
@@ -185,6 +187,11 @@ impl Runtime {
         >(&mut linker, |s| s)
         .map_err(wasm_err)?;
         transport::add_writes(&mut linker).map_err(wasm_err)?;
+        bindings::twill::protocol::reactor::add_to_linker::<
+            ConnState,
+            wasmtime::component::HasSelf<ConnState>,
+        >(&mut linker, |s| s)
+        .map_err(wasm_err)?;
 
         let ticker = Arc::new(AtomicBool::new(false));
         let stop = ticker.clone();
@@ -258,6 +265,7 @@ impl Runtime {
                 clock: p.clock,
                 sharing: p.sharing,
                 capture: None,
+                time: clock::Clock::Real,
             };
             match rt.load_plugin(name, &p.component, options) {
                 Ok(plugin) => {
@@ -322,6 +330,7 @@ impl Runtime {
             clock,
             sharing,
             capture,
+            time,
         } = options;
         let bytes =
             std::fs::read(path).with_context(|| format!("cannot read {}", path.display()))?;
@@ -347,6 +356,7 @@ impl Runtime {
             anyhow::anyhow!("{}", missing_export(&exports, PROTOCOL, "every plugin"))
         })?;
         let batch = wit_batch::GuestIndices::new(&pre).ok();
+        let reactor_calls = reactor_calls::GuestIndices::new(&pre).ok();
         let server = server_factory::GuestIndices::new(&pre).ok();
         let client = client_factory::GuestIndices::new(&pre).ok();
         if server.is_none() && client.is_none() {
@@ -358,6 +368,8 @@ impl Runtime {
             pre,
             protocol,
             batch,
+            reactor_calls,
+            time,
             server,
             client,
             clock,

@@ -12,7 +12,10 @@ use wasmtime_wasi::{HostMonotonicClock, HostWallClock, WasiCtxBuilder};
 
 use crate::shutdown::ShutdownSignal;
 
-use super::bindings::{batch as wit_batch, client_factory, protocol, server_factory};
+use super::bindings::{
+    batch as wit_batch, client_factory, protocol, reactor_calls, server_factory,
+};
+use super::clock::{Clock, Timers};
 pub use crate::config::Sharing;
 
 use super::guest::{Guest, GuestFault, SharedGuest, arm, fault};
@@ -31,6 +34,9 @@ pub struct Plugin {
     pub(super) pre: InstancePre<ConnState>,
     pub(super) protocol: protocol::GuestIndices,
     pub(super) batch: Option<wit_batch::GuestIndices>,
+    pub(super) reactor_calls: Option<reactor_calls::GuestIndices>,
+    /// The reactor clock its delayed calls run on.
+    pub(super) time: Clock,
     pub(super) server: Option<server_factory::GuestIndices>,
     pub(super) client: Option<client_factory::GuestIndices>,
     pub(super) clock: bool,
@@ -58,6 +64,8 @@ pub struct PluginOptions {
     /// Capture its guest output here instead of the host's stdout and
     /// stderr (the test transport does).
     pub capture: Option<Arc<std::sync::Mutex<Vec<u8>>>>,
+    /// The reactor clock (a manual one under the test transport).
+    pub time: Clock,
 }
 
 impl std::fmt::Debug for Plugin {
@@ -113,6 +121,17 @@ impl Plugin {
         self.batch.is_some()
     }
 
+    /// Whether the component exports `reactor-calls` (delayed calls and
+    /// the factory hooks).
+    pub fn has_reactor_calls(&self) -> bool {
+        self.reactor_calls.is_some()
+    }
+
+    /// The reactor clock its delayed calls run on.
+    pub fn time(&self) -> &Clock {
+        &self.time
+    }
+
     /// The engine its instances run on.
     pub fn engine(&self) -> &Engine {
         self.pre.engine()
@@ -161,6 +180,8 @@ impl Plugin {
                 exceeded: false,
             },
             transports: Transports::default(),
+            timers: Timers::new(self.time.clone(), self.limits.max_timers),
+            fires_timers: self.reactor_calls.is_some(),
             current: None,
         };
         let mut store = Store::new(self.pre.engine(), state);
@@ -214,13 +235,20 @@ impl Plugin {
                 .as_ref()
                 .map(|i| i.load(&mut store, &instance))
                 .transpose()?;
-            Ok::<_, wasmtime::Error>((api, batch, server, client))
+            let calls = self
+                .reactor_calls
+                .as_ref()
+                .map(|i| i.load(&mut store, &instance))
+                .transpose()?;
+            Ok::<_, wasmtime::Error>((api, batch, server, client, calls))
         })();
-        let (api, batch, server, client) = loaded.map_err(|e| fault(&store, cpu, e))?;
+        let (api, batch, server, client, reactor_calls) =
+            loaded.map_err(|e| fault(&store, cpu, e))?;
         Ok(Guest {
             store,
             api,
             batch,
+            reactor_calls,
             server,
             client,
             poisoned: false,
@@ -241,14 +269,20 @@ impl Plugin {
     }
 
     /// A fresh instance to share among connections (`instance =
-    /// "shared"`); the crate's `shared` module keeps a plugin's pool of
-    /// them.
+    /// "shared"`), its `start-factory` called; the crate's `shared` module
+    /// keeps a plugin's pool of them and drives their delayed calls.
     pub fn new_shared_guest(&self) -> Result<Arc<SharedGuest>, GuestFault> {
-        Ok(Arc::new(SharedGuest {
-            guest: std::sync::Mutex::new(self.new_guest()?),
+        let mut guest = self.new_guest()?;
+        let wake = Arc::new(tokio::sync::Notify::new());
+        guest.store.data_mut().timers.set_wake(wake.clone());
+        let shared = Arc::new(SharedGuest {
+            guest: std::sync::Mutex::new(guest),
             fault: ShutdownSignal::default(),
             plugin: self.name.clone(),
             cpu: self.limits.cpu,
-        }))
+            wake,
+        });
+        shared.factory_hook(true)?;
+        Ok(shared)
     }
 }

@@ -56,7 +56,14 @@ impl Drop for Session {
         // drop the protocol (the guest's destructor runs as a callback, under
         // the CPU budget; skipped if the instance already faulted) and free
         // the transport slot.
-        if !self.is_shared() {
+        if let Home::Own(g) = &mut self.home {
+            // Its factory is done: `stop-factory`, unless it faulted.
+            if !g.poisoned {
+                let (slot, cpu) = (self.slot, self.plugin.limits.cpu);
+                if let Err(f) = g.factory_hook(cpu, Caller::Connection(slot), false) {
+                    tracing::warn!(plugin = %self.plugin.name, fault = %f, "guest faulted in stop-factory");
+                }
+            }
             return;
         }
         // A read still queued for batched delivery is skipped.
@@ -102,6 +109,11 @@ impl Session {
         let home = Home::Own(Box::new(plugin.new_guest()?));
         let mut session = Session::on(plugin, home, None);
         session.permit = Some(permit);
+        // The instance is its own factory: `start-factory` before anything.
+        let (slot, cpu) = (session.slot, plugin.limits.cpu);
+        session
+            .guest()
+            .factory_hook(cpu, Caller::Connection(slot), true)?;
         Ok(session)
     }
 
@@ -194,6 +206,27 @@ impl Session {
         match &self.home {
             Home::Own(_) => None,
             Home::Shared(s) => Some(s.fault.subscribe()),
+        }
+    }
+
+    /// When this connection's own instance has its next delayed call due
+    /// (or a little earlier): the connection's task fires it with
+    /// [`Session::fire_timers`]. None on a shared instance, whose timer
+    /// task fires its calls.
+    pub fn next_timer(&mut self) -> Option<std::time::Instant> {
+        match &self.home {
+            Home::Own(g) => g.next_timer(),
+            Home::Shared(_) => None,
+        }
+    }
+
+    /// Fires the instance's due delayed calls (one pass), each a
+    /// `timer-fired` callback under the CPU budget. Returns how many fired.
+    pub fn fire_timers(&mut self) -> Result<usize, GuestFault> {
+        let (slot, cpu) = (self.slot, self.plugin.limits.cpu);
+        match &mut self.home {
+            Home::Own(g) => g.fire_due(cpu, Caller::Connection(slot)),
+            Home::Shared(s) => s.fire_timers(),
         }
     }
 

@@ -28,6 +28,11 @@ pub struct ConnState {
     /// The transports of every connection this instance serves: one for an
     /// instance per connection, many for a shared instance.
     pub(crate) transports: Transports,
+    /// The instance's delayed calls (`reactor.call-later`).
+    pub(crate) timers: super::clock::Timers,
+    /// Whether the component exports `reactor-calls`, so that a delayed
+    /// call can fire (`call-later` traps otherwise).
+    pub(crate) fires_timers: bool,
     /// Whose callback is running. A write to any other connection's
     /// transport wakes that connection's task; in a batch, so does a write
     /// to a connection without a read in the batch.
@@ -52,6 +57,9 @@ pub(crate) enum Caller {
     /// A batch: the connections with reads in it are settled after the
     /// call.
     Batch,
+    /// A delayed call or a factory hook on a shared instance: no
+    /// connection's task is looking, so every write wakes its connection.
+    Reactor,
 }
 
 /// The host's representation of a guest-held `transport` handle: which

@@ -55,7 +55,7 @@ impl ConnState {
         let settled_after = match current {
             Some(Caller::Connection(slot)) => slot == h.slot,
             Some(Caller::Batch) => t.handoff().queued() > 0,
-            None => false,
+            Some(Caller::Reactor) | None => false,
         };
         if kick && !settled_after {
             t.kick();

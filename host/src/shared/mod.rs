@@ -14,9 +14,11 @@
 //! | this file | [`Instances`], [`SharedPool`]: slots, round robin, live counts |
 //! | [`threads`] | the thread each shared instance lives on, and the guard counting a live connection |
 //! | [`batch`] | batched delivery: a shared instance's queue of reads, one guest call for the reads of a moment |
+//! | `timers` | a shared instance's timer task: its delayed calls, fired on its thread |
 
 pub mod batch;
 pub mod threads;
+mod timers;
 
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex};
@@ -49,7 +51,11 @@ impl Instances {
     pub fn new(plugin: Arc<Plugin>, threads: bool) -> Instances {
         match plugin.sharing() {
             Sharing::PerConnection => Instances::PerConnection(plugin),
-            Sharing::Shared(_) => Instances::Shared(Arc::new(SharedPool::new(plugin, threads))),
+            Sharing::Shared(_) => {
+                let pool = Arc::new(SharedPool::new(plugin, threads));
+                pool.start();
+                Instances::Shared(pool)
+            }
         }
     }
 
@@ -158,12 +164,54 @@ impl SharedPool {
         self.threads.get(i).map(InstanceThread::handle)
     }
 
-    /// Stops the instances' threads: their runtimes cancel what is left on
-    /// them. The reactor calls this once its connections are done.
+    /// With `reactor-calls` exported, makes every instance now, each on its
+    /// thread, so that its `start-factory` can start periodic work before
+    /// any connection (otherwise an instance is made for its first
+    /// connection).
+    fn start(self: &Arc<Self>) {
+        if !self.plugin.has_reactor_calls() {
+            return;
+        }
+        for i in 0..self.slots.len() {
+            let pool = self.clone();
+            let make = move || {
+                if let Err(fault) = pool.instance(i) {
+                    tracing::error!(plugin = %pool.plugin.name, instance = i, %fault, "cannot start a shared instance");
+                }
+            };
+            match (self.thread(i), tokio::runtime::Handle::try_current()) {
+                (Some(thread), _) => drop(thread.spawn(async move { make() })),
+                (None, Ok(rt)) => drop(rt.spawn(async move { make() })),
+                (None, Err(_)) => make(),
+            }
+        }
+    }
+
+    /// The reactor is done: calls every live instance's `stop-factory`,
+    /// then stops the instances' threads (their runtimes cancel what is
+    /// left on them). The reactor calls this once its connections ended.
     pub fn stop(&self) {
+        for slot in &self.slots {
+            let current = lock(&slot.current).clone();
+            if let Some((guest, _)) = current
+                && !guest.is_faulted()
+                && let Err(fault) = guest.factory_hook(false)
+            {
+                tracing::warn!(plugin = %self.plugin.name, %fault, "shared guest faulted in stop-factory");
+            }
+        }
         for t in &self.threads {
             t.stop();
         }
+    }
+
+    /// Every live instance (for the test transport's clock).
+    pub(crate) fn live_instances(&self) -> Vec<Arc<SharedGuest>> {
+        self.slots
+            .iter()
+            .filter_map(|s| lock(&s.current).as_ref().map(|(g, _)| g.clone()))
+            .filter(|g| !g.is_faulted())
+            .collect()
     }
 
     /// Picks the shared instance for a connection accepted on instance
@@ -213,6 +261,13 @@ impl SharedPool {
             return Ok((guest.clone(), queue.clone()));
         }
         let guest = self.plugin.new_shared_guest()?;
+        if self.plugin.has_reactor_calls()
+            && let Ok(rt) = tokio::runtime::Handle::try_current()
+        {
+            // On the instance's thread when a listener's connection (or
+            // `start`) made it there.
+            rt.spawn(timers::run(Arc::downgrade(&guest)));
+        }
         let queue = self
             .plugin
             .has_batch()

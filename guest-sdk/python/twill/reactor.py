@@ -1,0 +1,230 @@
+"""Reactor time: Twisted's ``reactor.seconds()`` and ``reactor.callLater``
+(:func:`seconds`, :func:`call_later`, :class:`DelayedCall`),
+``task.LoopingCall`` (:class:`LoopingCall`) and ``policies.TimeoutMixin``
+(:class:`TimeoutMixin`).
+
+A delayed call runs on the instance that scheduled it, never while another
+of its callbacks runs, under the same CPU budget as any callback. On an
+instance of its own (one per connection, the default) calls die with the
+connection; on a shared instance they live as long as the instance.
+
+Example::
+
+    from twill import Protocol
+    from twill.reactor import TimeoutMixin, call_later
+
+    class Greeter(Protocol, TimeoutMixin):
+        def connection_made(self):
+            call_later(0.1, self.transport.write, b"hello\\n")
+            self.set_timeout(30)        # drop the client after 30 s of silence
+
+        def data_received(self, data):
+            self.reset_timeout()
+"""
+
+__all__ = [
+    "AlreadyCalled",
+    "AlreadyCancelled",
+    "DelayedCall",
+    "LoopingCall",
+    "TimeoutMixin",
+    "call_later",
+    "seconds",
+]
+
+import math
+
+_host = None
+
+
+def _reactor():
+    """The imported ``twill:protocol/reactor`` (componentize-py's bindings;
+    the unit tests put a fake in its place)."""
+    global _host
+    if _host is None:
+        from wit_world.imports import reactor
+
+        _host = reactor
+    return _host
+
+
+class AlreadyCalled(Exception):
+    """The delayed call already ran: Twisted's ``AlreadyCalled``."""
+
+
+class AlreadyCancelled(Exception):
+    """The delayed call was cancelled: Twisted's ``AlreadyCancelled``."""
+
+
+# The calls not yet run, by token: (function, args, kwargs, DelayedCall).
+_calls = {}
+_next_token = [1]
+
+
+def seconds():
+    """The reactor's time, in seconds: Twisted's ``reactor.seconds()``.
+
+    Monotonic and only meaningful in differences; under the host's test
+    transport a deterministic clock that moves only when the test advances
+    it.
+    """
+    return _reactor().seconds()
+
+
+def call_later(delay, f, *args, **kwargs):
+    """Call ``f(*args, **kwargs)`` once, ``delay`` seconds from now:
+    Twisted's ``reactor.callLater``. Returns the :class:`DelayedCall`.
+
+    Dropping the returned object does not cancel the call. A negative
+    delay is an error, as in Twisted; the instance may have at most its
+    plugin's ``max-timers`` active calls.
+    """
+    if not delay >= 0:
+        raise ValueError("call_later: delay must be >= 0, got %r" % (delay,))
+    token = _next_token[0]
+    _next_token[0] += 1
+    call = DelayedCall(token)
+    _calls[token] = (f, args, kwargs, call)
+    call._raw = _reactor().call_later(float(delay), token)
+    return call
+
+
+def _fire(token):
+    """Runs the call ``token`` stands for (the host's ``timer-fired``)."""
+    entry = _calls.pop(token, None)
+    if entry is not None:
+        f, args, kwargs, call = entry
+        call.called = True
+        f(*args, **kwargs)
+
+
+class DelayedCall:
+    """A call scheduled by :func:`call_later`: Twisted's ``IDelayedCall``."""
+
+    def __init__(self, token):
+        self._token = token
+        self._raw = None
+        #: True once it ran.
+        self.called = False
+        #: True once it was cancelled.
+        self.cancelled = False
+
+    def get_time(self):
+        """When it is (or was) due, in :func:`seconds`: ``getTime``."""
+        return self._raw.get_time()
+
+    def active(self):
+        """Whether it neither ran nor was cancelled: ``active``."""
+        return not (self.called or self.cancelled)
+
+    def _check(self):
+        if self.called:
+            raise AlreadyCalled()
+        if self.cancelled:
+            raise AlreadyCancelled()
+
+    def cancel(self):
+        """Cancel it: ``cancel``. Raises :class:`AlreadyCalled` or
+        :class:`AlreadyCancelled` if it is no longer active."""
+        self._check()
+        self._raw.cancel()
+        self.cancelled = True
+        _calls.pop(self._token, None)
+
+    def reset(self, seconds_from_now):
+        """Make it due ``seconds_from_now`` from now instead: ``reset``."""
+        self._check()
+        self._raw.reset(float(seconds_from_now))
+
+    def delay(self, seconds_later):
+        """Make it due ``seconds_later`` later than it was: ``delay``."""
+        self._check()
+        self._raw.delay(float(seconds_later))
+
+
+class LoopingCall:
+    """Call ``f(*args, **kwargs)`` every ``interval`` seconds: Twisted's
+    ``task.LoopingCall``.
+
+    A tick that comes late (the instance was busy) runs once, and the next
+    is scheduled on the original grid: missed ticks are skipped, as Twisted
+    does.
+    """
+
+    def __init__(self, f, *args, **kwargs):
+        self.f, self.args, self.kwargs = f, args, kwargs
+        self.running = False
+        self.interval = None
+        self.call = None
+        self._start_time = None
+
+    def start(self, interval, now=True):
+        """Start calling every ``interval`` seconds, first at once if
+        ``now`` (else after one interval)."""
+        if not interval > 0:
+            raise ValueError("LoopingCall: interval must be > 0")
+        if self.running:
+            raise RuntimeError("LoopingCall: already running")
+        self.running = True
+        self.interval = interval
+        self._start_time = seconds()
+        if now:
+            self()
+        else:
+            self._schedule(seconds())
+
+    def stop(self):
+        """Stop it: Twisted's ``stop``."""
+        if not self.running:
+            raise RuntimeError("LoopingCall: not running")
+        self.running = False
+        if self.call is not None:
+            call, self.call = self.call, None
+            call.cancel()
+
+    def __call__(self):
+        self.call = None
+        self.f(*self.args, **self.kwargs)
+        if self.running:
+            self._schedule(seconds())
+
+    def _schedule(self, now):
+        # Twisted's _scheduleFrom: the next point of the grid after now.
+        ticks = math.floor((now - self._start_time) / self.interval) + 1
+        due = self._start_time + ticks * self.interval
+        self.call = call_later(max(0.0, due - now), self)
+
+
+class TimeoutMixin:
+    """Close a connection after a period without activity: Twisted's
+    ``policies.TimeoutMixin``. Mix it into a :class:`~twill.Protocol`;
+    call :meth:`reset_timeout` on activity."""
+
+    timeOut = None
+    _timeout_call = None
+
+    def set_timeout(self, period):
+        """Set (or with None, cancel) the timeout, counting from now.
+        Returns the previous period."""
+        prev, self.timeOut = self.timeOut, period
+        if self._timeout_call is not None:
+            if self._timeout_call.active():
+                self._timeout_call.cancel()
+            self._timeout_call = None
+        if period is not None:
+            self._timeout_call = call_later(period, self.__timed_out)
+        return prev
+
+    def reset_timeout(self):
+        """Activity: the period starts over (``resetTimeout``)."""
+        if self.timeOut is not None and self._timeout_call is not None and self._timeout_call.active():
+            self._timeout_call.reset(self.timeOut)
+
+    def timeout_connection(self):
+        """The period passed: by default, lose the connection
+        (``timeoutConnection``)."""
+        self.transport.lose_connection()
+
+    def __timed_out(self):
+        self._timeout_call = None
+        self.timeout_connection()
