@@ -7,7 +7,8 @@
 #   scripts/build-polyglot-guests.sh python          # or: js
 #
 # Output: $TWILL_POLYGLOT_OUT (default $CARGO_TARGET_DIR/polyglot, i.e.
-# /var/tmp/twill-target/polyglot): python-echo.wasm, js-echo.wasm.
+# /var/tmp/twill-target/polyglot): python-echo.wasm, js-echo.wasm, and the
+# reactor-time guests python-clock.wasm, js-clock.wasm.
 #
 # Tools, installed on first use (only from PyPI and npm):
 # - componentize-py $COMPONENTIZE_PY_VERSION, in a venv at $TWILL_POLYGLOT_VENV
@@ -78,6 +79,10 @@ build_python() {
     -p guest-sdk/python -p guests/python-echo echo -o "$OUT/python-echo.wasm" >/dev/null
   echo "   built in $((SECONDS - t0)) s"
   report "$OUT/python-echo.wasm"
+  step "componentize-py: guests/python-clock/clock.py -> $OUT/python-clock.wasm"
+  "$VENV/bin/componentize-py" -d wit -w peer componentize \
+    -p guest-sdk/python -p guests/python-clock clock -o "$OUT/python-clock.wasm" >/dev/null
+  report "$OUT/python-clock.wasm"
 }
 
 build_js() {
@@ -85,6 +90,9 @@ build_js() {
   step "componentize-js: guests/js-echo/echo.js -> $OUT/js-echo.wasm"
   node guest-sdk/js/build.mjs guests/js-echo/echo.js -o "$OUT/js-echo.wasm" | sed 's/^/   /'
   report "$OUT/js-echo.wasm"
+  step "componentize-js: guests/js-clock/clock.js -> $OUT/js-clock.wasm"
+  node guest-sdk/js/build.mjs guests/js-clock/clock.js -o "$OUT/js-clock.wasm" | sed 's/^/   /'
+  report "$OUT/js-clock.wasm"
 }
 
 case $WHICH in

@@ -81,8 +81,8 @@ step "warm the compile cache"
 # all compile at once).
 warm=$(mktemp -d)
 for lang in "${LANGS[@]}"; do
-  printf '[plugins.%s]\ncomponent = "%s/%s-echo.wasm"\nmemory = "%s"\n\n[[listen]]\nport = 0\nplugin = "%s"\n' \
-    "$lang" "$OUT" "$lang" "$(memory_for "$lang")" "$lang" >"$warm/$lang.toml"
+  printf '[plugins.%s]\ncomponent = "%s/%s-echo.wasm"\nmemory = "%s"\n\n[plugins.%sclock]\ncomponent = "%s/%s-clock.wasm"\nmemory = "%s"\n\n[[listen]]\nport = 0\nplugin = "%s"\n' \
+    "$lang" "$OUT" "$lang" "$(memory_for "$lang")" "$lang" "$OUT" "$lang" "$(memory_for "$lang")" "$lang" >"$warm/$lang.toml"
 done
 bins=()
 [[ -n ${TWILL_WARM_BIN:-} ]] && bins+=("$TWILL_WARM_BIN")
@@ -153,6 +153,8 @@ for lang in "${LANGS[@]}"; do
   run "$lang" sockets "${SOCKET_TESTS[@]}"
   run "$lang" cli "${CLI_TESTS[@]}"
   run "$lang" shared "${SHARED_TESTS[@]}"
+  step "$lang clock: reactor time over real sockets"
+  TWILL_CLOCK_WASM=$OUT/$lang-clock.wasm run "$lang" timers delayed_calls_fire_on_time_over_real_sockets_in_both_modes
 done
 
 step "summary"

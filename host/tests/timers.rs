@@ -232,10 +232,18 @@ fn shared() -> &'static str {
     "instance = \"shared\"\nshared-instances = 1"
 }
 
+/// The component for the real-socket timer test: the test kit, or with
+/// `TWILL_CLOCK_WASM` the Python or JavaScript clock guest (which answer
+/// the same commands; scripts/test-polyglot.sh sets it, and the memory).
+fn clock_wasm() -> std::path::PathBuf {
+    std::env::var_os("TWILL_CLOCK_WASM").map_or_else(testkit_wasm, Into::into)
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn delayed_calls_fire_on_time_over_real_sockets_in_both_modes() {
     for extra in ["", shared()] {
-        let server = start(&server_config(&testkit_wasm(), extra)).await;
+        let extra = format!("{}{extra}", support::memory_line());
+        let server = start(&server_config(&clock_wasm(), &extra)).await;
         let mut k = Kit::connect(server.addr()).await;
         let t0 = Instant::now();
         k.send("later 100 hello").await;

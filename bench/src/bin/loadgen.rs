@@ -7,7 +7,8 @@
 //! - `connrate`: N workers each loop connect, one S-byte echo, close, for D
 //!   seconds. Reports connections per second.
 //! - `idle`: open N connections, one echo each, hold them, print the server's
-//!   RSS (from /proc/PID/status) before and after, then close.
+//!   RSS (from /proc/PID/status) before and after and, with `--hold`, its
+//!   CPU while they sit idle; then close.
 //!
 //! Output is one line of `key=value` pairs so scripts can parse it.
 
@@ -55,6 +56,24 @@ struct Args {
     /// Loadgen worker threads.
     #[arg(long, default_value_t = 1)]
     threads: usize,
+}
+
+/// The process's user + system CPU time, in seconds.
+fn cpu_secs(pid: u32) -> f64 {
+    let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).unwrap_or_default();
+    let fields: Vec<&str> = stat
+        .rsplit_once(')')
+        .map(|(_, rest)| rest.split_whitespace().collect())
+        .unwrap_or_default();
+    let ticks = |i: usize| {
+        fields
+            .get(i)
+            .and_then(|f| f.parse::<u64>().ok())
+            .unwrap_or(0)
+    };
+    // SAFETY: sysconf has no preconditions.
+    let hz = unsafe { libc::sysconf(libc::_SC_CLK_TCK) }.max(1) as f64;
+    (ticks(11) + ticks(12)) as f64 / hz
 }
 
 fn rss_kib(pid: u32) -> u64 {
@@ -261,11 +280,20 @@ async fn idle(args: &Args) -> anyhow::Result<()> {
     tokio::time::sleep(Duration::from_millis(500)).await;
     let after = pid.map(rss_kib).unwrap_or(0);
     let per_conn = after.saturating_sub(before) as f64 / args.conns as f64;
+    // With --hold: the server's CPU while every connection sits idle, as a
+    // percentage of one core.
+    let cpu0 = pid.map(cpu_secs).unwrap_or(0.0);
+    let held_for = Instant::now();
+    tokio::time::sleep(Duration::from_secs_f64(args.hold)).await;
+    let hold_cpu_pct = if args.hold > 0.0 {
+        (pid.map(cpu_secs).unwrap_or(0.0) - cpu0) * 100.0 / held_for.elapsed().as_secs_f64()
+    } else {
+        0.0
+    };
     println!(
-        "mode=idle conns={} rss_before_kib={before} rss_after_kib={after} kib_per_conn={per_conn:.2} setup_secs={setup:.3}",
+        "mode=idle conns={} rss_before_kib={before} rss_after_kib={after} kib_per_conn={per_conn:.2} setup_secs={setup:.3} hold_cpu_pct={hold_cpu_pct:.3}",
         args.conns
     );
-    tokio::time::sleep(Duration::from_secs_f64(args.hold)).await;
     drop(held);
     Ok(())
 }
