@@ -51,7 +51,7 @@ SERVERS = {
 
 def config(tmp, name, component, listen_extra, port, kit_port=None):
     text = (
-        f'[plugins.p]\ncomponent = "{component}"\ninstance = "shared"\nshared-instances = 1\n\n'
+        f'[plugins.p]\ncomponent = "{component}"\ninstance = "shared"\nshared-instances = 1\nmax-timers = 20000\n\n'
         f"[[listen]]\nport = {port}\nplugin = \"p\"\nmax-connections = 12000\nbacklog = 4096\n{listen_extra}\n"
     )
     if kit_port:

@@ -360,3 +360,24 @@ async fn components_built_before_the_reactor_interface_keep_working() {
         }
     }
 }
+
+/// The handle of an active call is bounded by `max-timers`, not by
+/// `max-resources`: a shared instance whose every connection keeps a
+/// timeout serves more connections than `max-resources` (a bench with
+/// 10,000 such connections found the instance faulting at the 1,001st).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_timeout_per_connection_on_a_shared_instance_is_not_capped_by_max_resources() {
+    let extra = format!("{}\nmax-resources = 16\nmax-timers = 100", shared());
+    let server = start(&server_config(&testkit_wasm(), &extra)).await;
+    let mut conns = Vec::new();
+    for i in 0..40 {
+        let mut k = Kit::connect(server.addr()).await;
+        k.send("timeout 60000").await;
+        assert_eq!(k.ask(&format!("echo {i}")).await, format!("{i}\n"));
+        conns.push(k);
+    }
+    let mut last = Kit::connect(server.addr()).await;
+    let f = last.ask("factory").await;
+    assert!(f.starts_with("started=1 "), "the same instance: {f}");
+    server.shutdown().await;
+}

@@ -28,10 +28,17 @@ use wasmtime_wasi::{WasiCtx, WasiCtxBuilder, WasiCtxView, WasiView};
 wasmtime::component::bindgen!({
     world: "server",
     path: "../wit",
-    with: { "twill:protocol/transport.transport": Conn },
+    with: {
+        "twill:protocol/transport.transport": Conn,
+        "twill:protocol/reactor.delayed-call": Timer,
+    },
 });
 
-use self::twill::protocol::{transport, types};
+use self::twill::protocol::{reactor, transport, types};
+
+/// The host side of a delayed call. Unused: the echo schedules none, and
+/// the floor keeps no time.
+pub struct Timer;
 
 /// The host side of a guest's transport handle. Unused: every write of a
 /// callback is for the connection whose callback runs.
@@ -53,6 +60,37 @@ impl WasiView for State {
 }
 
 impl types::Host for State {}
+
+/// The floor keeps no time: the echo it serves never asks.
+impl reactor::Host for State {
+    fn seconds(&mut self) -> f64 {
+        0.0
+    }
+    fn call_later(&mut self, _: f64, _: u64) -> Resource<Timer> {
+        unreachable!("the floor's echo schedules no calls")
+    }
+}
+
+impl reactor::HostDelayedCall for State {
+    fn get_time(&mut self, _: Resource<Timer>) -> f64 {
+        0.0
+    }
+    fn cancel(&mut self, _: Resource<Timer>) -> bool {
+        false
+    }
+    fn reset(&mut self, _: Resource<Timer>, _: f64) -> bool {
+        false
+    }
+    fn delay(&mut self, _: Resource<Timer>, _: f64) -> bool {
+        false
+    }
+    fn active(&mut self, _: Resource<Timer>) -> bool {
+        false
+    }
+    fn drop(&mut self, _: Resource<Timer>) -> wasmtime::Result<()> {
+        Ok(())
+    }
+}
 impl transport::Host for State {}
 impl transport::HostTransport for State {
     fn write(&mut self, _: Resource<Conn>, data: Vec<u8>) {

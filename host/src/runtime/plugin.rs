@@ -182,6 +182,7 @@ impl Plugin {
             transports: Transports::default(),
             timers: Timers::new(self.time.clone(), self.limits.max_timers),
             fires_timers: self.reactor_calls.is_some(),
+            max_resources: self.limits.max_resources,
             current: None,
         };
         let mut store = Store::new(self.pre.engine(), state);

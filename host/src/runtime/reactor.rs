@@ -35,6 +35,9 @@ impl reactor::Host for ConnState {
             .timers
             .call_later(delay, token)
             .map_err(|e: TimerError| wasmtime::format_err!("{e}"))?;
+        // The handle of an active call is bounded by max-timers, not by
+        // max-resources.
+        self.size_table();
         match self.table.push(handle) {
             Ok(r) => Ok(r),
             Err(e) => {

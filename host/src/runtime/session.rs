@@ -142,12 +142,10 @@ impl Session {
             cell: cell.clone(),
             permit: None,
         };
-        let max_resources = plugin.limits.max_resources;
         let mut g = session.guest();
         let data = g.store.data_mut();
         let (slot, generation) = data.transports.insert(cell);
-        let live = data.transports.live();
-        data.table.set_max_capacity(max_resources + live);
+        data.size_table();
         drop(g);
         (session.slot, session.generation) = (slot, generation);
         session

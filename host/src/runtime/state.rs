@@ -33,10 +33,23 @@ pub struct ConnState {
     /// Whether the component exports `reactor-calls`, so that a delayed
     /// call can fire (`call-later` traps otherwise).
     pub(crate) fires_timers: bool,
+    /// The plugin's `max-resources`: the table holds that many besides one
+    /// entry per live transport and per active delayed call (those are
+    /// bounded by the connections and by `max-timers`).
+    pub(crate) max_resources: usize,
     /// Whose callback is running. A write to any other connection's
     /// transport wakes that connection's task; in a batch, so does a write
     /// to a connection without a read in the batch.
     pub(crate) current: Option<Caller>,
+}
+
+impl ConnState {
+    /// Sizes the resource table: `max-resources`, plus one entry per live
+    /// transport and per active delayed call.
+    pub(crate) fn size_table(&mut self) {
+        let cap = self.max_resources + self.transports.live() + self.timers.active();
+        self.table.set_max_capacity(cap);
+    }
 }
 
 impl WasiView for ConnState {
