@@ -203,15 +203,28 @@ def main():
     med = statistics.median
     lines = [
         f"Medians of {a.rounds} rounds, {a.duration:.0f} s of ping-pong per server per round, servers alternated; "
-        "one shared instance each, default threading. Ratios are of the medians.\n",
+        "one shared instance each, default threading. Ratios are medians of the per-round ratios.\n",
         "| metric | plain echo | `idle-timeout = \"30s\"` | guest `Timeout` (30 s, reset per read) | idle-timeout / plain | guest Timeout / plain |",
         "|---|---:|---:|---:|---:|---:|",
     ]
+    names = list(SERVERS)
     for metric in ["pingpong rt/s", "pingpong cpu µs/rt", "idle KiB/conn", "idle CPU %core"]:
-        vals = [med(results[(n, metric)]) for n in SERVERS]
-        ratios = [f"{v / vals[0]:.2f}×" if vals[0] else "–" for v in vals[1:]]
+        vals = [med(results[(n, metric)]) for n in names]
+        # Paired by round, as bench/run.py does: each round ran the three
+        # servers back to back.
+        base = results[(names[0], metric)]
+        ratios = []
+        for n in names[1:]:
+            rs = [x / y for x, y in zip(results[(n, metric)], base) if y]
+            ratios.append(f"{med(rs):.2f}×" if rs else "–")
         lines.append(f"| {metric} | " + " | ".join(f"{v:.2f}" for v in vals) + " | " + " | ".join(ratios) + " |")
+    extra = [med([x - y for x, y in zip(results[(n, "idle KiB/conn")], results[(names[0], "idle KiB/conn")])]) for n in names[1:]]
     lines.append("")
+    lines.append(
+        "Idle memory over the plain echo, per connection (median of the per-round differences): "
+        + ", ".join(f"{n} {d:+.2f} KiB" for n, d in zip(names[1:], extra))
+        + ".\n"
+    )
     idle, loaded = results[("timer", "idle")], results[("timer", "under load")]
     lines.append("`call_later(100 ms)`, request to reply (ms), on a second listener of the same process:\n")
     lines.append("| | samples | p50 | p99 | max |")

@@ -39,8 +39,8 @@ use std::fmt;
 use std::rc::{Rc, Weak};
 use std::time::Duration;
 
-use crate::Transport;
 use crate::__bindings::twill::protocol::reactor as wit_reactor;
+use crate::Transport;
 
 /// Where a delayed call is in its life.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -74,9 +74,12 @@ impl std::error::Error for AlreadyDone {}
 
 type Callback = Box<dyn FnOnce()>;
 
+/// A call not yet run: its closure, and the state its handles see.
+type Pending = (Callback, Rc<Cell<State>>);
+
 thread_local! {
     /// The closures of the calls not yet run, by token.
-    static CALLS: RefCell<HashMap<u64, (Callback, Rc<Cell<State>>)>> = RefCell::new(HashMap::new());
+    static CALLS: RefCell<HashMap<u64, Pending>> = RefCell::new(HashMap::new());
     static NEXT_TOKEN: Cell<u64> = const { Cell::new(1) };
 }
 

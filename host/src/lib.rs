@@ -14,11 +14,12 @@
 //! | [`config`] | `plugins.toml`: the schema and its defaults, every error at once with file:line:col: key (a parse function per table over a small checker) |
 //! | [`reactor`] | start-up, each plugin's [`shared::Instances`], the shutdown broadcast, "done when idle" |
 //! | [`listener`] | the accept loops: connection cap, EMFILE back-off, spreading connections over shared instances |
-//! | [`connector`] | client connections: resolve, connect with timeout, client-factory callbacks |
-//! | [`connection`] | the per-socket driver: reads, writes, closes, backpressure |
+//! | [`connector`] | client connections: resolve, connect with timeout, client-factory callbacks; `reconnect` (Twisted's `ReconnectingClientFactory`) |
+//! | [`connection`] | the per-socket driver: reads, writes, closes, backpressure, `idle-timeout`, an own instance's delayed calls |
 //! | [`shared`] | a shared plugin's pool: its instances, their threads, live counts, batch queues and counters |
 //! | [`shared::threads`] | the thread each shared instance and its connections live on |
 //! | [`shared::batch`] | batched delivery: several connections' reads in one guest call on a shared instance |
+//! | `shared::timers` | a shared instance's timer task: its delayed calls, fired on its thread |
 //! | [`shutdown`] | the shutdown signal (and a shared instance's fault signal), task tracking |
 //! | [`runtime`] | wasmtime only, no I/O: the engine and linker, loading and checking components |
 //! | [`runtime::plugin`] | a loaded plugin, immutable once built; it makes instances |
@@ -29,6 +30,8 @@
 //! | [`runtime::state`] | Store data: the transport slab, each connection's `TransportState` and its hand-off |
 //! | [`runtime::outbuf`] | a connection's unsent output, and the host-wide ceiling on it |
 //! | [`runtime::transport`] | host side of the `transport` resource (no I/O) |
+//! | [`runtime::clock`] | reactor time: the clock (real or a test's) and an instance's delayed calls, in due order |
+//! | [`runtime::reactor`] | host side of the `reactor` interface: `seconds`, `call-later`, `delayed-call` |
 //! | [`runtime::limits`] | memory, CPU, backpressure, resource limits; the pooling allocator |
 //! | [`runtime::pool`] | the instance pool's size (address space, `vm.max_map_count`) and each plugin's cap |
 //! | [`runtime::output`] | guest stdout/stderr, attributed to the plugin, control characters escaped |

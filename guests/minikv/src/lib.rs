@@ -73,9 +73,12 @@ impl Reply {
     }
 }
 
+/// A parsed request: its arguments, and how many bytes it took.
+type Request = (Vec<Vec<u8>>, usize);
+
 /// Parses one request from the front of `buf`: its arguments and length,
 /// `Ok(None)` if incomplete, an error for a malformed one.
-fn parse(buf: &[u8]) -> Result<Option<(Vec<Vec<u8>>, usize)>, String> {
+fn parse(buf: &[u8]) -> Result<Option<Request>, String> {
     let line = |from: usize| -> Option<(usize, usize)> {
         let end = buf[from..].windows(2).position(|w| w == b"\r\n")?;
         Some((from + end, from + end + 2))
@@ -140,18 +143,27 @@ fn command(args: &[Vec<u8>]) -> Reply {
         return Reply::Err("ERR empty command".into());
     };
     let name = name.to_ascii_uppercase();
-    let wrong = || Reply::Err(format!("ERR wrong number of arguments for '{}' command", String::from_utf8_lossy(&name).to_lowercase()));
+    let wrong = || {
+        Reply::Err(format!(
+            "ERR wrong number of arguments for '{}' command",
+            String::from_utf8_lossy(&name).to_lowercase()
+        ))
+    };
     match (&name[..], args.len()) {
         (b"PING", 1) => Reply::Simple(b"PONG".to_vec()),
         (b"PING", 2) => Reply::Bulk(Some(args[1].clone())),
-        (b"GET", 2) => KEYS.with(|m| Reply::Bulk(m.borrow().get(&args[1]).map(|e| e.value.clone()))),
+        (b"GET", 2) => {
+            KEYS.with(|m| Reply::Bulk(m.borrow().get(&args[1]).map(|e| e.value.clone())))
+        }
         (b"SET", 3 | 5) => {
             let ttl = if args.len() == 5 {
                 let unit = args[3].to_ascii_uppercase();
                 match (&unit[..], int_arg(&args[4])) {
                     (b"EX", Some(n)) if n > 0 => Some(Duration::from_secs(n as u64)),
                     (b"PX", Some(n)) if n > 0 => Some(Duration::from_millis(n as u64)),
-                    (b"EX" | b"PX", _) => return Reply::Err("ERR invalid expire time in 'set' command".into()),
+                    (b"EX" | b"PX", _) => {
+                        return Reply::Err("ERR invalid expire time in 'set' command".into());
+                    }
                     _ => return Reply::Err("ERR syntax error".into()),
                 }
             } else {
@@ -159,7 +171,13 @@ fn command(args: &[Vec<u8>]) -> Reply {
             };
             let expiry = ttl.map(|d| expire_in(&args[1], d));
             KEYS.with(|m| {
-                if let Some(old) = m.borrow_mut().insert(args[1].clone(), Entry { value: args[2].clone(), expiry }) {
+                if let Some(old) = m.borrow_mut().insert(
+                    args[1].clone(),
+                    Entry {
+                        value: args[2].clone(),
+                        expiry,
+                    },
+                ) {
                     forget(&old);
                 }
             });
@@ -167,7 +185,11 @@ fn command(args: &[Vec<u8>]) -> Reply {
         }
         (b"DEL", n) if n >= 2 => KEYS.with(|m| {
             let mut m = m.borrow_mut();
-            let gone = args[1..].iter().filter_map(|k| m.remove(k)).inspect(forget).count();
+            let gone = args[1..]
+                .iter()
+                .filter_map(|k| m.remove(k))
+                .inspect(forget)
+                .count();
             Reply::Int(gone as i64)
         }),
         (b"EXISTS", n) if n >= 2 => KEYS.with(|m| {
@@ -180,7 +202,9 @@ fn command(args: &[Vec<u8>]) -> Reply {
             };
             KEYS.with(|m| {
                 let mut m = m.borrow_mut();
-                let Some(e) = m.get_mut(&args[1]) else { return Reply::Int(0) };
+                let Some(e) = m.get_mut(&args[1]) else {
+                    return Reply::Int(0);
+                };
                 if secs <= 0 {
                     let e = m.remove(&args[1]).expect("present");
                     forget(&e);
@@ -198,11 +222,16 @@ fn command(args: &[Vec<u8>]) -> Reply {
             Reply::Int(match m.borrow().get(&args[1]) {
                 None => -2,
                 Some(Entry { expiry: None, .. }) => -1,
-                Some(Entry { expiry: Some(c), .. }) => (c.get_time() - seconds()).round().max(0.0) as i64,
+                Some(Entry {
+                    expiry: Some(c), ..
+                }) => (c.get_time() - seconds()).round().max(0.0) as i64,
             })
         }),
         (b"PING" | b"GET" | b"SET" | b"DEL" | b"EXISTS" | b"EXPIRE" | b"TTL", _) => wrong(),
-        _ => Reply::Err(format!("ERR unknown command '{}'", String::from_utf8_lossy(&args[0]))),
+        _ => Reply::Err(format!(
+            "ERR unknown command '{}'",
+            String::from_utf8_lossy(&args[0])
+        )),
     }
 }
 

@@ -314,8 +314,14 @@ impl Kit {
                 self.pending = Some(call_later(ms(delay), move || me.write(text.as_bytes())));
             }
             "cancel" => done(t, self.pending.as_ref().map_or(Ok(()), DelayedCall::cancel)),
-            "reset" => done(t, self.pending.as_ref().map_or(Ok(()), |c| c.reset(ms(rest)))),
-            "delay" => done(t, self.pending.as_ref().map_or(Ok(()), |c| c.delay(ms(rest)))),
+            "reset" => done(
+                t,
+                self.pending.as_ref().map_or(Ok(()), |c| c.reset(ms(rest))),
+            ),
+            "delay" => done(
+                t,
+                self.pending.as_ref().map_or(Ok(()), |c| c.delay(ms(rest))),
+            ),
             "active" => {
                 let a = self.pending.as_ref().is_some_and(DelayedCall::active);
                 t.write(format!("active={a}\n").as_bytes());

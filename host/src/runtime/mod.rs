@@ -15,6 +15,7 @@
 //! | [`pool`] | the instance pool's size and each plugin's cap |
 //! | [`state`], [`outbuf`] | Store data: the transport slab, each connection's transport state and hand-off; unsent output and its host-wide ceiling |
 //! | [`bindings`], [`wasi`], [`transport`], [`limits`], [`output`] | the WIT bindings, WASI, the transport's host side, limits, guest output |
+//! | [`clock`], [`reactor`] | reactor time: the clock and an instance's delayed calls; the `reactor` interface's host side |
 //!
 //! # Choices, and why
 //!
