@@ -127,7 +127,7 @@ impl SharedGuest {
         super::state::lock(&self.guest).next_timer()
     }
 
-    /// Fires its due delayed calls (one pass, see [`Guest::fire_due`]).
+    /// Fires its due delayed calls (one pass, as `Guest::fire_due` does).
     /// A fault poisons the instance and aborts its connections.
     pub fn fire_timers(&self) -> Result<usize, GuestFault> {
         let r = super::state::lock(&self.guest).fire_due(self.cpu, Caller::Reactor);
