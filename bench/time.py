@@ -13,7 +13,12 @@ bench/run.py, servers alternated in every round:
 3. Timer accuracy under that load: `call_later(100 ms)` (the test kit's
    `later 100 x`, on another listener of the same process) from request to
    reply, while loadgen drives the timeout echo; and without load.
-4. A reconnecting client (`[[connect]] reconnect = true`, the seed's echo
+4. On instances of their own (one per connection): what the factory hooks
+   cost, `start-factory` before each connection and `stop-factory` after
+   it. The echo built before `reactor-calls` existed (the fixture
+   host/tests/configs/echo-before-reactor.wasm) against today's, which
+   exports it: connect-echo-close and ping-pong, CPU per operation.
+5. A reconnecting client (`[[connect]] reconnect = true`, the seed's echo
    client) against a server restarted 10 times: whether every restart is
    reconnected, and how long after each restart.
 
@@ -40,6 +45,10 @@ TWILL = str(TARGET / "release" / "twill")
 ECHO = ROOT / "guest-echo" / "echo.wasm"
 TESTKIT = ROOT / "guests" / "testkit" / "testkit.wasm"
 TIMEOUT_ECHO = TARGET / "guests" / "wasm32-wasip2" / "release" / "timeout_echo.wasm"
+
+OLD_ECHO = ROOT / "host" / "tests" / "configs" / "echo-before-reactor.wasm"
+# Instances of their own: the echo without the hooks, and with them.
+OWN = {"own-old": OLD_ECHO, "own-hooks": ECHO}
 
 SERVERS = {
     # name: (component, extra [[listen]] keys)
@@ -96,6 +105,27 @@ def load(tmp, name, duration, results):
         r = bench.loadgen(["--addr", addr, "--mode", "idle", "-c", "10000", "-s", "64", "--server-pid", str(proc.pid), "--hold", "10"])
         results.setdefault((name, "idle KiB/conn"), []).append(float(r["kib_per_conn"]))
         results.setdefault((name, "idle CPU %core"), []).append(float(r["hold_cpu_pct"]))
+    finally:
+        stop(proc)
+
+
+def own(tmp, name, duration, results):
+    port = 9320
+    cfg = Path(tmp) / f"{name}.toml"
+    cfg.write_text(
+        f'[plugins.p]\ncomponent = "{OWN[name]}"\n\n[[listen]]\nport = {port}\nplugin = "p"\nmax-connections = 12000\nbacklog = 4096\n'
+    )
+    proc = start(cfg, port)
+    try:
+        addr = f"127.0.0.1:{port}"
+        bench.loadgen(["--addr", addr, "--mode", "pingpong", "-c", "100", "-s", "64", "-d", "1"])
+        for scen, args in [("connrate cpu µs/conn", ["--mode", "connrate", "-c", "50", "-s", "64"]),
+                           ("pingpong cpu µs/rt", ["--mode", "pingpong", "-c", "100", "-s", "64"])]:
+            c0 = bench.cpu_secs(proc.pid)
+            r = bench.loadgen(["--addr", addr, "-d", str(duration), *args])
+            c1 = bench.cpu_secs(proc.pid)
+            results.setdefault((name, scen), []).append((c1 - c0) * 1e6 / max(int(r["ops"]), 1))
+            time.sleep(0.5)
     finally:
         stop(proc)
 
@@ -196,6 +226,9 @@ def main():
             for name in SERVERS:
                 print(f"round {rnd + 1}/{a.rounds}: {name}", file=sys.stderr, flush=True)
                 load(tmp, name, a.duration, results)
+            for name in OWN:
+                print(f"round {rnd + 1}/{a.rounds}: {name}", file=sys.stderr, flush=True)
+                own(tmp, name, a.duration, results)
         print("timer accuracy", file=sys.stderr, flush=True)
         accuracy(tmp, max(a.duration * 2, 8.0), results)
         print("reconnect", file=sys.stderr, flush=True)
@@ -225,6 +258,15 @@ def main():
         + ", ".join(f"{n} {d:+.2f} KiB" for n, d in zip(names[1:], extra))
         + ".\n"
     )
+    lines.append("On instances of their own: the echo built before `reactor-calls` against today's, which exports it "
+                 "(so every connection also gets `start-factory` and `stop-factory`), CPU per operation:\n")
+    lines.append("| metric | echo without the hooks | echo with them | with / without |")
+    lines.append("|---|---:|---:|---:|")
+    for metric in ["connrate cpu µs/conn", "pingpong cpu µs/rt"]:
+        old, new = results[("own-old", metric)], results[("own-hooks", metric)]
+        rs = [x / y for x, y in zip(new, old) if y]
+        lines.append(f"| {metric} | {med(old):.2f} | {med(new):.2f} | {med(rs):.2f}× |")
+    lines.append("")
     idle, loaded = results[("timer", "idle")], results[("timer", "under load")]
     lines.append("`call_later(100 ms)`, request to reply (ms), on a second listener of the same process:\n")
     lines.append("| | samples | p50 | p99 | max |")
@@ -241,7 +283,7 @@ def main():
     )
     lines.append("Every round:\n")
     for (n, metric), xs in sorted(results.items()):
-        if n in SERVERS:
+        if n in SERVERS or n in OWN:
             lines.append(f"- {n} {metric}: " + ", ".join(f"{x:.2f}" for x in xs))
     lines.append("")
     lines.append(f"Total run time {time.time() - t0:.0f} s. Machine: {os.cpu_count()} CPUs, `{os.uname().release}`.")
