@@ -335,8 +335,16 @@ fn a_shared_instance_hears_stop_factory_at_shutdown() {
     unsafe { libc::kill(server.child.id() as i32, libc::SIGTERM) };
     let status = server.child.wait().unwrap();
     assert!(status.success());
-    std::thread::sleep(ms(100));
-    let out = server.stdout.lock().unwrap().clone();
+    // The pump thread reads the child's stdout to its end.
+    let t0 = Instant::now();
+    let mut out = String::new();
+    while t0.elapsed() < Duration::from_secs(5) {
+        out = server.stdout.lock().unwrap().clone();
+        if out.contains("testkit: stop-factory") {
+            break;
+        }
+        std::thread::sleep(ms(20));
+    }
     assert_eq!(out.matches("testkit: stop-factory").count(), 1, "{out}");
 }
 
