@@ -21,8 +21,8 @@
 //!
 //! Time is Twisted's `task.Clock`: the component's reactor clock starts at
 //! 0 and moves only when [`TestComponent::advance`] moves it, which then
-//! fires every delayed call that fell due, in order within each instance,
-//! with no real sleeping.
+//! fires every delayed call that fell due, in due order across all the
+//! component's instances, with no real sleeping.
 
 use std::cell::RefCell;
 use std::net::SocketAddr;
@@ -130,10 +130,13 @@ impl TestComponent {
     }
 
     /// Moves the clock on by `by` and fires every delayed call due by then,
-    /// as Twisted's `task.Clock.advance`: in order within each instance,
-    /// including calls those calls schedule for no later than the new
-    /// time. Returns how many fired. A fault ends the firing with the
-    /// fault; the instance is then unusable, as the host would have it.
+    /// as Twisted's `task.Clock.advance`: the clock moves first, then the
+    /// calls run one at a time in due order across every instance (shared
+    /// ones and each connection's own; equal times in the order scheduled
+    /// within an instance), including calls they schedule for no later
+    /// than the new time. Returns how many fired. A fault ends the firing
+    /// with the fault; the instance is then unusable, as the host would
+    /// have it.
     ///
     /// # Panics
     ///
@@ -141,33 +144,48 @@ impl TestComponent {
     /// rescheduling itself with no delay would otherwise never return).
     pub fn advance(&self, by: Duration) -> Result<usize, GuestFault> {
         self.clock.advance(by);
+        let now = self.clock.now();
+        self.live.borrow_mut().retain(|w| w.strong_count() > 0);
+        let shared = self
+            .instances
+            .pool()
+            .map(|p| p.live_instances())
+            .unwrap_or_default();
+        let own: Vec<_> = self
+            .live
+            .borrow()
+            .iter()
+            .filter_map(Weak::upgrade)
+            .filter(|s| !s.borrow().is_shared())
+            .collect();
         let mut fired = 0;
-        let mut drain = |mut pass: Box<dyn FnMut() -> Result<usize, GuestFault> + '_>| {
-            loop {
-                let n = pass()?;
-                fired += n;
+        loop {
+            // The instance whose next call is due first.
+            let next_shared = shared
+                .iter()
+                .enumerate()
+                .filter_map(|(i, g)| g.exact_next_due().map(|d| (d, i)))
+                .min();
+            let next_own = own
+                .iter()
+                .enumerate()
+                .filter_map(|(i, s)| s.borrow_mut().exact_next_due().map(|d| (d, i)))
+                .min();
+            let ran = match (next_shared, next_own) {
+                (Some((d, i)), o) if d <= now && o.is_none_or(|(e, _)| d <= e) => {
+                    shared[i].fire_one(now)?
+                }
+                (_, Some((d, i))) if d <= now => own[i].borrow_mut().fire_one(now)?,
+                _ => return Ok(fired),
+            };
+            if ran {
+                fired += 1;
                 assert!(
                     fired <= 100_000,
                     "advance: over 100,000 delayed calls fired; does one reschedule itself with no delay?"
                 );
-                if n == 0 {
-                    return Ok::<_, GuestFault>(());
-                }
-            }
-        };
-        if let Some(pool) = self.instances.pool() {
-            for guest in pool.live_instances() {
-                drain(Box::new(move || guest.fire_timers()))?;
             }
         }
-        self.live.borrow_mut().retain(|w| w.strong_count() > 0);
-        for session in self.live.borrow().iter().filter_map(Weak::upgrade) {
-            if session.borrow().is_shared() {
-                continue;
-            }
-            drain(Box::new(move || session.borrow_mut().fire_timers()))?;
-        }
-        Ok(fired)
     }
 
     /// Keeps a connection's session where [`TestComponent::advance`]

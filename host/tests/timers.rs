@@ -165,6 +165,30 @@ fn the_factory_hooks_run_once_per_instance_and_start_a_loop_before_any_connectio
     assert!(kit.output().contains("testkit: stop-factory"));
 }
 
+/// As with Twisted's one `task.Clock`, calls fire in due order across
+/// instances: here three connections, each on an instance of its own.
+#[test]
+fn the_test_clock_fires_calls_in_due_order_across_instances() {
+    let kit = TestComponent::load(testkit_wasm()).unwrap();
+    let mut a = kit.server_connection().unwrap().unwrap();
+    let mut b = kit.server_connection().unwrap().unwrap();
+    let mut c = kit.server_connection().unwrap().unwrap();
+    cmd(&mut a, "later-print 300 a300");
+    cmd(&mut b, "later-print 100 b100");
+    cmd(&mut c, "later-print 200 c200");
+    cmd(&mut a, "later-print 50 a50");
+    cmd(&mut b, "later-print 250 b250");
+    // (Before the factory loops' next tick, at 1 s.)
+    assert_eq!(kit.advance(ms(500)).unwrap(), 5);
+    let order: Vec<String> = kit
+        .output()
+        .lines()
+        .filter(|l| l.starts_with(['a', 'b', 'c']))
+        .map(str::to_string)
+        .collect();
+    assert_eq!(order, ["a50", "b100", "c200", "b250", "a300"]);
+}
+
 #[test]
 fn max_timers_traps_the_call_past_it() {
     let limits = Limits {
@@ -284,8 +308,14 @@ async fn a_call_rescheduling_itself_forever_starves_no_connection() {
         worst = worst.max(t0.elapsed());
         println!("{extra:?}: worst echo {worst:?} while spinning; {spins}");
         assert!(worst < ms(500), "{worst:?}");
-        let n: u64 = spins.trim().trim_start_matches("spins=").parse().unwrap();
-        assert!(n > 100, "the spinning call keeps running: {n}");
+        let count = |s: &str| -> u64 { s.trim().trim_start_matches("spins=").parse().unwrap() };
+        // It keeps running meanwhile: more spins 200 ms later.
+        tokio::time::sleep(ms(200)).await;
+        let (n1, n2) = (count(&spins), count(&spinner.ask("spins").await));
+        assert!(
+            n1 > 0 && n2 > n1 + 10,
+            "the spinning call keeps running: {n1}, then {n2}"
+        );
         server.shutdown().await;
     }
 }

@@ -30,6 +30,7 @@
 //! | `leak N` | creates N WASI output streams and never drops them (host-side resources), then writes `leaked N\n` |
 //! | `amplify N K` | one `write-sequence` of K entries that all point at one N-byte buffer (a raw call, as a hostile guest would make), then writes `amplified\n` |
 //! | `later MS TEXT` | `call_later(MS)` that writes `TEXT\n` (kept as the connection's pending call) |
+//! | `later-print MS TEXT` | `call_later(MS)` that prints `TEXT` to stdout |
 //! | `cancel` / `reset MS` / `delay MS` | `cancel` / `reset` / `delay` the pending call; writes `ok` or the `AlreadyDone` error |
 //! | `active` | writes `active=true` or `active=false` for the pending call |
 //! | `seconds` | writes the reactor's time, `seconds=S` |
@@ -312,6 +313,11 @@ impl Kit {
                 let (delay, text) = rest.split_once(' ').unwrap_or((rest, ""));
                 let (me, text) = (t.clone(), format!("{text}\n"));
                 self.pending = Some(call_later(ms(delay), move || me.write(text.as_bytes())));
+            }
+            "later-print" => {
+                let (delay, text) = rest.split_once(' ').unwrap_or((rest, ""));
+                let text = text.to_string();
+                call_later(ms(delay), move || println!("{text}"));
             }
             "cancel" => done(t, self.pending.as_ref().map_or(Ok(()), DelayedCall::cancel)),
             "reset" => done(

@@ -294,6 +294,29 @@ impl Timers {
         self.heap.peek().map(|Reverse((due, ..))| *due)
     }
 
+    /// When the next active call is due, exactly (calls reset to later
+    /// are requeued first): what a test clock orders instances by.
+    pub fn exact_next_due(&mut self) -> Option<u64> {
+        loop {
+            let Reverse((due, _, id, generation)) = *self.heap.peek()?;
+            let c = &self.calls[id as usize];
+            let valid =
+                c.generation == generation && c.state == State::Active && c.queued_at == due;
+            if !valid {
+                self.heap.pop();
+                continue;
+            }
+            if c.due > due {
+                let (real, cseq) = (c.due, c.seq);
+                self.heap.pop();
+                self.calls[id as usize].queued_at = real;
+                self.heap.push(Reverse((real, cseq, id, generation)));
+                continue;
+            }
+            return Some(due);
+        }
+    }
+
     /// A fence for one pass of firing: calls scheduled after it wait for
     /// the next pass, so a call rescheduling itself with no delay cannot
     /// keep a pass going.

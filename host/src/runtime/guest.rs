@@ -137,6 +137,22 @@ impl SharedGuest {
         r
     }
 
+    /// When its next delayed call is due on its clock, exactly (for the
+    /// test transport's clock).
+    pub fn exact_next_due(&self) -> Option<u64> {
+        super::state::lock(&self.guest).exact_next_due()
+    }
+
+    /// Fires its first delayed call if it is due by `now` (for the test
+    /// transport's clock). A fault poisons the instance.
+    pub fn fire_one(&self, now: u64) -> Result<bool, GuestFault> {
+        let r = super::state::lock(&self.guest).fire_one(self.cpu, Caller::Reactor, now);
+        if let Err(f) = &r {
+            self.fail(f);
+        }
+        r
+    }
+
     /// `reactor-calls.start-factory` or `stop-factory`, if exported.
     pub fn factory_hook(&self, start: bool) -> Result<(), GuestFault> {
         let r = super::state::lock(&self.guest).factory_hook(self.cpu, Caller::Reactor, start);
@@ -263,6 +279,32 @@ impl Guest {
             fired += 1;
         }
         Ok(fired)
+    }
+
+    /// When its next delayed call is due on its clock, exactly.
+    pub(super) fn exact_next_due(&mut self) -> Option<u64> {
+        self.reactor_calls.as_ref()?;
+        self.store.data_mut().timers.exact_next_due()
+    }
+
+    /// Fires the one delayed call that is due first, if one is due by
+    /// `now` (a test clock steps calls one at a time across instances).
+    pub(super) fn fire_one(
+        &mut self,
+        cpu: Duration,
+        caller: Caller,
+        now: u64,
+    ) -> Result<bool, GuestFault> {
+        let Some(calls) = self.reactor_calls.clone() else {
+            return Ok(false);
+        };
+        let Some(token) = self.store.data_mut().timers.pop_due(now, u64::MAX) else {
+            return Ok(false);
+        };
+        self.call(cpu, 1, caller, |g| {
+            calls.call_timer_fired(&mut g.store, token)
+        })?;
+        Ok(true)
     }
 
     /// `reactor-calls.start-factory` (or `stop-factory`), if exported.

@@ -218,6 +218,25 @@ impl Session {
         }
     }
 
+    /// When its own instance's next delayed call is due on its clock,
+    /// exactly; none on a shared instance (for the test transport's clock).
+    pub fn exact_next_due(&mut self) -> Option<u64> {
+        match &mut self.home {
+            Home::Own(g) => g.exact_next_due(),
+            Home::Shared(_) => None,
+        }
+    }
+
+    /// Fires its own instance's first delayed call if it is due by `now`
+    /// (for the test transport's clock).
+    pub fn fire_one(&mut self, now: u64) -> Result<bool, GuestFault> {
+        let (slot, cpu) = (self.slot, self.plugin.limits.cpu);
+        match &mut self.home {
+            Home::Own(g) => g.fire_one(cpu, Caller::Connection(slot), now),
+            Home::Shared(s) => s.fire_one(now),
+        }
+    }
+
     /// Fires the instance's due delayed calls (one pass), each a
     /// `timer-fired` callback under the CPU budget. Returns how many fired.
     pub fn fire_timers(&mut self) -> Result<usize, GuestFault> {
