@@ -312,11 +312,7 @@ impl Conn {
                     }
                 }
                 () = std::future::poll_fn(|cx| session.poll_kicked(cx)), if shared => {}
-                () = std::future::ready(()), if due_now => {
-                    armed = None;
-                    session.fire_timers()?;
-                }
-                () = &mut timer, if armed.is_some() && !due_now => {
+                () = async { if !due_now { timer.as_mut().await } }, if armed.is_some() => {
                     armed = None;
                     session.fire_timers()?;
                 }

@@ -63,30 +63,7 @@ fn graph() -> BTreeMap<String, BTreeSet<String>> {
 fn the_top_level_modules_have_no_dependency_cycle() {
     let g = graph();
     assert!(g.contains_key("runtime") && g.contains_key("connection"));
-    // Depth-first search for a back edge.
-    fn visit(
-        n: &str,
-        g: &BTreeMap<String, BTreeSet<String>>,
-        path: &mut Vec<String>,
-        done: &mut BTreeSet<String>,
-    ) {
-        if done.contains(n) {
-            return;
-        }
-        if let Some(i) = path.iter().position(|p| p == n) {
-            panic!("dependency cycle: {} -> {n}", path[i..].join(" -> "));
-        }
-        path.push(n.to_string());
-        for d in g.get(n).into_iter().flatten() {
-            visit(d, g, path, done);
-        }
-        path.pop();
-        done.insert(n.to_string());
-    }
-    let mut done = BTreeSet::new();
-    for n in g.keys() {
-        visit(n, &g, &mut Vec::new(), &mut done);
-    }
+    assert_acyclic(&g, "dependency cycle");
     eprintln!("{g:#?}");
 }
 
@@ -219,9 +196,17 @@ fn no_two_files_depend_on_each_other() {
         }
     }
     assert!(g.contains_key("runtime::session") && g.contains_key("shared::batch"));
+    assert_acyclic(&g, "dependency cycle between files");
+    eprintln!("{g:#?}");
+}
+
+/// Panics with `what` and the path if `g` has a cycle (a depth-first
+/// search for a back edge).
+fn assert_acyclic(g: &BTreeMap<String, BTreeSet<String>>, what: &str) {
     fn visit(
         n: &str,
         g: &BTreeMap<String, BTreeSet<String>>,
+        what: &str,
         path: &mut Vec<String>,
         done: &mut BTreeSet<String>,
     ) {
@@ -229,21 +214,17 @@ fn no_two_files_depend_on_each_other() {
             return;
         }
         if let Some(i) = path.iter().position(|p| p == n) {
-            panic!(
-                "dependency cycle between files: {} -> {n}",
-                path[i..].join(" -> ")
-            );
+            panic!("{what}: {} -> {n}", path[i..].join(" -> "));
         }
         path.push(n.to_string());
         for d in g.get(n).into_iter().flatten() {
-            visit(d, g, path, done);
+            visit(d, g, what, path, done);
         }
         path.pop();
         done.insert(n.to_string());
     }
     let mut done = BTreeSet::new();
     for n in g.keys() {
-        visit(n, &g, &mut Vec::new(), &mut done);
+        visit(n, g, what, &mut Vec::new(), &mut done);
     }
-    eprintln!("{g:#?}");
 }

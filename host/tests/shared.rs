@@ -16,76 +16,15 @@ use std::time::Duration;
 
 use rand::rngs::StdRng;
 use rand::{Rng, SeedableRng};
-use tokio::io::{AsyncBufReadExt, AsyncReadExt, AsyncWriteExt, BufReader};
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::TcpStream;
-use tokio::net::tcp::{OwnedReadHalf, OwnedWriteHalf};
 
-use support::{echo_wasm, server_config, start, testkit_wasm};
+use support::{Kit, echo_wasm, server_config, start, testkit_wasm};
 
 const T: Duration = Duration::from_secs(30);
 
 fn shared(n: u32) -> String {
     format!("instance = \"shared\"\nshared-instances = {n}")
-}
-
-/// A line-oriented test-kit client.
-struct Kit {
-    r: BufReader<OwnedReadHalf>,
-    w: OwnedWriteHalf,
-}
-
-impl Kit {
-    async fn connect(addr: SocketAddr) -> Kit {
-        let (r, w) = TcpStream::connect(addr).await.unwrap().into_split();
-        Kit {
-            r: BufReader::new(r),
-            w,
-        }
-    }
-
-    async fn send(&mut self, cmd: &str) {
-        self.w
-            .write_all(format!("{cmd}\n").as_bytes())
-            .await
-            .unwrap();
-    }
-
-    async fn line(&mut self) -> String {
-        let mut l = String::new();
-        tokio::time::timeout(T, self.r.read_line(&mut l))
-            .await
-            .expect("a line arrives")
-            .unwrap();
-        l
-    }
-
-    async fn ask(&mut self, cmd: &str) -> String {
-        self.send(cmd).await;
-        self.line().await
-    }
-
-    /// Asks `served` until the answer is `want` (connection teardown on the
-    /// server runs after the client sees its end), and checks it got there.
-    async fn served_becomes(&mut self, want: &str) {
-        let mut got = String::new();
-        for _ in 0..100 {
-            got = self.ask("served").await;
-            if got == want {
-                return;
-            }
-            tokio::time::sleep(Duration::from_millis(20)).await;
-        }
-        assert_eq!(got, want);
-    }
-
-    /// Waits for the server to end the connection (EOF or reset), without
-    /// sending anything.
-    async fn ended(&mut self) -> bool {
-        let mut rest = Vec::new();
-        tokio::time::timeout(Duration::from_secs(5), self.r.read_to_end(&mut rest))
-            .await
-            .is_ok()
-    }
 }
 
 /// Connects to `addr`, writes `data` in pieces of `piece(bytes left)`

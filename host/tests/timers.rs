@@ -6,17 +6,15 @@
 
 mod support;
 
-use std::net::SocketAddr;
 use std::time::{Duration, Instant};
 
-use tokio::io::{AsyncBufReadExt, AsyncReadExt, AsyncWriteExt, BufReader};
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::TcpStream;
-use tokio::net::tcp::{OwnedReadHalf, OwnedWriteHalf};
 use twill::runtime::GuestFault;
 use twill::runtime::limits::Limits;
 use twill::testing::{TestComponent, TestConnection};
 
-use support::{server_config, start, testkit_wasm};
+use support::{Kit, server_config, start, testkit_wasm};
 
 fn ms(n: u64) -> Duration {
     Duration::from_millis(n)
@@ -202,53 +200,6 @@ fn max_timers_traps_the_call_past_it() {
     match err {
         GuestFault::Trap(m) => assert!(m.contains("max-timers"), "{m}"),
         other => panic!("{other:?}"),
-    }
-}
-
-/// A line-oriented test-kit client.
-struct Kit {
-    r: BufReader<OwnedReadHalf>,
-    w: OwnedWriteHalf,
-}
-
-impl Kit {
-    async fn connect(addr: SocketAddr) -> Kit {
-        let (r, w) = TcpStream::connect(addr).await.unwrap().into_split();
-        Kit {
-            r: BufReader::new(r),
-            w,
-        }
-    }
-
-    async fn send(&mut self, cmd: &str) {
-        self.w
-            .write_all(format!("{cmd}\n").as_bytes())
-            .await
-            .unwrap();
-    }
-
-    async fn line(&mut self) -> String {
-        let mut l = String::new();
-        tokio::time::timeout(Duration::from_secs(10), self.r.read_line(&mut l))
-            .await
-            .expect("a line arrives")
-            .unwrap();
-        l
-    }
-
-    async fn ask(&mut self, cmd: &str) -> String {
-        self.send(cmd).await;
-        self.line().await
-    }
-
-    /// Waits for the end of the connection: whether it was a clean EOF.
-    async fn end(&mut self) -> Result<(), std::io::ErrorKind> {
-        let mut rest = Vec::new();
-        tokio::time::timeout(Duration::from_secs(5), self.r.read_to_end(&mut rest))
-            .await
-            .expect("the connection ends")
-            .map(drop)
-            .map_err(|e| e.kind())
     }
 }
 

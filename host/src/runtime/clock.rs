@@ -297,23 +297,28 @@ impl Timers {
     /// When the next active call is due, exactly (calls reset to later
     /// are requeued first): what a test clock orders instances by.
     pub fn exact_next_due(&mut self) -> Option<u64> {
+        self.settle_top().map(|(due, ..)| due)
+    }
+
+    /// Brings the heap's top to the next active call: drops stale entries
+    /// and requeues a call reset to later at its real time. Returns the
+    /// top's (due, seq, id).
+    fn settle_top(&mut self) -> Option<(u64, u64, u32)> {
         loop {
-            let Reverse((due, _, id, generation)) = *self.heap.peek()?;
+            let Reverse((due, seq, id, generation)) = *self.heap.peek()?;
             let c = &self.calls[id as usize];
             let valid =
                 c.generation == generation && c.state == State::Active && c.queued_at == due;
-            if !valid {
-                self.heap.pop();
-                continue;
+            if valid && c.due == due {
+                return Some((due, seq, id));
             }
-            if c.due > due {
-                let (real, cseq) = (c.due, c.seq);
-                self.heap.pop();
+            let (real, cseq) = (c.due, c.seq);
+            self.heap.pop();
+            if valid {
+                // Reset to later: requeue at its real time.
                 self.calls[id as usize].queued_at = real;
                 self.heap.push(Reverse((real, cseq, id, generation)));
-                continue;
             }
-            return Some(due);
         }
     }
 
@@ -327,39 +332,19 @@ impl Timers {
     /// The next call due at `now` or before and scheduled before `fence`,
     /// marked fired: its token. None when there is none.
     pub fn pop_due(&mut self, now: u64, fence: u64) -> Option<u64> {
-        loop {
-            let Reverse((due, seq, id, generation)) = *self.heap.peek()?;
-            if due > now {
-                return None;
-            }
-            let c = &self.calls[id as usize];
-            let valid =
-                c.generation == generation && c.state == State::Active && c.queued_at == due;
-            if !valid {
-                self.heap.pop();
-                continue;
-            }
-            if c.due > due {
-                // Reset to later: requeue at its real time.
-                let (real, cseq) = (c.due, c.seq);
-                self.heap.pop();
-                self.calls[id as usize].queued_at = real;
-                self.heap.push(Reverse((real, cseq, id, generation)));
-                continue;
-            }
-            if seq > fence {
-                return None;
-            }
-            self.heap.pop();
-            let c = &mut self.calls[id as usize];
-            c.state = State::Fired;
-            let (token, held) = (c.token, c.held);
-            self.active -= 1;
-            if !held {
-                self.free.push(id);
-            }
-            return Some(token);
+        let (due, seq, id) = self.settle_top()?;
+        if due > now || seq > fence {
+            return None;
         }
+        self.heap.pop();
+        let c = &mut self.calls[id as usize];
+        c.state = State::Fired;
+        let (token, held) = (c.token, c.held);
+        self.active -= 1;
+        if !held {
+            self.free.push(id);
+        }
+        Some(token)
     }
 }
 

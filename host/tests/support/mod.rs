@@ -9,6 +9,9 @@ use std::process::{Child, Command, Stdio};
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::time::{Duration, Instant};
 
+use tokio::io::{AsyncBufReadExt, AsyncReadExt, AsyncWriteExt, BufReader};
+use tokio::net::TcpStream;
+use tokio::net::tcp::{OwnedReadHalf, OwnedWriteHalf};
 use tokio::sync::mpsc;
 use tokio::task::JoinHandle;
 use twill::{Config, Reactor, RunEnd, Runtime};
@@ -349,4 +352,74 @@ pub async fn producer_streams(addr: SocketAddr) {
         .expect("the producer keeps producing")
         .unwrap();
     assert!(got.iter().enumerate().all(|(i, &b)| b == (i % 251) as u8));
+}
+
+/// A line-oriented test-kit client.
+pub struct Kit {
+    pub r: BufReader<OwnedReadHalf>,
+    pub w: OwnedWriteHalf,
+}
+
+impl Kit {
+    pub async fn connect(addr: SocketAddr) -> Kit {
+        let (r, w) = TcpStream::connect(addr).await.unwrap().into_split();
+        Kit {
+            r: BufReader::new(r),
+            w,
+        }
+    }
+
+    pub async fn send(&mut self, cmd: &str) {
+        self.w
+            .write_all(format!("{cmd}\n").as_bytes())
+            .await
+            .unwrap();
+    }
+
+    pub async fn line(&mut self) -> String {
+        let mut l = String::new();
+        tokio::time::timeout(Duration::from_secs(30), self.r.read_line(&mut l))
+            .await
+            .expect("a line arrives")
+            .unwrap();
+        l
+    }
+
+    pub async fn ask(&mut self, cmd: &str) -> String {
+        self.send(cmd).await;
+        self.line().await
+    }
+
+    /// Asks `served` until the answer is `want` (connection teardown on the
+    /// server runs after the client sees its end), and checks it got there.
+    pub async fn served_becomes(&mut self, want: &str) {
+        let mut got = String::new();
+        for _ in 0..100 {
+            got = self.ask("served").await;
+            if got == want {
+                return;
+            }
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+        assert_eq!(got, want);
+    }
+
+    /// Waits for the server to end the connection (EOF or reset), without
+    /// sending anything.
+    pub async fn ended(&mut self) -> bool {
+        let mut rest = Vec::new();
+        tokio::time::timeout(Duration::from_secs(5), self.r.read_to_end(&mut rest))
+            .await
+            .is_ok()
+    }
+
+    /// Waits for the end of the connection: whether it was a clean EOF.
+    pub async fn end(&mut self) -> Result<(), std::io::ErrorKind> {
+        let mut rest = Vec::new();
+        tokio::time::timeout(Duration::from_secs(5), self.r.read_to_end(&mut rest))
+            .await
+            .expect("the connection ends")
+            .map(drop)
+            .map_err(|e| e.kind())
+    }
 }
