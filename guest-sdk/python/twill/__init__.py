@@ -10,12 +10,15 @@ Twill repository), shaped like Twisted:
   ``Factory.for_protocol(Echo)``) builds ``Echo()``, as in Twisted.
 - :class:`Transport`: the connection's handle (``self.transport``), with
   ``write``, ``write_sequence``, ``lose_connection``, ``abort_connection``,
-  ``get_peer`` and ``get_host``.
+  ``get_peer``, ``get_host``, the producer methods (``register_producer``,
+  ``pause_producing``, ``resume_producing``), ``lose_write_connection``
+  (half-close) and ``splice``.
 - :class:`Reason`: why a connection ended, with Twisted's ``check`` and
   ``get_error_message``.
 - :func:`serve`: names the factories the component exports.
 - :mod:`twill.reactor`: time: ``seconds``, ``call_later``,
-  ``LoopingCall`` and ``TimeoutMixin``.
+  ``LoopingCall`` and ``TimeoutMixin``; and ``connect_tcp``, Twisted's
+  ``reactor.connectTCP``, for opening connections (a relay, a proxy).
 
 Example, Twisted's ``echoserv.py``::
 
@@ -59,6 +62,7 @@ __all__ = [
     "Protocol",
     "Reason",
     "ServerFactory",
+    "SpliceError",
     "Transport",
     "serve",
 ]
@@ -111,6 +115,21 @@ class ConnectionLost(ConnectionClosed):
 class ConnectError(Exception):
     """A client connection attempt failed: refused, unreachable, no such
     name, timed out."""
+
+
+class SpliceError(Exception):
+    """:meth:`Transport.splice` was refused by the host: the other transport
+    is this one, either connection is already spliced or closing, or the
+    other belongs to another instance or has ended. Nothing changed."""
+
+
+def _host_error(e):
+    """The message of a WIT ``result`` error (componentize-py raises
+    ``componentize_py_types.Err`` with the payload in ``value``), or None
+    for any other exception."""
+    if type(e).__name__ == "Err" and hasattr(e, "value"):
+        return str(e.value)
+    return None
 
 
 class Reason:
@@ -184,27 +203,32 @@ class Transport:
     writes are ignored.
     """
 
-    __slots__ = ("_raw", "_producer", "disconnecting", "_lost")
+    __slots__ = ("_raw", "_producer", "disconnecting", "_lost", "_mute", "spliced")
 
     def __init__(self, raw):
         self._raw = raw
         self._producer = None
         self._lost = False
+        # Writes are dropped here, not sent to the host: after the end of
+        # the connection, lose_write_connection or splice.
+        self._mute = False
         #: True once ``lose_connection`` or ``abort_connection`` was called.
         self.disconnecting = False
+        #: True once :meth:`splice` handed this connection to the host.
+        self.spliced = False
 
     def write(self, data):
         """Write some bytes to the connection, in sequence, without blocking."""
         if type(data) is not bytes:
             data = _as_bytes(data)
-        if not self._lost:
+        if not self._mute:
             self._raw.write(data)
 
     def write_sequence(self, seq):
         """Write each buffer of ``seq`` in order, as one vectored write where
         the host can: Twisted's ``writeSequence``."""
         bufs = [b if type(b) is bytes else _as_bytes(b) for b in seq]
-        if not self._lost:
+        if not self._mute:
             self._raw.write_sequence(bufs)
 
     def lose_connection(self):
@@ -237,6 +261,11 @@ class Transport:
         and ``producer.resume_producing()`` once it drained. ``producer``
         defaults to the protocol itself. Only push (streaming) producers
         exist here.
+
+        ``producer`` may be another connection's :class:`Transport`, as in
+        Twisted's portforward: ``self.transport.register_producer(
+        self.peer.transport)`` stops reading from the peer while this
+        connection's output is backed up, and reads again once it drained.
         """
         if not streaming:
             raise ValueError("twill supports streaming (push) producers only")
@@ -248,8 +277,64 @@ class Transport:
         self._producer = None
         self._raw.unregister_producer()
 
+    def pause_producing(self):
+        """Stop reading from this connection: Twisted's
+        ``ITransport.pauseProducing`` (a transport is a push producer). No
+        ``data_received`` until :meth:`resume_producing`; the peer is slowed
+        by TCP's flow control. Output and closes are not affected."""
+        if not self._lost:
+            self._raw.pause_producing()
+
+    def resume_producing(self):
+        """Start reading from this connection again: Twisted's
+        ``ITransport.resumeProducing``."""
+        if not self._lost:
+            self._raw.resume_producing()
+
+    def lose_write_connection(self):
+        """Close the write side after writing all pending data (a TCP
+        half-close): Twisted's ``loseWriteConnection``. Reading goes on;
+        later writes are ignored. A protocol with ``write_connection_lost``
+        and ``read_connection_lost`` hears of both halves (see
+        :class:`Protocol`)."""
+        self._mute = True
+        if not self._lost:
+            self._raw.lose_write_connection()
+
+    def splice(self, other):
+        """Hand this connection and ``other`` (another :class:`Transport` of
+        this instance) to the host, which relays bytes between them both
+        ways from now on, with backpressure, and no more calls into the
+        guest. Neither protocol gets ``data_received`` again; each gets
+        ``connection_lost`` when the pair ends. Writes to either transport
+        are ignored afterwards; ``lose_connection`` or ``abort_connection``
+        on either ends the pair.
+
+        Raises :class:`SpliceError` (changing nothing) if the host refuses.
+        """
+        if not isinstance(other, Transport):
+            raise TypeError("splice() wants another twill.Transport")
+        try:
+            self._raw.splice(other._raw)
+        except Exception as e:
+            message = _host_error(e)
+            if message is None:
+                raise
+            raise SpliceError(message) from None
+        for t in (self, other):
+            t.spliced = True
+            t._mute = True
+
+    def _connection_lost(self):
+        # Twisted: writes after the connection is gone are ignored.
+        self._lost = True
+        self._mute = True
+
     def __repr__(self):
-        return "<twill.Transport%s>" % (" disconnecting" if self.disconnecting else "")
+        return "<twill.Transport%s%s>" % (
+            " disconnecting" if self.disconnecting else "",
+            " spliced" if self.spliced else "",
+        )
 
 
 def _as_bytes(data):
@@ -302,6 +387,18 @@ class Protocol:
 
     def resume_producing(self):
         """Start writing again after :meth:`pause_producing`."""
+
+    # Half-close, Twisted's IHalfCloseableProtocol, is opt-in: define
+    #
+    #     def read_connection_lost(self): ...   # the peer's FIN arrived
+    #     def write_connection_lost(self): ...  # optional: our FIN went out
+    #
+    # on a subclass. A protocol with ``read_connection_lost`` is made
+    # half-closeable before ``connection_made`` runs: the peer's FIN then
+    # calls ``read_connection_lost`` instead of closing the connection, and
+    # the protocol may keep writing until it calls ``lose_connection`` or
+    # ``transport.lose_write_connection()``. Without it (this base class
+    # defines neither), the peer's FIN closes the connection as always.
 
 
 class Factory:
@@ -376,7 +473,8 @@ def serve(server=None, client=None, module=None):
     wrapped in a :class:`Factory`). A role left out refuses every
     connection. Call it once, last, at the top level of the module you hand
     to componentize-py: it defines that module's ``ServerFactory``,
-    ``ClientFactory``, ``Batch`` and ``ReactorCalls`` attributes, which are the names
+    ``ClientFactory``, ``Batch``, ``ReactorCalls``, ``OutboundFactory`` and
+    ``HalfClose`` attributes, which are the names
     componentize-py looks up (``module`` defaults to the caller's module).
 
     The call runs when the component is built (componentize-py snapshots the
@@ -396,6 +494,8 @@ def serve(server=None, client=None, module=None):
     module.ClientFactory = _export.ClientFactoryExport
     module.Batch = _export.BatchExport
     module.ReactorCalls = _export.ReactorCallsExport
+    module.OutboundFactory = _export.OutboundFactoryExport
+    module.HalfClose = _export.HalfCloseExport
 
 
 def _as_factory(f, role):

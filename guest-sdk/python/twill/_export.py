@@ -1,8 +1,8 @@
 """Glue between componentize-py's generated bindings and the public classes.
 
-Not API. componentize-py instantiates the app module's ``ServerFactory`` and
-``ClientFactory`` once (at build time, in the snapshot) and calls their
-methods; an exported ``protocol`` resource is any object with the
+Not API. componentize-py instantiates the app module's ``ServerFactory``,
+``ClientFactory`` and the other exported interfaces' classes once (at build
+time, in the snapshot) and calls their methods; an exported ``protocol`` resource is any object with the
 resource's methods. :func:`twill.serve` points those two names at the
 classes below, which forward to the user's factories and wrap each built
 protocol in a :class:`ProtocolExport` that keeps its :class:`Transport`.
@@ -49,6 +49,10 @@ class ProtocolExport:
 
     def make_connection(self, raw):
         self.transport = Transport(raw)
+        if callable(getattr(self.protocol, "read_connection_lost", None)):
+            # Twisted's IHalfCloseableProtocol: opted in by defining
+            # read_connection_lost, before the protocol can act.
+            raw.set_half_closeable(True)
         try:
             self.protocol.make_connection(self.transport)
         finally:
@@ -62,8 +66,7 @@ class ProtocolExport:
 
     def connection_lost(self, reason):
         if self.transport is not None:
-            # Twisted: writes after the connection is gone are ignored.
-            self.transport._lost = True
+            self.transport._connection_lost()
         try:
             self.protocol.connected = False
             self.protocol.connection_lost(_reason(reason))
@@ -182,3 +185,61 @@ class ClientFactoryExport:
 
     def client_connection_lost(self, reason):
         _client_hook("client_connection_lost", _reason(reason))
+
+
+def _outbound_hook(token, name, reason):
+    """The outcome for `token` ended its connection attempt: forget the
+    factory, then call its optional hook `name`."""
+    from . import reactor
+
+    factory = reactor._connectors.pop(token, None)
+    hook = getattr(factory, name, None)
+    if hook is not None:
+        try:
+            hook(_reason(reason))
+        finally:
+            _flush()
+
+
+class OutboundFactoryExport:
+    """Exported as ``twill:protocol/outbound-factory``: the outcomes of
+    :func:`twill.reactor.connect_tcp`, routed by token to the factory it was
+    given. An unknown (or forgotten) token is ignored."""
+
+    def build_protocol(self, token, addr):
+        from . import reactor
+
+        factory = reactor._connectors.get(token)
+        if factory is None:
+            return None
+        try:
+            return _wrap(factory.build_protocol(Address(addr.host, addr.port)))
+        finally:
+            _flush()
+
+    def client_connection_failed(self, token, reason):
+        _outbound_hook(token, "client_connection_failed", reason)
+
+    def client_connection_lost(self, token, reason):
+        _outbound_hook(token, "client_connection_lost", reason)
+
+
+def _half_close_hook(export, name):
+    hook = getattr(export.protocol, name, None)
+    if hook is not None:
+        try:
+            hook()
+        finally:
+            _flush()
+
+
+class HalfCloseExport:
+    """Exported as ``twill:protocol/half-close``: Twisted's
+    ``IHalfCloseableProtocol`` callbacks, for protocols that define
+    ``read_connection_lost`` (the host calls only those)."""
+
+    def read_connection_lost(self, protocol):
+        _half_close_hook(protocol, "read_connection_lost")
+
+    def write_connection_lost(self, protocol):
+        _half_close_hook(protocol, "write_connection_lost")

@@ -1,7 +1,8 @@
-"""Reactor time: Twisted's ``reactor.seconds()`` and ``reactor.callLater``
+"""The reactor: time, Twisted's ``reactor.seconds()`` and ``reactor.callLater``
 (:func:`seconds`, :func:`call_later`, :class:`DelayedCall`),
 ``task.LoopingCall`` (:class:`LoopingCall`) and ``policies.TimeoutMixin``
-(:class:`TimeoutMixin`).
+(:class:`TimeoutMixin`); and outgoing connections, Twisted's
+``reactor.connectTCP`` (:func:`connect_tcp`).
 
 A delayed call runs on the instance that scheduled it, never while another
 of its callbacks runs, under the same CPU budget as any callback. On an
@@ -25,10 +26,12 @@ Example::
 __all__ = [
     "AlreadyCalled",
     "AlreadyCancelled",
+    "Connector",
     "DelayedCall",
     "LoopingCall",
     "TimeoutMixin",
     "call_later",
+    "connect_tcp",
     "seconds",
 ]
 
@@ -96,6 +99,63 @@ def _fire(token):
         f, args, kwargs, call = entry
         call.called = True
         f(*args, **kwargs)
+
+
+# The factories of connect_tcp's attempts, by token, until their outcome
+# ends them (client_connection_failed or client_connection_lost).
+_connectors = {}
+_next_connect_token = [1]
+
+
+class Connector:
+    """What :func:`connect_tcp` returns: the attempt's ``host`` and
+    ``port``, as asked (Twisted's ``IConnector``, without its methods)."""
+
+    __slots__ = ("host", "port")
+
+    def __init__(self, host, port):
+        self.host = host
+        self.port = port
+
+    def __repr__(self):
+        return "Connector(%r, %r)" % (self.host, self.port)
+
+
+def connect_tcp(host, port, factory, timeout=30.0):
+    """Open a TCP connection to ``host``:``port``: Twisted's
+    ``reactor.connectTCP(host, port, factory, timeout)``. Returns a
+    :class:`Connector`.
+
+    The outcome comes later, to ``factory`` (a :class:`~twill.ClientFactory`
+    or any object with ``build_protocol(addr)``): ``build_protocol(addr)``
+    once connected (``addr`` is the remote :class:`~twill.Address`; the
+    protocol lives on this same instance, so it can hold the transport of
+    the connection that asked, and relay), followed by the protocol's own
+    callbacks and then ``client_connection_lost(reason)``; or
+    ``client_connection_failed(reason)`` (refused, no such name, timed out
+    after ``timeout`` seconds, or not allowed by the plugin's ``connect``
+    grants). Both hooks are optional. Unlike Twisted, neither
+    ``started_connecting`` nor ``start_factory`` is called on ``factory``.
+
+    Raises :class:`~twill.ConnectError` (and nothing follows) if the host
+    cannot make the attempt at all: the plugin has no ``connect`` grants in
+    plugins.toml, the host is empty or the port 0, or the instance has its
+    plugin's ``max-outbound`` connections open or opening already.
+    """
+    from . import ConnectError, _host_error
+
+    token = _next_connect_token[0]
+    _next_connect_token[0] += 1
+    _connectors[token] = factory
+    try:
+        _reactor().connect_tcp(host, port, float(timeout), token)
+    except Exception as e:
+        del _connectors[token]
+        message = _host_error(e)
+        if message is None:
+            raise
+        raise ConnectError(message) from None
+    return Connector(host, port)
 
 
 class DelayedCall:
