@@ -71,7 +71,7 @@ try {
   console.error(`${source}: ${e.message}`);
   console.error(
     `hint: export every name serve() returns: ` +
-      `export const { protocol, batch, serverFactory, clientFactory, reactorCalls } = serve({ server, client });`,
+      `export const { protocol, batch, serverFactory, clientFactory, reactorCalls, outboundFactory, halfClose } = serve({ server, client });`,
   );
   process.exit(1);
 }

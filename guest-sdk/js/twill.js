@@ -9,13 +9,16 @@
 //   connection. `Factory.forProtocol(Echo)` (or `factory.protocol = Echo`)
 //   builds `new Echo()`, as in Twisted.
 // - `Transport`: the connection's handle (`this.transport`), with `write`,
-//   `writeSequence`, `loseConnection`, `abortConnection`, `getPeer` and
-//   `getHost`.
+//   `writeSequence`, `loseConnection`, `abortConnection`, `getPeer`,
+//   `getHost`, the producer methods (`registerProducer`, `pauseProducing`,
+//   `resumeProducing`), `loseWriteConnection` (half-close) and `splice`.
 // - `Reason`: why a connection ended, with Twisted's `check` and
 //   `getErrorMessage`.
 // - `seconds`, `callLater`, `DelayedCall`, `LoopingCall`, `TimeoutMixin`:
 //   reactor time (Twisted's `reactor.seconds`, `reactor.callLater`,
 //   `task.LoopingCall`, `policies.TimeoutMixin`).
+// - `connectTCP(host, port, factory, timeout)`: Twisted's
+//   `reactor.connectTCP`, for opening connections (a relay, a proxy).
 // - `serve({ server, client })`: returns the exports the component
 //   needs; export them from your module:
 //
@@ -27,7 +30,7 @@
 //         }
 //       }
 //
-//       export const { protocol, batch, serverFactory, clientFactory, reactorCalls } =
+//       export const { protocol, batch, serverFactory, clientFactory, reactorCalls, outboundFactory, halfClose } =
 //         serve({ server: Factory.forProtocol(Echo) });
 //
 // Build it with guest-sdk/js/build.mjs (ComponentizeJS, world `peer`).
@@ -71,8 +74,26 @@ export class ConnectionClosed extends Error {}
 export class ConnectionDone extends ConnectionClosed {}
 /** The connection was lost in a non-clean fashion. */
 export class ConnectionLost extends ConnectionClosed {}
-/** A client connection attempt failed: refused, unreachable, no such name, timed out. */
+/**
+ * A client connection attempt failed: refused, unreachable, no such name,
+ * timed out; or `connectTCP` could not start one at all.
+ */
 export class ConnectError extends Error {}
+
+/**
+ * `Transport.splice` was refused by the host: the other transport is this
+ * one, either connection is already spliced or closing, or the other belongs
+ * to another instance or has ended. Nothing changed.
+ */
+export class SpliceError extends Error {}
+
+// The message of a WIT `result` error thrown by an import: ComponentizeJS
+// throws an Error whose `payload` is the error value.
+function hostError(e) {
+  if (typeof e === 'string') return e;
+  if (e != null && typeof e === 'object' && 'payload' in e) return String(e.payload);
+  return null;
+}
 
 const REASON_TYPES = { done: ConnectionDone, lost: ConnectionLost, failed: ConnectError };
 
@@ -138,24 +159,29 @@ function toBytes(data) {
 export class Transport {
   #raw;
   #lost = false;
+  // Writes are dropped here, not sent to the host: after the end of the
+  // connection, loseWriteConnection or splice.
+  #mute = false;
 
   constructor(raw) {
     this.#raw = raw;
     /** True once `loseConnection` or `abortConnection` was called. */
     this.disconnecting = false;
+    /** True once `splice` handed this connection to the host. */
+    this.spliced = false;
     this.producer = null;
   }
 
   /** Write bytes (a string is sent as UTF-8), in sequence, without blocking. */
   write(data) {
     const bytes = toBytes(data);
-    if (!this.#lost) this.#raw.write(bytes);
+    if (!this.#mute) this.#raw.write(bytes);
   }
 
   /** Write each buffer in order, as one vectored write where the host can. */
   writeSequence(seq) {
     const bufs = Array.from(seq, toBytes);
-    if (!this.#lost) this.#raw.writeSequence(bufs);
+    if (!this.#mute) this.#raw.writeSequence(bufs);
   }
 
   /** Close after writing all pending data; `connectionLost` follows with a clean reason. */
@@ -187,6 +213,11 @@ export class Transport {
    * host calls `producer.pauseProducing()` when this connection's output
    * buffer rises above its high-water mark, and `resumeProducing()` once it
    * drained. `producer` defaults to the protocol. Push producers only.
+   *
+   * `producer` may be another connection's `Transport`, as in Twisted's
+   * portforward: `this.transport.registerProducer(this.peer.transport)`
+   * stops reading from the peer while this connection's output is backed
+   * up, and reads again once it drained.
    */
   registerProducer(producer = null, streaming = true) {
     if (!streaming) throw new TypeError('twill supports streaming (push) producers only');
@@ -200,9 +231,65 @@ export class Transport {
     this.#raw.unregisterProducer();
   }
 
+  /**
+   * Stop reading from this connection: Twisted's `ITransport.pauseProducing`
+   * (a transport is a push producer). No `dataReceived` until
+   * `resumeProducing`; the peer is slowed by TCP's flow control. Output and
+   * closes are not affected.
+   */
+  pauseProducing() {
+    if (!this.#lost) this.#raw.pauseProducing();
+  }
+
+  /** Start reading from this connection again: Twisted's `ITransport.resumeProducing`. */
+  resumeProducing() {
+    if (!this.#lost) this.#raw.resumeProducing();
+  }
+
+  /**
+   * Close the write side after writing all pending data (a TCP half-close):
+   * Twisted's `loseWriteConnection`. Reading goes on; later writes are
+   * ignored. A protocol with `readConnectionLost` (and optionally
+   * `writeConnectionLost`) hears of both halves (see `Protocol`).
+   */
+  loseWriteConnection() {
+    this.#mute = true;
+    if (!this.#lost) this.#raw.loseWriteConnection();
+  }
+
+  /**
+   * Hand this connection and `other` (another `Transport` of this instance)
+   * to the host, which relays bytes between them both ways from now on,
+   * with backpressure and no more calls into the guest. Neither protocol
+   * gets `dataReceived` again; each gets `connectionLost` when the pair
+   * ends. Writes to either transport are ignored afterwards;
+   * `loseConnection` or `abortConnection` on either ends the pair. Throws
+   * `SpliceError` (changing nothing) if the host refuses.
+   */
+  splice(other) {
+    if (!(other instanceof Transport)) throw new TypeError('splice() wants another Transport');
+    try {
+      this.#raw.splice(other.#raw);
+    } catch (e) {
+      const message = hostError(e);
+      if (message === null) throw e;
+      throw new SpliceError(message);
+    }
+    for (const t of [this, other]) {
+      t.spliced = true;
+      t.#mute = true;
+    }
+  }
+
+  /** @internal Opt in to the half-close callbacks (the raw import). */
+  _setHalfCloseable(on) {
+    this.#raw.setHalfCloseable(on);
+  }
+
   /** @internal The connection is gone: ignore writes from now on. */
   _connectionLost() {
     this.#lost = true;
+    this.#mute = true;
   }
 }
 
@@ -243,6 +330,18 @@ export class Protocol {
 
   /** Start writing again after `pauseProducing`. */
   resumeProducing() {}
+
+  // Half-close, Twisted's IHalfCloseableProtocol, is opt-in: define
+  //
+  //     readConnectionLost() { ... }   // the peer's FIN arrived
+  //     writeConnectionLost() { ... }  // optional: our FIN went out
+  //
+  // on a subclass. A protocol with `readConnectionLost` is made
+  // half-closeable before `connectionMade` runs: the peer's FIN then calls
+  // `readConnectionLost` instead of closing the connection, and the protocol
+  // may keep writing until it calls `loseConnection` or
+  // `transport.loseWriteConnection()`. Without it (this base class defines
+  // neither), the peer's FIN closes the connection as always.
 }
 
 /**
@@ -486,6 +585,63 @@ export const TimeoutMixin = (Base) =>
   };
 
 // ---------------------------------------------------------------------------
+// Outgoing connections.
+
+// The factories of connectTCP's attempts, by token, until their outcome ends
+// them (clientConnectionFailed or clientConnectionLost).
+const connectors = new Map();
+let nextConnectToken = 1n;
+
+/** What `connectTCP` returns: the attempt's `host` and `port`, as asked. */
+export class Connector {
+  constructor(host, port) {
+    this.host = host;
+    this.port = port;
+  }
+}
+
+/**
+ * Open a TCP connection to `host`:`port`: Twisted's
+ * `reactor.connectTCP(host, port, factory, timeout)`. Returns a `Connector`.
+ *
+ * The outcome comes later, to `factory` (a `ClientFactory` or any object
+ * with `buildProtocol(addr)`): `buildProtocol(addr)` once connected (`addr`
+ * is the remote `Address`; the protocol lives on this same instance, so it
+ * can hold the transport of the connection that asked, and relay), followed
+ * by the protocol's own callbacks and then `clientConnectionLost(reason)`;
+ * or `clientConnectionFailed(reason)` (refused, no such name, timed out
+ * after `timeout` seconds, or not allowed by the plugin's `connect`
+ * grants). Both hooks are optional. Unlike Twisted, neither
+ * `startedConnecting` nor `startFactory` is called on `factory`.
+ *
+ * Throws `ConnectError` (and nothing follows) if the host cannot make the
+ * attempt at all: the plugin has no `connect` grants in plugins.toml, the
+ * host is empty or the port 0, or the instance has its plugin's
+ * `max-outbound` connections open or opening already.
+ */
+export function connectTCP(host, port, factory, timeout = 30) {
+  const token = nextConnectToken++;
+  connectors.set(token, factory);
+  try {
+    hostReactor.connectTcp(host, port, Number(timeout), token);
+  } catch (e) {
+    connectors.delete(token);
+    const message = hostError(e);
+    if (message === null) throw e;
+    throw new ConnectError(message);
+  }
+  return new Connector(host, port);
+}
+
+// The outcome for `token` ended its attempt: forget the factory, then call
+// its optional hook `name`.
+function endConnect(token, name, reason) {
+  const factory = connectors.get(token);
+  connectors.delete(token);
+  factory?.[name]?.(toReason(reason));
+}
+
+// ---------------------------------------------------------------------------
 // Glue between ComponentizeJS's bindings and the classes above. Not API.
 
 function toReason(r) {
@@ -503,7 +659,15 @@ class ProtocolExport {
 
   makeConnection(raw) {
     this.#transport = new Transport(raw);
+    // Twisted's IHalfCloseableProtocol: opted in by defining
+    // readConnectionLost, before the protocol can act.
+    if (typeof this.#protocol.readConnectionLost === 'function') this.#transport._setHalfCloseable(true);
     this.#protocol.makeConnection(this.#transport);
+  }
+
+  /** @internal The half-close export's calls: `readConnectionLost` / `writeConnectionLost`. */
+  _halfClose(name) {
+    this.#protocol[name]?.();
   }
 
   dataReceived(data) {
@@ -553,12 +717,15 @@ function wrap(p) {
 /**
  * The component's exports for `server` and/or `client` (factory instances,
  * or `Protocol` subclasses, which get a `Factory`). A role left out refuses
- * every connection. Export the result under these five names (`batch`
+ * every connection. Export the result under these seven names (`batch`
  * delivers several connections' reads in one call; the SDK turns it back
  * into `dataReceived` calls; `reactorCalls` fires delayed calls and the
- * factories' `startFactory` / `stopFactory`):
+ * factories' `startFactory` / `stopFactory`; `outboundFactory` routes the
+ * outcomes of `connectTCP` to its factories; `halfClose` calls
+ * `readConnectionLost` / `writeConnectionLost`):
  *
- *     export const { protocol, batch, serverFactory, clientFactory, reactorCalls } = serve({ server, client });
+ *     export const { protocol, batch, serverFactory, clientFactory, reactorCalls, outboundFactory, halfClose } =
+ *       serve({ server, client });
  */
 export function serve({ server = null, client = null } = {}) {
   server = asFactory(server, 'server');
@@ -606,6 +773,26 @@ export function serve({ server = null, client = null } = {}) {
       },
       clientConnectionLost(reason) {
         client?.clientConnectionLost?.(toReason(reason));
+      },
+    },
+    outboundFactory: {
+      buildProtocol(token, addr) {
+        const factory = connectors.get(token);
+        return factory ? wrap(factory.buildProtocol(new Address(addr.host, addr.port))) : undefined;
+      },
+      clientConnectionFailed(token, reason) {
+        endConnect(token, 'clientConnectionFailed', reason);
+      },
+      clientConnectionLost(token, reason) {
+        endConnect(token, 'clientConnectionLost', reason);
+      },
+    },
+    halfClose: {
+      readConnectionLost(protocol) {
+        protocol._halfClose('readConnectionLost');
+      },
+      writeConnectionLost(protocol) {
+        protocol._halfClose('writeConnectionLost');
       },
     },
   };

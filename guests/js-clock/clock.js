@@ -60,6 +60,6 @@ class Clock extends TimeoutMixin(Protocol) {
   }
 }
 
-export const { protocol, batch, serverFactory, clientFactory, reactorCalls } = serve({
+export const { protocol, batch, serverFactory, clientFactory, reactorCalls, outboundFactory, halfClose } = serve({
   server: Factory.forProtocol(Clock),
 });

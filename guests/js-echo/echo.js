@@ -56,7 +56,7 @@ class EchoFactory extends ClientFactory {
   }
 }
 
-export const { protocol, batch, serverFactory, clientFactory, reactorCalls } = serve({
+export const { protocol, batch, serverFactory, clientFactory, reactorCalls, outboundFactory, halfClose } = serve({
   server: Factory.forProtocol(Echo),
   client: new EchoFactory(),
 });

@@ -1,7 +1,8 @@
 // A fake `twill:protocol/reactor` for the unit tests: a deterministic
 // clock and the scheduled calls; `advance` fires due calls through the
 // exports `serve` returns, as the host does (the clock moves first, as in
-// Twisted's task.Clock.advance).
+// Twisted's task.Clock.advance). `connectTcp` records its calls in
+// `connects` and fails when a test sets `failNextConnect`.
 let now = 0;
 let seq = 0;
 let heap = [];
@@ -70,4 +71,30 @@ export function advance(secs) {
     call.live = false;
     fire.timerFired(call.token);
   }
+}
+
+/** What ComponentizeJS throws when an import returns a `result`'s error. */
+class ComponentError extends Error {
+  constructor(value) {
+    super(value);
+    this.payload = value;
+  }
+}
+
+/** Every connect-tcp call so far: [host, port, timeout, token]. */
+export const connects = [];
+let nextConnectError = null;
+
+export function connectTcp(host, port, timeout, token) {
+  if (typeof token !== 'bigint') throw new TypeError('token is a u64: a BigInt');
+  if (typeof host !== 'string') throw new TypeError('host is a string');
+  connects.push([host, port, timeout, token]);
+  const error = nextConnectError;
+  nextConnectError = null;
+  if (error !== null) throw new ComponentError(error);
+}
+
+/** Test control: the next connectTcp returns err(message). */
+export function failNextConnect(message) {
+  nextConnectError = message;
 }
