@@ -32,7 +32,7 @@ use tokio::net::TcpStream;
 
 use crate::runtime::bindings::Reason;
 use crate::runtime::limits::MAX_QUEUED;
-use crate::runtime::state::{Closing, TransportState};
+use crate::runtime::state::{Closing, TransportState, WriteSide};
 use crate::runtime::{GuestFault, Session};
 use crate::shutdown::Shutdown;
 
@@ -78,9 +78,31 @@ pub async fn run(
         idle_timeout,
         active: tokio::time::Instant::now(),
     };
-    let reason = match session.make_connection(peer, host) {
+    let driven = match session.make_connection(peer, host) {
         Ok(()) => conn.drive(session, shutdown).await,
         Err(f) => Err(f),
+    };
+    let spliced = session.transport().splice().cloned();
+    let reason = match (driven, spliced) {
+        (Ok(Driven::Splice), Some(meet)) => {
+            let reason = crate::splice::meet(&meet, &conn.stream, shutdown).await;
+            if matches!(reason, Reason::Done) {
+                conn.open = None;
+            } else {
+                conn.abort();
+            }
+            Ok(reason)
+        }
+        (driven, spliced) => {
+            // Ended before reaching the splice: the partner must not wait.
+            if let Some(meet) = spliced {
+                crate::splice::abandon(&meet);
+            }
+            driven.map(|d| match d {
+                Driven::End(r) => r,
+                Driven::Splice => Reason::Lost("splice without a partner".into()),
+            })
+        }
     };
     match reason {
         Ok(reason) => {
@@ -94,6 +116,30 @@ pub async fn run(
             End::Fault(fault)
         }
     }
+}
+
+/// How a connection's own loop ended.
+enum Driven {
+    /// The connection ended, for this reason.
+    End(Reason),
+    /// The connection is spliced and its output sent: its socket goes to
+    /// the splice.
+    Splice,
+}
+
+/// What the loop looks at on each pass, read under one lock of the
+/// transport.
+struct Look {
+    /// Unsent output.
+    pending: usize,
+    closing: Closing,
+    /// Read bytes waiting for batched delivery.
+    queued: usize,
+    /// The guest paused reading.
+    paused: bool,
+    write_side: WriteSide,
+    half_closeable: bool,
+    spliced: bool,
 }
 
 struct Conn {
@@ -164,12 +210,20 @@ impl Conn {
     /// Returns what is still unsent, how the guest wants the connection to
     /// end, and how many read bytes wait for batched delivery, read under
     /// the same lock.
-    fn flush(&mut self, session: &mut Session) -> io::Result<(usize, Closing, usize)> {
+    fn flush(&mut self, session: &mut Session) -> io::Result<Look> {
         let mut t = session.transport();
         if send(&mut t, &self.stream)? > 0 && self.idle_timeout.is_some() {
             self.active = tokio::time::Instant::now();
         }
-        Ok((t.unsent(), t.closing(), t.handoff().queued()))
+        Ok(Look {
+            pending: t.unsent(),
+            closing: t.closing(),
+            queued: t.handoff().queued(),
+            paused: t.reading_paused(),
+            write_side: t.write_side(),
+            half_closeable: t.half_closeable(),
+            spliced: t.splice().is_some(),
+        })
     }
 
     /// Pauses or resumes a registered producer as output crosses the marks.
@@ -197,7 +251,7 @@ impl Conn {
         &mut self,
         session: &mut Session,
         shutdown: &Shutdown,
-    ) -> Result<Reason, GuestFault> {
+    ) -> Result<Driven, GuestFault> {
         let (high, low) = (
             session.plugin().limits.high_water,
             session.plugin().limits.low_water,
@@ -220,6 +274,8 @@ impl Conn {
         let idle_timer = tokio::time::sleep(idle.unwrap_or(LINGER));
         tokio::pin!(idle_timer);
         let mut idle_closed = false;
+        // Whether the protocol heard `read-connection-lost`.
+        let mut read_lost_told = false;
         // The instance's next delayed call (an instance of its own; a
         // shared instance's timer task fires its calls).
         let timer = tokio::time::sleep(LINGER);
@@ -232,10 +288,11 @@ impl Conn {
             if producer {
                 self.producer(session)?;
             }
-            let (mut pending, mut closing, queued) = match self.flush(session) {
-                Ok(state) => state,
-                Err(e) => return Ok(lost(&e)),
+            let look = match self.flush(session) {
+                Ok(look) => look,
+                Err(e) => return Ok(Driven::End(lost(&e))),
             };
+            let (mut pending, mut closing, queued) = (look.pending, look.closing, look.queued);
             if producer {
                 // Resuming may write more (or close): read the state again.
                 self.producer(session)?;
@@ -244,13 +301,40 @@ impl Conn {
             }
             if closing == Closing::Abort {
                 self.abort();
-                return Ok(Reason::Lost("connection aborted".into()));
+                return Ok(Driven::End(Reason::Lost("connection aborted".into())));
+            }
+            if look.spliced {
+                if pending == 0 && queued == 0 {
+                    return Ok(Driven::Splice);
+                }
+            } else if look.write_side == WriteSide::Closing && pending == 0 {
+                // lose-write-connection: FIN now that the output is sent.
+                let _ = socket2::SockRef::from(&*self.stream).shutdown(std::net::Shutdown::Write);
+                session.transport().set_write_closed();
+                if look.half_closeable {
+                    session.write_connection_lost()?;
+                }
+                continue;
+            }
+            // The peer's FIN, once the reads before it were delivered: a
+            // half-closeable protocol hears of it and the connection stays
+            // open; any other connection closes.
+            let read_done = self.eof && queued == 0;
+            let half = look.half_closeable && session.has_half_close();
+            if read_done && half && !read_lost_told && !look.spliced && closing == Closing::Open {
+                read_lost_told = true;
+                session.read_connection_lost()?;
+                continue;
             }
             // A clean close after the peer's FIN waits for the reads queued
             // before it to be delivered (after lose-connection they are
             // skipped).
-            if pending == 0 && (closing == Closing::Lose || (self.eof && queued == 0)) {
-                return Ok(self.close_cleanly().await);
+            let both_closed = !half || look.write_side == WriteSide::Closed;
+            if pending == 0
+                && !look.spliced
+                && (closing == Closing::Lose || (read_done && both_closed))
+            {
+                return Ok(Driven::End(self.close_cleanly().await));
             }
             // Read-side backpressure with hysteresis.
             if reading_paused && pending <= low {
@@ -258,8 +342,12 @@ impl Conn {
             } else if !reading_paused && pending > high {
                 reading_paused = true;
             }
-            let want_read =
-                closing == Closing::Open && !self.eof && !reading_paused && queued < MAX_QUEUED;
+            let want_read = closing == Closing::Open
+                && !self.eof
+                && !reading_paused
+                && !look.paused
+                && !look.spliced
+                && queued < MAX_QUEUED;
             let interest = match (want_read, pending > 0) {
                 (true, true) => Some(Interest::READABLE | Interest::WRITABLE),
                 (true, false) => Some(Interest::READABLE),
@@ -267,12 +355,15 @@ impl Conn {
                 // Nothing to send and not reading: the loop returned above
                 // (lose, EOF with nothing queued), or reads wait for batched
                 // delivery, which kicks this task when done.
+                // Nothing to send and not reading: reads wait for batched
+                // delivery, which kicks this task when done; or the guest
+                // paused reading, or heard the peer's FIN, and a callback
+                // (a timer's, another connection's) must act next.
                 (false, false) => {
-                    debug_assert!(queued > 0, "idle connection with reading paused");
                     // Under the lock: if the reads were delivered since
                     // `flush` looked, go round again instead of waiting.
                     let mut t = session.transport();
-                    if !t.handoff().wait_for_delivery() {
+                    if queued > 0 && !t.handoff().wait_for_delivery() {
                         continue;
                     }
                     None
@@ -293,7 +384,7 @@ impl Conn {
                 ready = async { self.stream.ready(interest.unwrap_or(Interest::READABLE)).await }, if interest.is_some() => {
                     let ready = match ready {
                         Ok(r) => r,
-                        Err(e) => return Ok(lost(&e)),
+                        Err(e) => return Ok(Driven::End(lost(&e))),
                     };
                     if want_read && (ready.is_readable() || ready.is_read_closed()) {
                         let mut buf = ReadBuf::take();
@@ -307,7 +398,7 @@ impl Conn {
                             }
                             Err(e) if e.kind() == io::ErrorKind::WouldBlock => {}
                             Err(e) if e.kind() == io::ErrorKind::Interrupted => {}
-                            Err(e) => return Ok(lost(&e)),
+                            Err(e) => return Ok(Driven::End(lost(&e))),
                         }
                     }
                 }
@@ -325,7 +416,7 @@ impl Conn {
                     self.abort();
                     let unsent = session.transport().unsent();
                     tracing::warn!(plugin = %session.plugin().name, unsent, "shutdown deadline passed: connection reset, unsent output dropped");
-                    return Ok(Reason::Lost("shutdown deadline passed; connection reset".into()));
+                    return Ok(Driven::End(Reason::Lost("shutdown deadline passed; connection reset".into())));
                 }
                 () = &mut idle_timer, if idle.is_some() && !idle_closed => {
                     let timeout = idle.unwrap_or(LINGER);

@@ -70,12 +70,15 @@
 pub mod config;
 pub mod connection;
 pub mod connector;
+pub mod grants;
 pub mod listener;
+pub mod outbound;
 pub mod reactor;
 pub mod runtime;
 pub mod shared;
 pub mod shutdown;
 pub mod sink;
+pub mod splice;
 pub mod testing;
 
 pub use config::Config;

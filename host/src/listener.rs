@@ -16,8 +16,8 @@ use tokio::sync::Semaphore;
 
 use crate::config::ListenConfig;
 use crate::connection::{self, End};
+use crate::runtime::Plugin;
 use crate::runtime::pool::InstancePermit;
-use crate::runtime::{Plugin, Session};
 use crate::shared::Instances;
 use crate::shared::threads::LiveGuard;
 use crate::shutdown::{Shutdown, ShutdownSignal, TaskGuard};
@@ -219,7 +219,7 @@ impl Acceptor {
             // An instance of its own is reserved now, so that a plugin at
             // its cap refuses here, with a count, rather than failing deep
             // in instantiation.
-            let reserved = if let Instances::PerConnection(plugin) = &self.instances {
+            let reserved = if let Instances::PerConnection { plugin, .. } = &self.instances {
                 match plugin.reserve_instance() {
                     Ok(p) => Some(p),
                     Err(e) => {
@@ -317,11 +317,11 @@ impl ServerConnection {
         let session = match (&instances, instance, reserved) {
             (Instances::Shared(pool), Some(i), _) => pool.session_on(i),
             (Instances::Shared(pool), None, _) => pool.next_session(),
-            (Instances::PerConnection(plugin), _, reserved) => match reserved {
-                Some(permit) => Session::own(plugin, permit),
+            (Instances::PerConnection { plugin, .. }, _, reserved) => match reserved {
+                Some(permit) => instances.own_session(permit),
                 None => plugin
                     .reserve_instance()
-                    .and_then(|p| Session::own(plugin, p)),
+                    .and_then(|p| instances.own_session(p)),
             },
         };
         let mut session = match session {

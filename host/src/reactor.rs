@@ -11,7 +11,9 @@ use tokio::sync::mpsc;
 
 use crate::config::Config;
 use crate::listener::{BindError, Listener, ListenerStats};
+use crate::outbound::{Dialer, OutboundStats};
 use crate::runtime::Runtime;
+use crate::runtime::outbound::Dial;
 use crate::shared::Instances;
 use crate::shutdown::ShutdownController;
 
@@ -38,7 +40,11 @@ pub struct Reactor {
     /// Every plugin a listener or connector uses, with its instances (a
     /// shared plugin's pool and threads live as long as the reactor).
     instances: HashMap<String, Instances>,
+    /// The outbound counters of every plugin with `connect` grants.
+    outbound: HashMap<String, Arc<OutboundStats>>,
     listeners: Vec<Listener>,
+    /// Made at bind, so that the dialers hold its signal.
+    controller: ShutdownController,
 }
 
 impl std::fmt::Debug for Reactor {
@@ -57,6 +63,8 @@ impl Reactor {
         // Each plugin's instances, built once: a shared plugin's instances
         // get threads of their own if a listener serves it.
         let mut instances = HashMap::new();
+        let mut outbound = HashMap::new();
+        let controller = ShutdownController::new();
         let used = (config.listen.iter().map(|l| (&l.plugin, true)))
             .chain(config.connect.iter().map(|c| (&c.plugin, false)));
         let mut served: HashMap<&String, bool> = HashMap::new();
@@ -65,7 +73,16 @@ impl Reactor {
         }
         for (name, listens) in served {
             let plugin = runtime.plugin(name).expect("config validated plugin names");
-            instances.insert(name.clone(), Instances::new(plugin, listens));
+            let dialer = (!plugin.grants().is_empty()).then(|| {
+                let d = Dialer::new(
+                    plugin.clone(),
+                    controller.signal_handle(),
+                    controller.weak_guard(),
+                );
+                outbound.insert(name.clone(), d.stats().clone());
+                Arc::new(d) as Arc<dyn Dial>
+            });
+            instances.insert(name.clone(), Instances::new(plugin, listens, dialer));
         }
         let mut listeners = Vec::new();
         for l in &config.listen {
@@ -75,8 +92,16 @@ impl Reactor {
             config,
             _runtime: Arc::new(runtime),
             instances,
+            outbound,
             listeners,
+            controller,
         })
+    }
+
+    /// What the plugin called `name`'s guests opened, were refused and
+    /// failed to open (plugins with `connect` grants).
+    pub fn outbound_stats(&self, name: &str) -> Option<&Arc<OutboundStats>> {
+        self.outbound.get(name)
     }
 
     /// How the plugin called `name` gets its instances (its shared pool,
@@ -101,7 +126,7 @@ impl Reactor {
     /// on `stop` forces the end. With no listeners the run also ends once
     /// every connector has finished.
     pub async fn run(self, mut stop: mpsc::Receiver<()>) -> RunEnd {
-        let mut controller = ShutdownController::new();
+        let mut controller = self.controller;
         for l in self.listeners {
             tokio::spawn(l.serve(controller.signal_handle(), controller.guard()));
         }

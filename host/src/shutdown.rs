@@ -224,6 +224,19 @@ pub struct ShutdownController {
 #[derive(Debug, Clone)]
 pub struct TaskGuard(#[allow(dead_code)] mpsc::Sender<()>);
 
+/// A [`TaskGuard`] to be, for code that starts tasks later (a guest's
+/// outbound connections): it does not itself keep the reactor waiting.
+#[derive(Debug, Clone)]
+pub struct WeakTaskGuard(mpsc::WeakSender<()>);
+
+impl WeakTaskGuard {
+    /// A guard for a new task, unless the reactor already saw every task
+    /// end.
+    pub fn upgrade(&self) -> Option<TaskGuard> {
+        self.0.upgrade().map(TaskGuard)
+    }
+}
+
 impl Default for ShutdownController {
     fn default() -> Self {
         Self::new()
@@ -263,6 +276,20 @@ impl ShutdownController {
     /// If called after [`wait`](Self::wait) started.
     pub fn guard(&self) -> TaskGuard {
         TaskGuard(self.done_tx.clone().expect("guard() after wait()"))
+    }
+
+    /// A weak guard, upgraded by each task started later.
+    ///
+    /// # Panics
+    ///
+    /// If called after [`wait`](Self::wait) started.
+    pub fn weak_guard(&self) -> WeakTaskGuard {
+        WeakTaskGuard(
+            self.done_tx
+                .as_ref()
+                .expect("weak_guard() after wait()")
+                .downgrade(),
+        )
     }
 
     /// Tells every task to shut down.

@@ -111,12 +111,13 @@ impl TestComponent {
             sharing,
             capture: Some(output.clone()),
             time: clock.clone(),
+            ..PluginOptions::default()
         };
         let plugin = runtime.load_plugin("test", path.as_ref(), options)?;
         let plugin = runtime.insert_plugin(plugin);
         Ok(TestComponent {
             _runtime: runtime,
-            instances: Instances::new(plugin, false),
+            instances: Instances::new(plugin, false, None),
             output,
             clock,
             live: RefCell::default(),

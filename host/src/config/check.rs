@@ -114,6 +114,11 @@ impl<'a> Checker<'a> {
         (line, col + 1)
     }
 
+    /// The config file, as errors name it.
+    pub fn file(&self) -> String {
+        self.path.display().to_string()
+    }
+
     /// 1-based line of a span.
     pub fn line(&self, span: &Range<usize>) -> usize {
         self.line_col(span.start).0

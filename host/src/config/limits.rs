@@ -33,6 +33,10 @@ pub struct Limits {
     /// The most active delayed calls (`reactor.call-later`) one instance
     /// may have; the call past it traps. Default 10,000.
     pub max_timers: usize,
+    /// The most outbound connections (`reactor.connect-tcp`) one instance
+    /// may have open or opening at once; past it, `connect-tcp` returns an
+    /// error. Default 100.
+    pub max_outbound: usize,
 }
 
 /// The default of [`Limits::max_resources`].
@@ -41,6 +45,10 @@ pub const DEFAULT_MAX_RESOURCES: usize = 1000;
 pub const DEFAULT_MAX_TIMERS: usize = 10_000;
 /// The largest `max-timers`.
 pub const MAX_TIMERS: usize = 1_000_000;
+/// The default of [`Limits::max_outbound`].
+pub const DEFAULT_MAX_OUTBOUND: usize = 100;
+/// The largest `max-outbound`.
+pub const MAX_OUTBOUND: usize = 100_000;
 
 impl Default for Limits {
     fn default() -> Self {
@@ -52,6 +60,7 @@ impl Default for Limits {
             max_output: 16 << 20,
             max_resources: DEFAULT_MAX_RESOURCES,
             max_timers: DEFAULT_MAX_TIMERS,
+            max_outbound: DEFAULT_MAX_OUTBOUND,
         }
     }
 }

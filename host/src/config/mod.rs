@@ -15,7 +15,10 @@ mod limits;
 mod show;
 mod tables;
 
-pub use limits::{DEFAULT_MAX_RESOURCES, DEFAULT_MAX_TIMERS, Limits, MAX_TIMERS, Sharing};
+pub use limits::{
+    DEFAULT_MAX_OUTBOUND, DEFAULT_MAX_RESOURCES, DEFAULT_MAX_TIMERS, Limits, MAX_OUTBOUND,
+    MAX_TIMERS, Sharing,
+};
 #[cfg(test)]
 mod tests;
 
@@ -199,6 +202,12 @@ pub struct PluginConfig {
     /// `max-instances`: the most live instances this plugin may hold
     /// (per-connection plugins only). `None`: no limit of its own.
     pub max_instances: Option<u32>,
+    /// `connect`: where its guest may open connections
+    /// (`reactor.connect-tcp`); none by default.
+    pub connect: crate::grants::Grants,
+    /// `env`: environment variables its guest sees (WASI's environment);
+    /// none by default.
+    pub env: Vec<(String, String)>,
     /// Line of the plugin's table, for later errors (such as a component
     /// that fails to load).
     pub line: usize,

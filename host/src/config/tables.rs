@@ -36,6 +36,9 @@ const PLUGIN_KEYS: &[&str] = &[
     "max-instances",
     "max-resources",
     "max-timers",
+    "connect",
+    "max-outbound",
+    "env",
 ];
 const LISTEN_KEYS: &[&str] = &[
     "port",
@@ -272,6 +275,11 @@ fn parse_plugin(
     if let Some(n) = c.int(t, "max-timers", 1..=MAX_TIMERS) {
         limits.max_timers = n;
     }
+    if let Some(n) = c.int(t, "max-outbound", 1..=MAX_OUTBOUND) {
+        limits.max_outbound = n;
+    }
+    let connect = parse_grants(c, t, name);
+    let env = parse_env(c, t);
 
     let shared_instances = c.int(t, "shared-instances", 1..=MAX_SHARED_INSTANCES);
     let max_instances = c.int(t, "max-instances", 1..=MAX_INSTANCES);
@@ -338,8 +346,82 @@ fn parse_plugin(
         clock: c.bool(t, "clock").unwrap_or(false),
         sharing,
         max_instances: max_instances.filter(|_| matches!(sharing, Sharing::PerConnection)),
+        connect,
+        env,
         line,
     }
+}
+
+/// `connect = ["HOST:PORT", ...]`: the plugin's grants, every bad entry
+/// reported.
+fn parse_grants(c: &mut Checker<'_>, t: &Table<'_, '_>, name: &str) -> crate::grants::Grants {
+    use crate::grants::{FORMS, Grant, Grants};
+    let place = |c: &Checker<'_>, line: usize| {
+        format!(
+            "[plugins.{}] connect ({}:{line})",
+            key_segment(name),
+            c.file()
+        )
+    };
+    let Some(v) = t.get("connect") else {
+        return Grants::default();
+    };
+    let key = t.field("connect");
+    let DeValue::Array(items) = v.get_ref() else {
+        c.type_error(v, &key, "an array of \"HOST:PORT\" strings");
+        return Grants::default();
+    };
+    let mut rules = Vec::new();
+    for (i, item) in items.iter().enumerate() {
+        let item_key = format!("{key}[{i}]");
+        match item.get_ref() {
+            DeValue::String(s) => match Grant::parse(s) {
+                Ok(g) => rules.push(g),
+                Err(why) => c.error(
+                    Some(item.span()),
+                    &item_key,
+                    format!("{}: {why} (grants look like {FORMS})", quote(s)),
+                ),
+            },
+            _ => c.type_error(item, &item_key, "a \"HOST:PORT\" string"),
+        }
+    }
+    let line = c.line(&v.span());
+    Grants::new(rules, place(c, line))
+}
+
+/// `env = { KEY = "value", ... }`: the guest's environment.
+fn parse_env(c: &mut Checker<'_>, t: &Table<'_, '_>) -> Vec<(String, String)> {
+    let Some(v) = t.get("env") else {
+        return Vec::new();
+    };
+    let key = t.field("env");
+    let DeValue::Table(entries) = v.get_ref() else {
+        c.type_error(
+            v,
+            &key,
+            "a table of strings, such as { BACKEND = \"127.0.0.1:6379\" }",
+        );
+        return Vec::new();
+    };
+    let mut env = Vec::new();
+    let mut sorted: Vec<_> = entries.iter().collect();
+    sorted.sort_by_key(|(k, _)| k.span().start);
+    for (k, val) in sorted {
+        let item_key = format!("{key}.{}", key_segment(k.get_ref()));
+        match val.get_ref() {
+            DeValue::String(s) if !k.get_ref().contains('=') && !k.get_ref().is_empty() => {
+                env.push((k.get_ref().to_string(), s.to_string()));
+            }
+            DeValue::String(_) => c.error(
+                Some(k.span()),
+                &item_key,
+                "an environment variable's name must be non-empty and contain no '='",
+            ),
+            _ => c.type_error(val, &item_key, "a string (in double quotes)"),
+        }
+    }
+    env
 }
 
 /// What is wrong with the component file `full` (written `path`), if

@@ -16,6 +16,8 @@ wasmtime::component::bindgen!({
 
 pub use self::exports::twill::protocol::batch;
 pub use self::exports::twill::protocol::client_factory;
+pub use self::exports::twill::protocol::half_close;
+pub use self::exports::twill::protocol::outbound_factory;
 pub use self::exports::twill::protocol::protocol;
 pub use self::exports::twill::protocol::reactor_calls;
 pub use self::exports::twill::protocol::server_factory;

@@ -10,7 +10,8 @@ use wasmtime::Store;
 
 use super::bindings::batch::Chunk;
 use super::bindings::{
-    batch as wit_batch, client_factory, protocol, reactor_calls, server_factory,
+    Reason, batch as wit_batch, client_factory, half_close, outbound_factory, protocol,
+    reactor_calls, server_factory,
 };
 use super::state::{Caller, ConnState};
 use crate::shutdown::ShutdownSignal;
@@ -54,6 +55,8 @@ pub(crate) struct Guest {
     pub(super) reactor_calls: Option<reactor_calls::Guest>,
     pub(super) server: Option<server_factory::Guest>,
     pub(super) client: Option<client_factory::Guest>,
+    pub(super) outbound: Option<outbound_factory::Guest>,
+    pub(super) half_close: Option<half_close::Guest>,
     pub(super) poisoned: bool,
 }
 
@@ -68,12 +71,22 @@ pub struct SharedGuest {
     /// Wakes its timer task when a delayed call falls due earlier, or
     /// the instance is gone.
     pub(super) wake: Arc<tokio::sync::Notify>,
+    /// For an instance of one connection's own that can open more (its
+    /// plugin has `connect` grants): its place under `max-instances`, and
+    /// `stop-factory` is called when its last connection ends.
+    pub(super) own: Option<super::pool::InstancePermit>,
 }
 
 impl Drop for SharedGuest {
     fn drop(&mut self) {
         // Let the timer task see that the instance is gone, and end.
         self.wake.notify_one();
+        if self.own.is_some() && !self.fault.is_fired() {
+            let g = self.guest.get_mut().unwrap_or_else(|e| e.into_inner());
+            if let Err(fault) = g.factory_hook(self.cpu, Caller::Reactor, false) {
+                tracing::warn!(plugin = %self.plugin, %fault, "guest faulted in stop-factory");
+            }
+        }
     }
 }
 
@@ -149,6 +162,35 @@ impl SharedGuest {
         let r = super::state::lock(&self.guest).fire_one(self.cpu, Caller::Reactor, now);
         if let Err(f) = &r {
             self.fail(f);
+        }
+        r
+    }
+
+    /// `outbound-factory.client-connection-failed(token, reason)`.
+    pub fn outbound_failed(&self, token: u64, reason: &Reason) -> Result<(), GuestFault> {
+        self.reactor_call(|g| match g.outbound.clone() {
+            Some(f) => f.call_client_connection_failed(&mut g.store, token, reason),
+            None => Ok(()),
+        })
+    }
+
+    /// `outbound-factory.client-connection-lost(token, reason)`.
+    pub fn outbound_lost(&self, token: u64, reason: &Reason) -> Result<(), GuestFault> {
+        self.reactor_call(|g| match g.outbound.clone() {
+            Some(f) => f.call_client_connection_lost(&mut g.store, token, reason),
+            None => Ok(()),
+        })
+    }
+
+    /// One call not about one connection, through the one call path; a
+    /// fault poisons the instance and aborts its connections.
+    fn reactor_call(
+        &self,
+        f: impl FnOnce(&mut Guest) -> wasmtime::Result<()>,
+    ) -> Result<(), GuestFault> {
+        let r = super::state::lock(&self.guest).call(self.cpu, 1, Caller::Reactor, f);
+        if let Err(fault) = &r {
+            self.fail(fault);
         }
         r
     }

@@ -54,6 +54,7 @@ pub mod bindings;
 pub mod clock;
 pub mod guest;
 pub mod limits;
+pub mod outbound;
 pub mod outbuf;
 pub mod output;
 pub mod plugin;
@@ -74,7 +75,10 @@ use wasmtime::component::{Component, Linker};
 use wasmtime::{Config as EngineConfig, Engine};
 
 use crate::config::{Config, HostSettings};
-use bindings::{batch as wit_batch, client_factory, protocol, reactor_calls, server_factory};
+use bindings::{
+    batch as wit_batch, client_factory, half_close, outbound_factory, protocol, reactor_calls,
+    server_factory,
+};
 use limits::Limits;
 use outbuf::OutputBudget;
 use pool::InstanceCap;
@@ -267,6 +271,8 @@ impl Runtime {
                 sharing: p.sharing,
                 capture: None,
                 time: clock::Clock::Real,
+                connect: p.connect.clone(),
+                env: p.env.clone(),
             };
             match rt.load_plugin(name, &p.component, options) {
                 Ok(plugin) => {
@@ -332,6 +338,8 @@ impl Runtime {
             sharing,
             capture,
             time,
+            connect,
+            env,
         } = options;
         let bytes =
             std::fs::read(path).with_context(|| format!("cannot read {}", path.display()))?;
@@ -360,6 +368,8 @@ impl Runtime {
         let reactor_calls = reactor_calls::GuestIndices::new(&pre).ok();
         let server = server_factory::GuestIndices::new(&pre).ok();
         let client = client_factory::GuestIndices::new(&pre).ok();
+        let outbound = outbound_factory::GuestIndices::new(&pre).ok();
+        let half_close = half_close::GuestIndices::new(&pre).ok();
         if server.is_none() && client.is_none() {
             anyhow::bail!("exports neither `{SERVER_FACTORY}` nor `{CLIENT_FACTORY}`; {exports}");
         }
@@ -373,6 +383,10 @@ impl Runtime {
             time,
             server,
             client,
+            outbound,
+            half_close,
+            grants: Arc::new(connect),
+            env,
             clock,
             capture,
             exports,

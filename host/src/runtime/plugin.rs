@@ -13,13 +13,15 @@ use wasmtime_wasi::{HostMonotonicClock, HostWallClock, WasiCtxBuilder};
 use crate::shutdown::ShutdownSignal;
 
 use super::bindings::{
-    batch as wit_batch, client_factory, protocol, reactor_calls, server_factory,
+    batch as wit_batch, client_factory, half_close, outbound_factory, protocol, reactor_calls,
+    server_factory,
 };
 use super::clock::{Clock, Timers};
 pub use crate::config::Sharing;
 
 use super::guest::{Guest, GuestFault, SharedGuest, arm, fault};
 use super::limits::{self, Limits};
+use super::outbound::{Dial, Outbound};
 use super::outbuf::OutputBudget;
 use super::output::{GuestOutput, Sink, Stream};
 use super::pool::{InstanceCap, InstancePermit};
@@ -39,6 +41,12 @@ pub struct Plugin {
     pub(super) time: Clock,
     pub(super) server: Option<server_factory::GuestIndices>,
     pub(super) client: Option<client_factory::GuestIndices>,
+    pub(super) outbound: Option<outbound_factory::GuestIndices>,
+    pub(super) half_close: Option<half_close::GuestIndices>,
+    /// Where its guest may connect (`connect`).
+    pub(super) grants: Arc<crate::grants::Grants>,
+    /// Its guest's environment (`env`).
+    pub(super) env: Vec<(String, String)>,
     pub(super) clock: bool,
     pub(super) capture: Option<Arc<std::sync::Mutex<Vec<u8>>>>,
     /// "it exports `a`, `b`", for errors about missing exports.
@@ -66,6 +74,10 @@ pub struct PluginOptions {
     pub capture: Option<Arc<std::sync::Mutex<Vec<u8>>>>,
     /// The reactor clock (a manual one under the test transport).
     pub time: Clock,
+    /// Where its guest may connect.
+    pub connect: crate::grants::Grants,
+    /// Its guest's environment.
+    pub env: Vec<(String, String)>,
 }
 
 impl std::fmt::Debug for Plugin {
@@ -127,6 +139,16 @@ impl Plugin {
         self.reactor_calls.is_some()
     }
 
+    /// Where its guest may connect (`connect`); empty if nowhere.
+    pub fn grants(&self) -> &Arc<crate::grants::Grants> {
+        &self.grants
+    }
+
+    /// Whether the component exports `outbound-factory`.
+    pub fn has_outbound_factory(&self) -> bool {
+        self.outbound.is_some()
+    }
+
     /// The reactor clock its delayed calls run on.
     pub fn time(&self) -> &Clock {
         &self.time
@@ -152,6 +174,9 @@ impl Plugin {
             .allow_udp(false)
             .allow_ip_name_lookup(false)
             .socket_addr_check(|_, _| Box::pin(async { false }));
+        for (k, v) in &self.env {
+            b.env(k, v);
+        }
         if !self.clock {
             b.wall_clock(FrozenClock).monotonic_clock(FrozenClock);
         }
@@ -183,6 +208,7 @@ impl Plugin {
             timers: Timers::new(self.time.clone(), self.limits.max_timers),
             fires_timers: self.reactor_calls.is_some(),
             max_resources: self.limits.max_resources,
+            outbound: None,
             current: None,
         };
         let mut store = Store::new(self.pre.engine(), state);
@@ -241,9 +267,19 @@ impl Plugin {
                 .as_ref()
                 .map(|i| i.load(&mut store, &instance))
                 .transpose()?;
-            Ok::<_, wasmtime::Error>((api, batch, server, client, calls))
+            let outbound = self
+                .outbound
+                .as_ref()
+                .map(|i| i.load(&mut store, &instance))
+                .transpose()?;
+            let half_close = self
+                .half_close
+                .as_ref()
+                .map(|i| i.load(&mut store, &instance))
+                .transpose()?;
+            Ok::<_, wasmtime::Error>((api, batch, server, client, calls, outbound, half_close))
         })();
-        let (api, batch, server, client, reactor_calls) =
+        let (api, batch, server, client, reactor_calls, outbound, half_close) =
             loaded.map_err(|e| fault(&store, cpu, e))?;
         Ok(Guest {
             store,
@@ -252,6 +288,8 @@ impl Plugin {
             reactor_calls,
             server,
             client,
+            outbound,
+            half_close,
             poisoned: false,
         })
     }
@@ -269,19 +307,40 @@ impl Plugin {
         &self.cap
     }
 
-    /// A fresh instance to share among connections (`instance =
-    /// "shared"`), its `start-factory` called; the crate's `shared` module
-    /// keeps a plugin's pool of them and drives their delayed calls.
-    pub fn new_shared_guest(&self) -> Result<Arc<SharedGuest>, GuestFault> {
+    /// A fresh instance that can serve several connections, its
+    /// `start-factory` called: one of a shared pool (`instance =
+    /// "shared"`; the crate's `shared` module keeps the pool and drives
+    /// their delayed calls), or, with `own`, one connection's instance
+    /// that may open more (its plugin has `connect` grants), holding its
+    /// place under `max-instances` and calling `stop-factory` once its
+    /// last connection ends. With `dialer`, its `reactor.connect-tcp`
+    /// requests go there.
+    pub fn new_shared_guest(
+        &self,
+        dialer: Option<Arc<dyn Dial>>,
+        own: Option<InstancePermit>,
+    ) -> Result<Arc<SharedGuest>, GuestFault> {
         let mut guest = self.new_guest()?;
         let wake = Arc::new(tokio::sync::Notify::new());
         guest.store.data_mut().timers.set_wake(wake.clone());
-        let shared = Arc::new(SharedGuest {
-            guest: std::sync::Mutex::new(guest),
-            fault: ShutdownSignal::default(),
-            plugin: self.name.clone(),
-            cpu: self.limits.cpu,
-            wake,
+        let factory = self.outbound.is_some();
+        let max = self.limits.max_outbound;
+        let shared = Arc::new_cyclic(|me| {
+            guest.store.data_mut().outbound = dialer.map(|dialer| Outbound {
+                dialer,
+                me: me.clone(),
+                live: Arc::default(),
+                max,
+                factory,
+            });
+            SharedGuest {
+                guest: std::sync::Mutex::new(guest),
+                fault: ShutdownSignal::default(),
+                plugin: self.name.clone(),
+                cpu: self.limits.cpu,
+                wake,
+                own,
+            }
         });
         shared.factory_hook(true)?;
         Ok(shared)

@@ -16,6 +16,16 @@ fn secs(ns: u64) -> f64 {
 }
 
 impl reactor::Host for ConnState {
+    fn connect_tcp(
+        &mut self,
+        host: String,
+        port: u16,
+        timeout: f64,
+        token: u64,
+    ) -> wasmtime::Result<Result<(), String>> {
+        Ok(ConnState::connect_tcp(self, host, port, timeout, token))
+    }
+
     fn seconds(&mut self) -> wasmtime::Result<f64> {
         Ok(secs(self.timers.clock().now()))
     }
@@ -46,6 +56,26 @@ impl reactor::Host for ConnState {
                 self.timers.release(handle);
                 Err(e.into())
             }
+        }
+    }
+}
+
+/// What `connect-tcp` says to a plugin without grants.
+const NO_GRANTS: &str = "this plugin may not open connections: grant it some with connect = [\"HOST:PORT\", ...] in its [plugins.NAME] table of plugins.toml";
+
+impl ConnState {
+    /// `reactor.connect-tcp`: checked, counted and handed to the dialer
+    /// (the crate's `outbound` module); the outcome comes later.
+    pub(super) fn connect_tcp(
+        &mut self,
+        host: String,
+        port: u16,
+        timeout: f64,
+        token: u64,
+    ) -> Result<(), String> {
+        match &self.outbound {
+            None => Err(NO_GRANTS.into()),
+            Some(o) => o.connect(host, port, timeout, token),
         }
     }
 }

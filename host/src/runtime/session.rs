@@ -306,6 +306,49 @@ impl Session {
         Ok(self.protocol.is_some())
     }
 
+    /// `outbound-factory.build-protocol(token, addr)`, for a connection
+    /// the guest opened. Returns false if the guest declined.
+    pub fn build_outbound_protocol(
+        &mut self,
+        token: u64,
+        remote: SocketAddr,
+    ) -> Result<bool, GuestFault> {
+        let addr = address(remote);
+        let p = self.call(|g| match g.outbound.clone() {
+            Some(f) => f.call_build_protocol(&mut g.store, token, &addr),
+            None => Ok(None),
+        })?;
+        self.protocol = p;
+        Ok(self.protocol.is_some())
+    }
+
+    /// `half-close.read-connection-lost(protocol)`, if exported.
+    pub fn read_connection_lost(&mut self) -> Result<(), GuestFault> {
+        self.half_close(true)
+    }
+
+    /// `half-close.write-connection-lost(protocol)`, if exported.
+    pub fn write_connection_lost(&mut self) -> Result<(), GuestFault> {
+        self.half_close(false)
+    }
+
+    fn half_close(&mut self, read: bool) -> Result<(), GuestFault> {
+        let Some(p) = self.protocol else {
+            return Ok(());
+        };
+        self.call(|g| match g.half_close.clone() {
+            Some(h) if read => h.call_read_connection_lost(&mut g.store, p),
+            Some(h) => h.call_write_connection_lost(&mut g.store, p),
+            None => Ok(()),
+        })
+    }
+
+    /// Whether the component exports `half-close`: only then does a
+    /// protocol's `set-half-closeable` change what the peer's FIN does.
+    pub fn has_half_close(&self) -> bool {
+        self.plugin.half_close.is_some()
+    }
+
     /// `client-factory.client-connection-failed(reason)`.
     pub fn client_connection_failed(
         &mut self,

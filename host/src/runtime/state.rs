@@ -37,6 +37,10 @@ pub struct ConnState {
     /// entry per live transport and per active delayed call (those are
     /// bounded by the connections and by `max-timers`).
     pub(crate) max_resources: usize,
+    /// Where `reactor.connect-tcp` requests go, for an instance whose
+    /// plugin has `connect` grants (none otherwise: the import then returns
+    /// an error).
+    pub(crate) outbound: Option<super::outbound::Outbound>,
     /// Whose callback is running. A write to any other connection's
     /// transport wakes that connection's task; in a batch, so does a write
     /// to a connection without a read in the batch.
@@ -213,6 +217,56 @@ pub struct TransportState {
     /// What the connection's task and its instance's batched delivery
     /// (or another connection's callback) tell each other.
     handoff: Handoff,
+    /// The guest paused reading (`transport.pause-producing`).
+    reading_paused: bool,
+    /// `lose-write-connection`: where the write side's close stands.
+    write_side: WriteSide,
+    /// The protocol opted in to half-close (`set-half-closeable`).
+    half_closeable: bool,
+    /// `splice`: the meeting point of this connection and its partner.
+    splice: Option<Arc<Meet>>,
+}
+
+/// Where two spliced connections meet: the first of their tasks to have
+/// sent its output leaves its socket here and waits; the second takes it
+/// and pumps bytes between the two (the crate's `splice` module), then
+/// tells the first how the pair ended.
+#[derive(Debug)]
+pub struct Meet {
+    /// The two transports, for the pump to watch for a close.
+    pub cells: [std::sync::Weak<Mutex<TransportState>>; 2],
+    /// The first arrival: its socket and where the outcome goes. Taken by
+    /// the second; emptied (the waiter hears `Err`) if a partner ends
+    /// without arriving.
+    pub waiting: Mutex<MeetState>,
+}
+
+/// What a [`Meet`] holds.
+#[derive(Debug, Default)]
+pub enum MeetState {
+    /// Nobody arrived yet.
+    #[default]
+    Empty,
+    /// One side waits with its socket.
+    Waiting(
+        Arc<tokio::net::TcpStream>,
+        tokio::sync::oneshot::Sender<super::bindings::Reason>,
+    ),
+    /// A side ended without arriving (or the pair already met): the other
+    /// does not wait.
+    Gone,
+}
+
+/// Where a `lose-write-connection` stands.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub enum WriteSide {
+    /// Open for writes.
+    #[default]
+    Open,
+    /// Asked: send what is queued, then FIN.
+    Closing,
+    /// The FIN went out.
+    Closed,
 }
 
 /// The hand-off between a connection's task and the rest of a shared
@@ -304,11 +358,70 @@ impl TransportState {
         }
     }
 
-    /// Whether the connection is open: not closing, not gone. Only then
-    /// are writes accepted (Twisted ignores them once the connection is
-    /// closing) and reads delivered.
+    /// Whether the connection is open: not closing, not gone, not
+    /// spliced. Only then are reads delivered.
     pub fn is_open(&self) -> bool {
-        self.closing == Closing::Open && !self.lost
+        self.closing == Closing::Open && !self.lost && self.splice.is_none()
+    }
+
+    /// Whether writes are accepted: open, and the write side not closed
+    /// (Twisted ignores writes once the connection is closing).
+    pub fn takes_writes(&self) -> bool {
+        self.is_open() && self.write_side == WriteSide::Open
+    }
+
+    /// `pause-producing` / `resume-producing` on the transport.
+    pub fn set_reading_paused(&mut self, paused: bool) {
+        self.reading_paused = paused;
+    }
+
+    /// Whether the guest paused reading.
+    pub fn reading_paused(&self) -> bool {
+        self.reading_paused
+    }
+
+    /// `lose-write-connection`: FIN once the output is sent. No effect
+    /// unless open.
+    pub fn lose_write(&mut self) {
+        if self.is_open() && self.write_side == WriteSide::Open {
+            self.write_side = WriteSide::Closing;
+        }
+    }
+
+    /// Where the write side's close stands.
+    pub fn write_side(&self) -> WriteSide {
+        self.write_side
+    }
+
+    /// The FIN of a `lose-write-connection` went out.
+    pub fn set_write_closed(&mut self) {
+        self.write_side = WriteSide::Closed;
+    }
+
+    /// `set-half-closeable`.
+    pub fn set_half_closeable(&mut self, on: bool) {
+        self.half_closeable = on;
+    }
+
+    /// Whether the protocol opted in to half-close.
+    pub fn half_closeable(&self) -> bool {
+        self.half_closeable
+    }
+
+    /// Whether the connection can be spliced: open and not yet spliced.
+    pub fn can_splice(&self) -> bool {
+        self.is_open() && self.write_side == WriteSide::Open
+    }
+
+    /// Splices the connection: reads stop, writes are ignored, and its
+    /// task hands the socket to `meet` once its output is sent.
+    pub fn set_splice(&mut self, meet: Arc<Meet>) {
+        self.splice = Some(meet);
+    }
+
+    /// The splice's meeting point, if spliced.
+    pub fn splice(&self) -> Option<&Arc<Meet>> {
+        self.splice.as_ref()
     }
 
     /// How the guest (or the shutdown) asked the connection to end.
@@ -323,7 +436,7 @@ impl TransportState {
 
     /// Room left under `max-output`, if the transport takes writes.
     pub fn room(&self) -> Option<usize> {
-        self.is_open()
+        self.takes_writes()
             .then(|| self.max_output.saturating_sub(self.out.len()))
     }
 
@@ -384,7 +497,7 @@ impl TransportState {
         len: usize,
         chunks: impl IntoIterator<Item = Vec<u8>>,
     ) -> wasmtime::Result<()> {
-        if !self.is_open() {
+        if !self.takes_writes() {
             return Ok(());
         }
         let after = self.out.len().saturating_add(len);

@@ -18,7 +18,7 @@ use wasmtime::StoreContextMut;
 use wasmtime::component::{Linker, Resource, WasmList};
 
 use super::bindings::twill::protocol::{transport, types};
-use super::state::{Caller, ConnState, TransportHandle, TransportState, lock};
+use super::state::{Caller, ConnState, Meet, TransportHandle, TransportState, lock};
 
 fn address(a: Option<SocketAddr>) -> types::Address {
     match a {
@@ -167,6 +167,76 @@ impl transport::HostTransport for ConnState {
             t.set_producer(false);
             Ok(())
         })
+    }
+
+    fn pause_producing(&mut self, handle: Resource<TransportHandle>) -> wasmtime::Result<()> {
+        self.with_transport(&handle, true, |t| {
+            t.set_reading_paused(true);
+            Ok(())
+        })
+    }
+
+    fn resume_producing(&mut self, handle: Resource<TransportHandle>) -> wasmtime::Result<()> {
+        self.with_transport(&handle, true, |t| {
+            t.set_reading_paused(false);
+            Ok(())
+        })
+    }
+
+    fn lose_write_connection(&mut self, handle: Resource<TransportHandle>) -> wasmtime::Result<()> {
+        self.with_transport(&handle, true, |t| {
+            t.lose_write();
+            Ok(())
+        })
+    }
+
+    fn set_half_closeable(
+        &mut self,
+        handle: Resource<TransportHandle>,
+        on: bool,
+    ) -> wasmtime::Result<()> {
+        self.with_transport(&handle, false, |t| {
+            t.set_half_closeable(on);
+            Ok(())
+        })
+    }
+
+    fn splice(
+        &mut self,
+        handle: Resource<TransportHandle>,
+        other: Resource<TransportHandle>,
+    ) -> wasmtime::Result<Result<(), String>> {
+        let (a, b) = (*self.table.get(&handle)?, *self.table.get(&other)?);
+        if a.slot == b.slot {
+            return Ok(Err("a transport cannot be spliced to itself".into()));
+        }
+        let cells = (
+            self.transports.get(a.slot, a.generation).cloned(),
+            self.transports.get(b.slot, b.generation).cloned(),
+        );
+        let (Some(ca), Some(cb)) = cells else {
+            return Ok(Err("cannot splice: a connection has ended".into()));
+        };
+        // The only place two transports are locked at once (each
+        // connection's task locks its own, one at a time).
+        let (mut ta, mut tb) = (lock(&ca), lock(&cb));
+        if !ta.can_splice() || !tb.can_splice() {
+            return Ok(Err(
+                "cannot splice: a connection is already spliced, closing or closed".into(),
+            ));
+        }
+        let meet = std::sync::Arc::new(Meet {
+            cells: [
+                std::sync::Arc::downgrade(&ca),
+                std::sync::Arc::downgrade(&cb),
+            ],
+            waiting: std::sync::Mutex::default(),
+        });
+        ta.set_splice(meet.clone());
+        tb.set_splice(meet);
+        ta.kick();
+        tb.kick();
+        Ok(Ok(()))
     }
 
     fn drop(&mut self, rep: Resource<TransportHandle>) -> wasmtime::Result<()> {

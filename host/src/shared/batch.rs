@@ -265,7 +265,8 @@ fn settle(r: &Read) {
     if !t.handoff().delivered(r.len) {
         return;
     }
-    let quiet = t.is_open()
+    let quiet = t.takes_writes()
+        && !t.reading_paused()
         && !t.producer()
         && !t.handoff().awaits_delivery()
         && crate::connection::send(&mut t, &r.stream).is_ok()

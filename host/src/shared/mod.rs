@@ -26,6 +26,8 @@ use std::sync::{Arc, Mutex};
 use tokio::runtime::Handle;
 
 use crate::runtime::guest::SharedGuest;
+use crate::runtime::outbound::Dial;
+use crate::runtime::pool::InstancePermit;
 use crate::runtime::session::ReadQueue;
 use crate::runtime::state::lock;
 use crate::runtime::{GuestFault, Plugin, Session, Sharing};
@@ -35,24 +37,45 @@ use threads::{InstanceThread, LiveGuard};
 
 /// How a plugin's connections get their instance: a fresh one each, or a
 /// place on one of its shared instances.
-#[derive(Debug, Clone)]
+#[derive(Clone)]
 pub enum Instances {
     /// An instance of its own per connection (the default).
-    PerConnection(Arc<Plugin>),
+    PerConnection {
+        /// The plugin.
+        plugin: Arc<Plugin>,
+        /// Where its guests' `connect-tcp` requests go, if it has grants:
+        /// then a connection's instance can serve the connections it
+        /// opens too.
+        dialer: Option<Arc<dyn Dial>>,
+    },
     /// A place on one of the plugin's shared instances.
     Shared(Arc<SharedPool>),
+}
+
+impl std::fmt::Debug for Instances {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            Instances::PerConnection { plugin, dialer } => f
+                .debug_struct("PerConnection")
+                .field("plugin", &plugin.name)
+                .field("dials", &dialer.is_some())
+                .finish(),
+            Instances::Shared(pool) => pool.fmt(f),
+        }
+    }
 }
 
 impl Instances {
     /// What `plugin`'s connections run on. With shared instances and
     /// `threads`, each instance gets a thread of its own now (a listener's
     /// connections run there, see [`threads`]); without, connections run
-    /// where their task does.
-    pub fn new(plugin: Arc<Plugin>, threads: bool) -> Instances {
+    /// where their task does. With `dialer`, its guests may open
+    /// connections (`reactor.connect-tcp`).
+    pub fn new(plugin: Arc<Plugin>, threads: bool, dialer: Option<Arc<dyn Dial>>) -> Instances {
         match plugin.sharing() {
-            Sharing::PerConnection => Instances::PerConnection(plugin),
+            Sharing::PerConnection => Instances::PerConnection { plugin, dialer },
             Sharing::Shared(_) => {
-                let pool = Arc::new(SharedPool::new(plugin, threads));
+                let pool = Arc::new(SharedPool::new(plugin, threads, dialer));
                 pool.start();
                 Instances::Shared(pool)
             }
@@ -62,15 +85,37 @@ impl Instances {
     /// The plugin.
     pub fn plugin(&self) -> &Arc<Plugin> {
         match self {
-            Instances::PerConnection(p) => p,
+            Instances::PerConnection { plugin, .. } => plugin,
             Instances::Shared(pool) => &pool.plugin,
         }
+    }
+
+    /// A session on a fresh instance of a per-connection plugin, in the
+    /// place `permit` holds under its `max-instances`. If the plugin may
+    /// open connections, the instance is one that can serve them too (they
+    /// run on it, and it lives until its last connection ends; its delayed
+    /// calls then run in a task of their own).
+    pub fn own_session(&self, permit: InstancePermit) -> Result<Session, GuestFault> {
+        let (plugin, dialer) = match self {
+            Instances::PerConnection { plugin, dialer } => (plugin, dialer),
+            Instances::Shared(pool) => return pool.next_session(),
+        };
+        let Some(dialer) = dialer else {
+            return Session::own(plugin, permit);
+        };
+        let guest = plugin.new_shared_guest(Some(dialer.clone()), Some(permit))?;
+        if plugin.has_reactor_calls()
+            && let Ok(rt) = tokio::runtime::Handle::try_current()
+        {
+            rt.spawn(timers::run(Arc::downgrade(&guest)));
+        }
+        Ok(Session::shared(plugin, guest, None))
     }
 
     /// The shared pool, if the plugin has one.
     pub fn pool(&self) -> Option<&Arc<SharedPool>> {
         match self {
-            Instances::PerConnection(_) => None,
+            Instances::PerConnection { .. } => None,
             Instances::Shared(pool) => Some(pool),
         }
     }
@@ -80,7 +125,7 @@ impl Instances {
     /// round robin, with one call per read.
     pub fn session(&self) -> Result<Session, GuestFault> {
         match self {
-            Instances::PerConnection(p) => Session::own(p, p.reserve_instance()?),
+            Instances::PerConnection { plugin, .. } => self.own_session(plugin.reserve_instance()?),
             Instances::Shared(pool) => pool.next_session(),
         }
     }
@@ -97,6 +142,8 @@ pub struct SharedPool {
     /// One per slot, or none if they were not wanted or could not start.
     threads: Vec<InstanceThread>,
     stats: Arc<BatchStats>,
+    /// Where its guests' `connect-tcp` requests go, if it has grants.
+    dialer: Option<Arc<dyn Dial>>,
 }
 
 /// A slot's instance and its batch queue.
@@ -124,7 +171,7 @@ impl std::fmt::Debug for SharedPool {
 }
 
 impl SharedPool {
-    fn new(plugin: Arc<Plugin>, threads: bool) -> SharedPool {
+    fn new(plugin: Arc<Plugin>, threads: bool, dialer: Option<Arc<dyn Dial>>) -> SharedPool {
         let n = plugin.sharing().instances();
         let threads = if threads {
             (0..n)
@@ -142,6 +189,7 @@ impl SharedPool {
             next: AtomicUsize::new(0),
             threads,
             stats: Arc::default(),
+            dialer,
             plugin,
         }
     }
@@ -260,7 +308,7 @@ impl SharedPool {
         {
             return Ok((guest.clone(), queue.clone()));
         }
-        let guest = self.plugin.new_shared_guest()?;
+        let guest = self.plugin.new_shared_guest(self.dialer.clone(), None)?;
         if self.plugin.has_reactor_calls()
             && let Ok(rt) = tokio::runtime::Handle::try_current()
         {
