@@ -22,6 +22,8 @@ GUESTS=(
   "guests/testkit:guests/testkit/testkit.wasm:needs-sockets"
   "guests/chat:guests/chat/chat.wasm"
   "guests/minikv:guests/minikv/minikv.wasm"
+  "guests/portforward:guests/portforward/portforward.wasm"
+  "guests/router:guests/router/router.wasm"
 )
 
 mode=${TWILL_GUEST_TOOLCHAIN:-auto}

@@ -64,6 +64,7 @@
 use std::cell::RefCell;
 use std::fmt;
 
+mod outbound;
 pub mod reactor;
 
 #[doc(hidden)]
@@ -79,7 +80,8 @@ pub mod __bindings {
 }
 
 use __bindings::exports::twill::protocol::{
-    batch as wit_batch, client_factory, protocol as wit_protocol, reactor_calls, server_factory,
+    batch as wit_batch, client_factory, half_close, outbound_factory, protocol as wit_protocol,
+    reactor_calls, server_factory,
 };
 use __bindings::twill::protocol::{transport as wit_transport, types as wit_types};
 
@@ -172,6 +174,13 @@ pub struct Transport {
 struct TransportInner {
     handle: wit_transport::Transport,
     closing: std::cell::Cell<bool>,
+    /// A transport registered as this one's producer
+    /// ([`Transport::register_producer_transport`]), held weakly so that
+    /// two transports producing for each other do not keep each other.
+    producer: RefCell<Option<std::rc::Weak<TransportInner>>>,
+    /// The partner of a splice: reads the host delivers after the splice
+    /// (read before it took effect) go there.
+    spliced: RefCell<Option<std::rc::Weak<TransportInner>>>,
 }
 
 impl std::ops::Deref for TransportInner {
@@ -191,7 +200,9 @@ impl Transport {
     /// Write some data to the connection, in sequence, without blocking.
     /// Ignored after [`lose_connection`](Self::lose_connection).
     pub fn write(&self, data: &[u8]) {
-        self.inner.write(data);
+        if !self.is_spliced() {
+            self.inner.write(data);
+        }
     }
 
     /// Write several buffers, as if by calling [`write`](Self::write) on each
@@ -201,6 +212,9 @@ impl Transport {
         I: IntoIterator<Item = B>,
         B: AsRef<[u8]>,
     {
+        if self.is_spliced() {
+            return;
+        }
         let bufs: Vec<Vec<u8>> = data.into_iter().map(|b| b.as_ref().to_vec()).collect();
         self.inner.write_sequence(&bufs);
     }
@@ -247,9 +261,104 @@ impl Transport {
 
     /// Stop the producer notifications: Twisted's `unregisterProducer`.
     pub fn unregister_producer(&self) {
+        self.inner.producer.replace(None);
         self.inner.unregister_producer();
     }
+
+    /// Make `producer` (another connection's transport) this transport's
+    /// streaming producer: Twisted's `registerProducer(peer.transport,
+    /// True)`, as its `portforward` does. While this connection's unsent
+    /// output is above its high-water mark, the host stops reading from
+    /// `producer`'s connection, and starts again once it drained: a relay
+    /// that writes what `producer` reads into this transport then holds at
+    /// most about a high-water mark of it, whatever the two peers' speeds.
+    pub fn register_producer_transport(&self, producer: &Transport) {
+        self.inner
+            .producer
+            .replace(Some(std::rc::Rc::downgrade(&producer.inner)));
+        self.inner.register_producer();
+    }
+
+    /// The transport registered as this one's producer, if it is still
+    /// there.
+    fn producer(&self) -> Option<Transport> {
+        let weak = self.inner.producer.borrow().clone()?;
+        weak.upgrade().map(|inner| Transport { inner })
+    }
+
+    /// Stop reading from this connection: Twisted's
+    /// `ITransport.pauseProducing`. Bytes the peer sends wait in the
+    /// kernel, and TCP slows the peer. Output and closes go on.
+    pub fn pause_producing(&self) {
+        self.inner.handle.pause_producing();
+    }
+
+    /// Start reading again: Twisted's `ITransport.resumeProducing`.
+    pub fn resume_producing(&self) {
+        self.inner.handle.resume_producing();
+    }
+
+    /// Close the write side after sending what was written, and keep
+    /// reading: Twisted's `loseWriteConnection` (a TCP half-close). A
+    /// [`Protocol::half_closeable`] protocol then gets
+    /// [`Protocol::write_connection_lost`].
+    pub fn lose_write_connection(&self) {
+        self.inner.handle.lose_write_connection();
+    }
+
+    /// Hand this connection and `other` to the host, which relays bytes
+    /// between them both ways with no further callbacks (after what was
+    /// already written to either). Both protocols get `connection_lost`
+    /// when the pair ends. Writes to either afterwards are ignored.
+    ///
+    /// Fails, changing nothing, if `other` is this transport, or either
+    /// connection is already spliced, closing or gone.
+    pub fn splice(&self, other: &Transport) -> Result<(), SpliceError> {
+        self.inner
+            .handle
+            .splice(&other.inner.handle)
+            .map_err(SpliceError)?;
+        self.inner
+            .spliced
+            .replace(Some(std::rc::Rc::downgrade(&other.inner)));
+        other
+            .inner
+            .spliced
+            .replace(Some(std::rc::Rc::downgrade(&self.inner)));
+        Ok(())
+    }
+
+    /// Whether the connection was spliced.
+    pub fn is_spliced(&self) -> bool {
+        self.inner.spliced.borrow().is_some()
+    }
+
+    /// Hands a read to the protocol, or, once spliced, to the partner:
+    /// bytes read before the splice took effect still reach it.
+    fn deliver(&self, protocol: &mut dyn Protocol, data: &[u8]) {
+        let partner = self.inner.spliced.borrow().clone();
+        match partner {
+            Some(partner) => {
+                if let Some(partner) = partner.upgrade() {
+                    partner.handle.write(data);
+                }
+            }
+            None => protocol.data_received(self, data),
+        }
+    }
 }
+
+/// Why [`Transport::splice`] refused.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct SpliceError(pub String);
+
+impl fmt::Display for SpliceError {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(&self.0)
+    }
+}
+
+impl std::error::Error for SpliceError {}
 
 /// The protocol for one connection: Twisted's `Protocol`.
 ///
@@ -304,6 +413,30 @@ pub trait Protocol: 'static {
     /// Start writing again: Twisted's `resumeProducing`. Called after
     /// [`pause_producing`](Self::pause_producing) once the buffer drained.
     fn resume_producing(&mut self, transport: &Transport) {
+        let _ = transport;
+    }
+
+    /// Whether this protocol takes half-closes: Twisted's
+    /// `IHalfCloseableProtocol`. If true, the peer's FIN does not close the
+    /// connection: [`read_connection_lost`](Self::read_connection_lost) is
+    /// called instead, and the protocol may keep writing until it calls
+    /// `lose_connection` or `lose_write_connection`. Default false.
+    fn half_closeable(&self) -> bool {
+        false
+    }
+
+    /// The peer closed its write side: Twisted's `readConnectionLost`.
+    /// Only for a [`half_closeable`](Self::half_closeable) protocol. The
+    /// default closes the connection once its output is sent, as a
+    /// protocol that is not half-closeable would be.
+    fn read_connection_lost(&mut self, transport: &Transport) {
+        transport.lose_connection();
+    }
+
+    /// The write side is closed (after
+    /// [`Transport::lose_write_connection`]): Twisted's
+    /// `writeConnectionLost`. Only for a half-closeable protocol.
+    fn write_connection_lost(&mut self, transport: &Transport) {
         let _ = transport;
     }
 }
@@ -513,13 +646,18 @@ pub mod __private {
                 inner: std::rc::Rc::new(TransportInner {
                     handle: transport,
                     closing: std::cell::Cell::new(false),
+                    producer: RefCell::new(None),
+                    spliced: RefCell::new(None),
                 }),
             });
+            if protocol.half_closeable() {
+                transport.inner.handle.set_half_closeable(true);
+            }
             protocol.make_connection(transport);
         }
 
         fn data_received(&self, data: Vec<u8>) {
-            self.with_transport(|p, t| p.data_received(t, &data));
+            self.with_transport(|p, t| t.deliver(p, &data));
         }
 
         fn connection_lost(&self, reason: wit_types::Reason) {
@@ -530,11 +668,17 @@ pub mod __private {
         }
 
         fn pause_producing(&self) {
-            self.with_transport(|p, t| p.pause_producing(t));
+            self.with_transport(|p, t| match t.producer() {
+                Some(producer) => producer.pause_producing(),
+                None => p.pause_producing(t),
+            });
         }
 
         fn resume_producing(&self) {
-            self.with_transport(|p, t| p.resume_producing(t));
+            self.with_transport(|p, t| match t.producer() {
+                Some(producer) => producer.resume_producing(),
+                None => p.resume_producing(t),
+            });
         }
     }
 
@@ -552,14 +696,40 @@ pub mod __private {
                     // Closed by an earlier chunk's callback: the host would
                     // not have delivered this read.
                     if !t.inner.closing.get() {
-                        p.data_received(t, mine);
+                        t.deliver(p, mine);
                     }
                 });
             }
         }
     }
 
-    fn wrap(p: Option<Box<dyn Protocol>>) -> Option<wit_protocol::Protocol> {
+    impl<E: Exports> half_close::Guest for Glue<E> {
+        fn read_connection_lost(p: wit_protocol::ProtocolBorrow<'_>) {
+            p.get::<ProtocolBox>()
+                .with_transport(|p, t| p.read_connection_lost(t));
+        }
+
+        fn write_connection_lost(p: wit_protocol::ProtocolBorrow<'_>) {
+            p.get::<ProtocolBox>()
+                .with_transport(|p, t| p.write_connection_lost(t));
+        }
+    }
+
+    impl<E: Exports> outbound_factory::Guest for Glue<E> {
+        fn build_protocol(token: u64, addr: wit_types::Address) -> Option<wit_protocol::Protocol> {
+            wrap(crate::outbound::build_protocol(token, &addr.into()))
+        }
+
+        fn client_connection_failed(token: u64, reason: wit_types::Reason) {
+            crate::outbound::failed(token, reason.into());
+        }
+
+        fn client_connection_lost(token: u64, reason: wit_types::Reason) {
+            crate::outbound::lost(token, reason.into());
+        }
+    }
+
+    pub(crate) fn wrap(p: Option<Box<dyn Protocol>>) -> Option<wit_protocol::Protocol> {
         p.map(|p| wit_protocol::Protocol::new(ProtocolBox::new(p)))
     }
 

@@ -39,6 +39,8 @@ use std::fmt;
 use std::rc::{Rc, Weak};
 use std::time::Duration;
 
+pub use crate::outbound::{ConnectError, Connector, connect_tcp, connect_tcp_timeout};
+
 use crate::__bindings::twill::protocol::reactor as wit_reactor;
 use crate::Transport;
 

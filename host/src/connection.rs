@@ -85,7 +85,8 @@ pub async fn run(
     let spliced = session.transport().splice().cloned();
     let reason = match (driven, spliced) {
         (Ok(Driven::Splice), Some(meet)) => {
-            let reason = crate::splice::meet(&meet, &conn.stream, shutdown).await;
+            let me = (conn.stream.clone(), session.transport_cell());
+            let reason = crate::splice::meet(&meet, me, shutdown).await;
             if matches!(reason, Reason::Done) {
                 conn.open = None;
             } else {

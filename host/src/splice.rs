@@ -17,7 +17,6 @@
 
 use std::io;
 use std::net::Shutdown as Direction;
-use std::sync::Arc;
 use std::time::Duration;
 
 use tokio::io::Interest;
@@ -25,7 +24,7 @@ use tokio::net::TcpStream;
 use tokio::sync::oneshot;
 
 use crate::runtime::bindings::Reason;
-use crate::runtime::state::{Closing, Meet, MeetState, lock};
+use crate::runtime::state::{Arrival, Closing, Meet, MeetState, lock};
 use crate::shutdown::Shutdown;
 
 /// Each direction's buffer.
@@ -34,13 +33,13 @@ const BUF: usize = 64 << 10;
 /// Arrives at `meet` with `stream`, once this connection's output was
 /// sent: waits for the partner, or pumps with it if it is waiting. Returns
 /// how the pair ended; a `Lost` reason means the caller resets its socket.
-pub async fn meet(meet: &Meet, stream: &Arc<TcpStream>, shutdown: &Shutdown) -> Reason {
+pub async fn meet(meet: &Meet, me: Arrival, shutdown: &Shutdown) -> Reason {
     let waiting = {
         let mut w = lock(&meet.waiting);
         match std::mem::take(&mut *w) {
             MeetState::Empty => {
                 let (tx, rx) = oneshot::channel();
-                *w = MeetState::Waiting(stream.clone(), tx);
+                *w = MeetState::Waiting(me.clone(), tx);
                 Err(rx)
             }
             MeetState::Waiting(other, tx) => {
@@ -61,7 +60,7 @@ pub async fn meet(meet: &Meet, stream: &Arc<TcpStream>, shutdown: &Shutdown) -> 
             }
         }
         Ok((other, tx)) => {
-            let reason = pump(stream, &other, meet, shutdown).await;
+            let reason = pump(&me, &other, meet, shutdown).await;
             let _ = tx.send(reason.clone());
             reason
         }
@@ -91,11 +90,16 @@ struct Dir {
 }
 
 impl Dir {
-    fn new() -> Dir {
+    /// A direction whose first bytes to write are `first` (output written
+    /// to the destination's transport after its task last flushed).
+    fn new(first: Vec<u8>) -> Dir {
+        let end = first.len();
+        let mut buf = first;
+        buf.resize(end.max(BUF), 0);
         Dir {
-            buf: vec![0; BUF].into_boxed_slice(),
+            buf: buf.into_boxed_slice(),
             start: 0,
-            end: 0,
+            end,
             eof: false,
             shut: false,
         }
@@ -158,8 +162,14 @@ fn reset(a: &TcpStream, b: &TcpStream) {
 
 /// Pumps between `a` and `b` until both directions closed (`Done`), an
 /// error or an abort (`Lost`, both reset).
-async fn pump(a: &TcpStream, b: &TcpStream, meet: &Meet, shutdown: &Shutdown) -> Reason {
-    let (mut ab, mut ba) = (Dir::new(), Dir::new());
+async fn pump(a: &Arrival, b: &Arrival, meet: &Meet, shutdown: &Shutdown) -> Reason {
+    // From now on neither transport takes reads or writes; what was
+    // written to one since its task's last flush goes out first.
+    let (mut ab, mut ba) = (
+        Dir::new(lock(&b.1).start_pumping()),
+        Dir::new(lock(&a.1).start_pumping()),
+    );
+    let (a, b) = (&*a.0, &*b.0);
     let stop = shutdown.recv();
     let abort = shutdown.aborted();
     tokio::pin!(stop, abort);

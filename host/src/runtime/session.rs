@@ -169,6 +169,11 @@ impl Session {
         state::lock(&self.cell)
     }
 
+    /// This connection's transport cell (for a splice's pump).
+    pub fn transport_cell(&self) -> TransportCell {
+        self.cell.clone()
+    }
+
     /// Whether this connection's reads are delivered in batches (a shared
     /// instance whose component exports `batch`, from a listener): then
     /// [`Session::deliver`] queues reads instead of calling `data-received`.

@@ -225,6 +225,9 @@ pub struct TransportState {
     half_closeable: bool,
     /// `splice`: the meeting point of this connection and its partner.
     splice: Option<Arc<Meet>>,
+    /// The splice's pump has taken the socket: nothing more is delivered
+    /// or written.
+    pumping: bool,
 }
 
 /// Where two spliced connections meet: the first of their tasks to have
@@ -241,6 +244,9 @@ pub struct Meet {
     pub waiting: Mutex<MeetState>,
 }
 
+/// A connection arriving at a [`Meet`]: its socket and its transport.
+pub type Arrival = (Arc<tokio::net::TcpStream>, TransportCell);
+
 /// What a [`Meet`] holds.
 #[derive(Debug, Default)]
 pub enum MeetState {
@@ -249,7 +255,7 @@ pub enum MeetState {
     Empty,
     /// One side waits with its socket.
     Waiting(
-        Arc<tokio::net::TcpStream>,
+        Arrival,
         tokio::sync::oneshot::Sender<super::bindings::Reason>,
     ),
     /// A side ended without arriving (or the pair already met): the other
@@ -358,10 +364,12 @@ impl TransportState {
         }
     }
 
-    /// Whether the connection is open: not closing, not gone, not
-    /// spliced. Only then are reads delivered.
+    /// Whether the connection is open: not closing, not gone, not taken
+    /// by a splice's pump. Only then are reads delivered (a spliced
+    /// connection's reads from before the splice still are: the SDKs pass
+    /// them on to the partner).
     pub fn is_open(&self) -> bool {
-        self.closing == Closing::Open && !self.lost && self.splice.is_none()
+        self.closing == Closing::Open && !self.lost && !self.pumping
     }
 
     /// Whether writes are accepted: open, and the write side not closed
@@ -410,11 +418,20 @@ impl TransportState {
 
     /// Whether the connection can be spliced: open and not yet spliced.
     pub fn can_splice(&self) -> bool {
-        self.is_open() && self.write_side == WriteSide::Open
+        self.is_open() && self.write_side == WriteSide::Open && self.splice.is_none()
     }
 
-    /// Splices the connection: reads stop, writes are ignored, and its
-    /// task hands the socket to `meet` once its output is sent.
+    /// The splice's pump takes the socket: returns the output written
+    /// since the connection's task last flushed (the pump sends it first);
+    /// from now on nothing is delivered or written.
+    pub fn start_pumping(&mut self) -> Vec<u8> {
+        self.pumping = true;
+        self.out.take_all()
+    }
+
+    /// Splices the connection: reads stop, and its task hands the socket
+    /// to `meet` once its output is sent and its reads delivered (writes
+    /// still count until then: the SDKs pass late reads on with them).
     pub fn set_splice(&mut self, meet: Arc<Meet>) {
         self.splice = Some(meet);
     }

@@ -131,6 +131,8 @@ pub struct Running {
     pub plugin: Option<std::sync::Arc<twill::runtime::Plugin>>,
     /// Its shared pool, if it has shared instances.
     pub pool: Option<std::sync::Arc<twill::shared::SharedPool>>,
+    /// Its outbound counters, if it has `connect` grants.
+    pub outbound: Option<std::sync::Arc<twill::outbound::OutboundStats>>,
 }
 
 impl Running {
@@ -165,6 +167,7 @@ pub async fn start(config_text: &str) -> Running {
     let plugin = runtime.plugin("p");
     let reactor = Reactor::bind(config, runtime).unwrap();
     let pool = reactor.instances("p").and_then(|i| i.pool()).cloned();
+    let outbound = reactor.outbound_stats("p").cloned();
     let addrs = reactor.listen_addrs();
     let stats = reactor.stats();
     let (stop, rx) = mpsc::channel(2);
@@ -176,6 +179,7 @@ pub async fn start(config_text: &str) -> Running {
         stats,
         plugin,
         pool,
+        outbound,
     }
 }
 
