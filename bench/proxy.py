@@ -248,7 +248,7 @@ def report(a, names, skipped, results, elapsed, order_log):
         "loadgen and the backend share the machine's cores.\n",
     ]
     for name, why in skipped:
-        lines.append(f"- {name}: skipped: {why}")
+        lines.append(f"- {name}: {why if why.startswith('failed') else 'skipped: ' + why}")
     if skipped:
         lines.append("")
     lines.append("| scenario | metric | " + " | ".join(LABEL[n] for n in names) + " |")
@@ -330,6 +330,7 @@ def main():
         signal.signal(sig, lambda *_: sys.exit(1))
     procs = []
     ports = []
+    failed = {}
     results = {}
     order_log = []
     t0 = time.time()
@@ -349,14 +350,24 @@ def main():
                 order = names[k:] + names[:k]
                 order_log.append(order)
                 for name in order:
+                    if name in failed:
+                        continue
                     print(f"round {rnd + 1}/{a.rounds}: {name}", file=sys.stderr, flush=True)
-                    proc, port = start(name, tmp, echo_port, a.venv_python)
-                    procs.append(proc)
-                    ports.append(port)
                     try:
-                        measure(name, proc, port, a.duration, results)
-                    finally:
-                        stop(proc)
+                        proc, port = start(name, tmp, echo_port, a.venv_python)
+                        procs.append(proc)
+                        ports.append(port)
+                        try:
+                            measure(name, proc, port, a.duration, results)
+                        finally:
+                            stop(proc)
+                    except SystemExit as e:
+                        # One proxy failing (not starting, or dying under
+                        # load) drops it from the later rounds; the others go on.
+                        why = str(e).strip()
+                        print(f"{name}: failed in round {rnd + 1}: {why}", file=sys.stderr, flush=True)
+                        failed[name] = f"failed in round {rnd + 1}: " + ("; ".join(why.splitlines()[:2])[:300] or "?")
+                        continue
                     if not port_free(port):
                         print(f"warning: port {port} still held after {name} stopped", file=sys.stderr)
                     time.sleep(1.0)
@@ -368,6 +379,7 @@ def main():
         held = [p for p in ports if not port_free(p)]
         if held:
             print(f"warning: ports still held at the end: {held}", file=sys.stderr)
+    skipped += list(failed.items())
     text = report(a, names, skipped, results, time.time() - t0, order_log)
     print(text)
     Path(a.out).parent.mkdir(parents=True, exist_ok=True)
