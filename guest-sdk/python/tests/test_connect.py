@@ -230,6 +230,12 @@ class HalfCloser(Recorder):
         self.events.append("write_connection_lost")
 
 
+def batch_chunk(box, data):
+    # componentize-py's record for `batch.chunk`: the borrowed protocol
+    # arrives as the exported object itself.
+    return types.SimpleNamespace(protocol=box, len=len(data))
+
+
 def served(protocol_class):
     m = types.ModuleType("guest")
     twill.serve(server=protocol_class, module=m)
@@ -284,6 +290,67 @@ class TransportTest(unittest.TestCase):
         self.assertEqual(ra.calls[-1], ("write", b"still"))
         with self.assertRaises(TypeError):
             ta.splice(object())
+
+    def test_a_batch_chunk_after_the_splice_goes_to_the_partner(self):
+        # Twisted's portforward, spliced on the first read: the second chunk
+        # was read before the splice took effect and must not be lost.
+        _, b, rb = served(Recorder)
+        tb = b.protocol.transport
+        received = []
+
+        class Splicer(Recorder):
+            def data_received(self, data):
+                received.append(data)
+                self.transport.write(b"own")
+                self.transport.splice(tb)
+                self.transport.write(b"dropped")
+
+        m, a, ra = served(Splicer)
+        parts = [(a, b"first"), (a, b"second")]
+        m.Batch().data_received([batch_chunk(x, d) for x, d in parts], b"firstsecond")
+        self.assertEqual(received, [b"first"])
+        self.assertEqual(ra.calls, [("write", b"own"), ("splice", rb)])
+        self.assertEqual(rb.calls, [("write", b"second")])
+        self.assertEqual(b.protocol.events, ["made"])
+
+    def test_a_read_delivered_after_the_splice_goes_to_the_partner(self):
+        _, a, ra = served(Recorder)
+        _, b, rb = served(Recorder)
+        ta, tb = a.protocol.transport, b.protocol.transport
+        received = []
+        a.protocol.data_received = received.append
+        b.protocol.data_received = received.append
+        ta.splice(tb)
+        a.data_received(b"from a")
+        b.data_received(b"from b")
+        self.assertEqual(received, [])
+        self.assertEqual(rb.calls, [("write", b"from a")])
+        self.assertEqual(ra.calls, [("splice", rb), ("write", b"from b")])
+        # The user's own writes stay dropped.
+        tb.write(b"mine")
+        self.assertEqual(rb.calls, [("write", b"from a")])
+        # Once a connection is gone, the pair forgets it: nothing is written to it.
+        a.connection_lost(Reason_Done())
+        self.assertIsNone(ta._partner)
+        self.assertIsNone(tb._partner)
+        b.data_received(b"late")
+        self.assertEqual(received, [])
+        self.assertEqual(ra.calls, [("splice", rb), ("write", b"from b")])
+
+    def test_a_spliced_connection_closed_earlier_in_the_batch_gets_nothing(self):
+        _, b, rb = served(Recorder)
+        tb = b.protocol.transport
+
+        class SpliceThenClose(Recorder):
+            def data_received(self, data):
+                self.transport.splice(tb)
+                self.transport.lose_connection()
+
+        m, a, ra = served(SpliceThenClose)
+        parts = [(a, b"one"), (a, b"two")]
+        m.Batch().data_received([batch_chunk(x, d) for x, d in parts], b"onetwo")
+        self.assertEqual(ra.calls, [("splice", rb), ("lose_connection",)])
+        self.assertEqual(rb.calls, [])
 
     def test_a_transport_as_producer_pauses_and_resumes_the_other_connection(self):
         # Twisted's portforward: client.transport.registerProducer(server.transport, True).

@@ -203,7 +203,7 @@ class Transport:
     writes are ignored.
     """
 
-    __slots__ = ("_raw", "_producer", "disconnecting", "_lost", "_mute", "spliced")
+    __slots__ = ("_raw", "_producer", "disconnecting", "_lost", "_mute", "spliced", "_partner")
 
     def __init__(self, raw):
         self._raw = raw
@@ -216,6 +216,9 @@ class Transport:
         self.disconnecting = False
         #: True once :meth:`splice` handed this connection to the host.
         self.spliced = False
+        # The other transport of the splice: reads the host still delivers
+        # after the splice (read before it took effect) are written there.
+        self._partner = None
 
     def write(self, data):
         """Write some bytes to the connection, in sequence, without blocking."""
@@ -308,7 +311,10 @@ class Transport:
         guest. Neither protocol gets ``data_received`` again; each gets
         ``connection_lost`` when the pair ends. Writes to either transport
         are ignored afterwards; ``lose_connection`` or ``abort_connection``
-        on either ends the pair.
+        on either ends the pair. Bytes the host read before the splice took
+        effect, but delivers afterwards (later in the same batch, or in a
+        later call), are not lost: the SDK writes them to the other
+        connection instead of calling ``data_received``.
 
         Raises :class:`SpliceError` (changing nothing) if the host refuses.
         """
@@ -324,11 +330,24 @@ class Transport:
         for t in (self, other):
             t.spliced = True
             t._mute = True
+        self._partner = other
+        other._partner = self
+
+    def _forward(self, data):
+        # A read of this spliced connection that the host delivered after
+        # the splice: write it to the partner's raw handle (the host accepts
+        # it until its pump starts and sends it first), bypassing the mute.
+        partner = self._partner
+        if partner is not None and not partner._lost:
+            partner._raw.write(data)
 
     def _connection_lost(self):
         # Twisted: writes after the connection is gone are ignored.
         self._lost = True
         self._mute = True
+        partner, self._partner = self._partner, None
+        if partner is not None and partner._partner is self:
+            partner._partner = None
 
     def __repr__(self):
         return "<twill.Transport%s%s>" % (

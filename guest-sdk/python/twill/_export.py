@@ -60,9 +60,18 @@ class ProtocolExport:
 
     def data_received(self, data):
         try:
-            self.protocol.data_received(data)
+            self._deliver(data)
         finally:
             _flush()
+
+    def _deliver(self, data):
+        # Once spliced, reads still delivered (read before the splice took
+        # effect) go to the partner connection, not to the protocol.
+        t = self.transport
+        if t is not None and t.spliced:
+            t._forward(data)
+        else:
+            self.protocol.data_received(data)
 
     def connection_lost(self, reason):
         if self.transport is not None:
@@ -102,9 +111,10 @@ class BatchExport:
                 export = chunk.protocol
                 t = export.transport
                 # Closed by an earlier chunk's callback: the host would not
-                # have delivered this read.
+                # have delivered this read. Spliced by one is not closed:
+                # the read goes to the partner connection.
                 if t is None or not t.disconnecting:
-                    export.protocol.data_received(data[offset:end])
+                    export._deliver(data[offset:end])
                 offset = end
         finally:
             _flush()
