@@ -162,6 +162,9 @@ export class Transport {
   // Writes are dropped here, not sent to the host: after the end of the
   // connection, loseWriteConnection or splice.
   #mute = false;
+  // The other transport of the splice: reads the host still delivers after
+  // the splice (read before it took effect) are written there.
+  #partner = null;
 
   constructor(raw) {
     this.#raw = raw;
@@ -263,7 +266,10 @@ export class Transport {
    * with backpressure and no more calls into the guest. Neither protocol
    * gets `dataReceived` again; each gets `connectionLost` when the pair
    * ends. Writes to either transport are ignored afterwards;
-   * `loseConnection` or `abortConnection` on either ends the pair. Throws
+   * `loseConnection` or `abortConnection` on either ends the pair. Bytes the
+   * host read before the splice took effect, but delivers afterwards (later
+   * in the same batch, or in a later call), are not lost: the SDK writes
+   * them to the other connection instead of calling `dataReceived`. Throws
    * `SpliceError` (changing nothing) if the host refuses.
    */
   splice(other) {
@@ -279,6 +285,18 @@ export class Transport {
       t.spliced = true;
       t.#mute = true;
     }
+    this.#partner = other;
+    other.#partner = this;
+  }
+
+  /**
+   * @internal A read of this spliced connection that the host delivered
+   * after the splice: write it to the partner's raw handle (the host accepts
+   * it until its pump starts and sends it first), bypassing the mute.
+   */
+  _forward(data) {
+    const partner = this.#partner;
+    if (partner !== null && !partner.#lost) partner.#raw.write(data);
   }
 
   /** @internal Opt in to the half-close callbacks (the raw import). */
@@ -290,6 +308,9 @@ export class Transport {
   _connectionLost() {
     this.#lost = true;
     this.#mute = true;
+    const partner = this.#partner;
+    this.#partner = null;
+    if (partner !== null && partner.#partner === this) partner.#partner = null;
   }
 }
 
@@ -671,12 +692,24 @@ class ProtocolExport {
   }
 
   dataReceived(data) {
-    this.#protocol.dataReceived(data);
+    this.#deliver(data);
   }
 
-  /** A chunk of a batch: skipped if an earlier chunk's callback closed it. */
+  // Once spliced, reads still delivered (read before the splice took effect)
+  // go to the partner connection, not to the protocol.
+  #deliver(data) {
+    const t = this.#transport;
+    if (t?.spliced) t._forward(data);
+    else this.#protocol.dataReceived(data);
+  }
+
+  /**
+   * A chunk of a batch: skipped if an earlier chunk's callback closed it
+   * (the host would not have delivered it); spliced is not closed, so it
+   * goes to the partner.
+   */
   _batchReceived(data) {
-    if (!this.#transport?.disconnecting) this.#protocol.dataReceived(data);
+    if (!this.#transport?.disconnecting) this.#deliver(data);
   }
 
   connectionLost(reason) {

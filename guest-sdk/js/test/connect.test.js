@@ -254,6 +254,77 @@ test('splice marks both transports and drops their writes', () => {
   assert.deepEqual(b.raw.calls, [['loseConnection']]);
 });
 
+test('a batch chunk after the splice goes to the partner', () => {
+  // Twisted's portforward, spliced on the first read: the second chunk was
+  // read before the splice took effect and must not be lost.
+  const b = served(Recorder);
+  const received = [];
+  class Splicer extends Recorder {
+    dataReceived(data) {
+      received.push(new TextDecoder().decode(data));
+      this.transport.write('own');
+      this.transport.splice(b.p.transport);
+      this.transport.write('dropped');
+    }
+  }
+  const a = served(Splicer);
+  const enc = new TextEncoder();
+  a.exports.batch.dataReceived(
+    [
+      { protocol: a.box, len: 5 },
+      { protocol: a.box, len: 6 },
+    ],
+    enc.encode('firstsecond'),
+  );
+  assert.deepEqual(received, ['first']);
+  assert.deepEqual(a.raw.calls, [['write', enc.encode('own')], ['splice', b.raw]]);
+  assert.deepEqual(b.raw.calls, [['write', enc.encode('second')]]);
+  assert.deepEqual(b.p.events, ['made']);
+});
+
+test('a read delivered after the splice goes to the partner', () => {
+  const a = served(Recorder);
+  const b = served(Recorder);
+  const received = [];
+  a.p.dataReceived = (d) => received.push(d);
+  b.p.dataReceived = (d) => received.push(d);
+  const enc = new TextEncoder();
+  a.p.transport.splice(b.p.transport);
+  a.box.dataReceived(enc.encode('from a'));
+  b.box.dataReceived(enc.encode('from b'));
+  assert.deepEqual(received, []);
+  assert.deepEqual(b.raw.calls, [['write', enc.encode('from a')]]);
+  assert.deepEqual(a.raw.calls, [['splice', b.raw], ['write', enc.encode('from b')]]);
+  // The user's own writes stay dropped.
+  b.p.transport.write('mine');
+  assert.equal(b.raw.calls.length, 1);
+  // Once a connection is gone, the pair forgets it: nothing is written to it.
+  a.box.connectionLost({ tag: 'done' });
+  b.box.dataReceived(enc.encode('late'));
+  assert.deepEqual(received, []);
+  assert.equal(a.raw.calls.length, 2);
+});
+
+test('a spliced connection closed earlier in the batch gets nothing', () => {
+  const b = served(Recorder);
+  class SpliceThenClose extends Recorder {
+    dataReceived() {
+      this.transport.splice(b.p.transport);
+      this.transport.loseConnection();
+    }
+  }
+  const a = served(SpliceThenClose);
+  a.exports.batch.dataReceived(
+    [
+      { protocol: a.box, len: 3 },
+      { protocol: a.box, len: 3 },
+    ],
+    new TextEncoder().encode('onetwo'),
+  );
+  assert.deepEqual(a.raw.calls, [['splice', b.raw], ['loseConnection']]);
+  assert.deepEqual(b.raw.calls, []);
+});
+
 test('a refused splice throws SpliceError and changes nothing', () => {
   const a = served(Recorder);
   const b = served(Recorder);
