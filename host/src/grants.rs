@@ -69,6 +69,9 @@ impl Grant {
                 Ok(n) => Some(n),
             },
         };
+        if host.contains(':') && !s.starts_with('[') {
+            return Err("an IPv6 grant is written [ADDRESS]:PORT, such as \"[::1]:80\"".into());
+        }
         let host = parse_host(host)?;
         Ok(Grant {
             host,
@@ -272,7 +275,7 @@ mod tests {
             ("10.0.0.0/33:*", "network"),
             ("bad name:1", "DNS name"),
             (":80", "empty"),
-            ("::1:80", "DNS name"),
+            ("::1:80", "[ADDRESS]:PORT"),
         ] {
             let e = Grant::parse(bad).unwrap_err();
             assert!(e.contains(why), "{bad}: {e}");

@@ -144,6 +144,23 @@ fn twill_main() -> ExitCode {
                         config.listen.len(),
                         config.connect.len()
                     );
+                    // Deny by default: say what each plugin may reach.
+                    for (name, p) in &config.plugins {
+                        if p.connect.is_empty() {
+                            println!("  plugins.{name}: opens no connections");
+                        } else {
+                            println!(
+                                "  plugins.{name}: may connect to {} (max-outbound {} per instance)",
+                                p.connect
+                                    .rules()
+                                    .iter()
+                                    .map(|g| format!("{:?}", g.to_string()))
+                                    .collect::<Vec<_>>()
+                                    .join(", "),
+                                p.limits.max_outbound
+                            );
+                        }
+                    }
                     ExitCode::SUCCESS
                 }
                 Err(code) => code,

@@ -503,3 +503,46 @@ fn host_threads_sets_the_reactor_thread_count() {
         assert!(wait_exit(&mut server.child, Duration::from_secs(10)).success());
     }
 }
+
+/// Bad grants are each reported with file:line:column:key and a hint, all
+/// at once, exit 2; good ones are listed by `twill check`.
+#[test]
+fn check_reports_bad_grants_and_lists_good_ones() {
+    let wasm = support::repo().join("guests/portforward/portforward.wasm");
+    let cfg = write_config(&format!(
+        "[plugins.fwd]\ncomponent = {:?}\nconnect = [\"127.0.0.1\", \"*:80\", \"10.0.0.0/33:*\", 5]\nmax-outbound = 0\nenv = {{ A = 1 }}\n[[listen]]\nport = 0\nplugin = \"fwd\"\n",
+        wasm.display().to_string()
+    ));
+    let (code, stdout, stderr) = run_to_end(&["check"], &cfg);
+    assert_eq!(code, 2, "{stderr}");
+    assert!(stdout.is_empty(), "{stdout}");
+    for expect in [
+        ":3:12: plugins.fwd.connect[0]: \"127.0.0.1\": a grant is HOST:PORT",
+        ":3:25: plugins.fwd.connect[1]: \"*:80\": * would let the guest reach any address",
+        ":3:33: plugins.fwd.connect[2]: \"10.0.0.0/33:*\": \"10.0.0.0/33\" is not a network",
+        ":3:50: plugins.fwd.connect[3]:",
+        ":4:16: plugins.fwd.max-outbound:",
+        ":5:13: plugins.fwd.env.A:",
+    ] {
+        assert!(stderr.contains(expect), "expected {expect:?} in:\n{stderr}");
+    }
+    assert_eq!(stderr.lines().count(), 6, "{stderr}");
+
+    let cfg = write_config(&format!(
+        "[plugins.fwd]\ncomponent = {:?}\nconnect = [\"127.0.0.1:6379\", \"*.svc.cluster.local:443\"]\nmax-outbound = 7\n[plugins.echo]\ncomponent = {:?}\n[[listen]]\nport = 0\nplugin = \"fwd\"\n[[listen]]\nport = 0\nplugin = \"echo\"\n",
+        wasm.display().to_string(),
+        echo_wasm().display().to_string()
+    ));
+    let (code, stdout, stderr) = run_to_end(&["check"], &cfg);
+    assert_eq!(code, 0, "{stderr}");
+    assert!(
+        stdout.contains(
+            "plugins.fwd: may connect to \"127.0.0.1:6379\", \"*.svc.cluster.local:443\" (max-outbound 7 per instance)"
+        ),
+        "{stdout}"
+    );
+    assert!(
+        stdout.contains("plugins.echo: opens no connections"),
+        "{stdout}"
+    );
+}

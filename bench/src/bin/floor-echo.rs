@@ -69,6 +69,9 @@ impl reactor::Host for State {
     fn call_later(&mut self, _: f64, _: u64) -> Resource<Timer> {
         unreachable!("the floor's echo schedules no calls")
     }
+    fn connect_tcp(&mut self, _: String, _: u16, _: f64, _: u64) -> Result<(), String> {
+        Err("the floor opens no connections".into())
+    }
 }
 
 impl reactor::HostDelayedCall for State {
@@ -109,6 +112,13 @@ impl transport::HostTransport for State {
     }
     fn register_producer(&mut self, _: Resource<Conn>) {}
     fn unregister_producer(&mut self, _: Resource<Conn>) {}
+    fn pause_producing(&mut self, _: Resource<Conn>) {}
+    fn resume_producing(&mut self, _: Resource<Conn>) {}
+    fn lose_write_connection(&mut self, _: Resource<Conn>) {}
+    fn set_half_closeable(&mut self, _: Resource<Conn>, _: bool) {}
+    fn splice(&mut self, _: Resource<Conn>, _: Resource<Conn>) -> Result<(), String> {
+        Err("the floor does not splice".into())
+    }
     fn drop(&mut self, r: Resource<Conn>) -> wasmtime::Result<()> {
         self.table.delete(r)?;
         Ok(())
