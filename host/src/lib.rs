@@ -16,6 +16,9 @@
 //! | [`listener`] | the accept loops: connection cap, EMFILE back-off, spreading connections over shared instances |
 //! | [`connector`] | client connections: resolve, connect with timeout, client-factory callbacks; `reconnect` (Twisted's `ReconnectingClientFactory`) |
 //! | [`connection`] | the per-socket driver: reads, writes, closes, backpressure, `idle-timeout`, an own instance's delayed calls |
+//! | [`outbound`] | guest-opened connections (`reactor.connect-tcp`): grants checked before and after resolving, connect under the guest's timeout, run on the asking instance; counters |
+//! | [`grants`] | the `connect` grants: parsing and matching names, addresses and networks |
+//! | [`splice`] | spliced pairs: where two connections' tasks meet, and the pump between their sockets |
 //! | [`shared`] | a shared plugin's pool: its instances, their threads, live counts, batch queues and counters |
 //! | [`shared::threads`] | the thread each shared instance and its connections live on |
 //! | [`shared::batch`] | batched delivery: several connections' reads in one guest call on a shared instance |
@@ -31,7 +34,8 @@
 //! | [`runtime::outbuf`] | a connection's unsent output, and the host-wide ceiling on it |
 //! | [`runtime::transport`] | host side of the `transport` resource (no I/O) |
 //! | [`runtime::clock`] | reactor time: the clock (real or a test's) and an instance's delayed calls, in due order |
-//! | [`runtime::reactor`] | host side of the `reactor` interface: `seconds`, `call-later`, `delayed-call` |
+//! | [`runtime::reactor`] | host side of the `reactor` interface: `seconds`, `call-later`, `delayed-call`, `connect-tcp` |
+//! | [`runtime::outbound`] | what an instance may open (`max-outbound`), and the request it hands to the plugin's dialer |
 //! | [`runtime::limits`] | memory, CPU, backpressure, resource limits; the pooling allocator |
 //! | [`runtime::pool`] | the instance pool's size (address space, `vm.max_map_count`) and each plugin's cap |
 //! | [`runtime::output`] | guest stdout/stderr, attributed to the plugin, control characters escaped |

@@ -20,7 +20,8 @@ use crate::connection::{self, End};
 use crate::grants::Check;
 use crate::runtime::bindings::Reason;
 use crate::runtime::guest::SharedGuest;
-use crate::runtime::outbound::{ConnectRequest, Dial, OutboundSlot};
+use crate::runtime::outbound::{ConnectRequest, OutboundSlot};
+use crate::runtime::plugin::Dial;
 use crate::runtime::{Plugin, Session};
 use crate::shutdown::{ShutdownSignal, WeakTaskGuard};
 

@@ -13,7 +13,7 @@ use crate::config::Config;
 use crate::listener::{BindError, Listener, ListenerStats};
 use crate::outbound::{Dialer, OutboundStats};
 use crate::runtime::Runtime;
-use crate::runtime::outbound::Dial;
+use crate::runtime::plugin::Dial;
 use crate::shared::Instances;
 use crate::shutdown::ShutdownController;
 

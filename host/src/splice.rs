@@ -52,7 +52,11 @@ pub async fn meet(meet: &Meet, me: Arrival, shutdown: &Shutdown) -> Reason {
     match waiting {
         Err(rx) => {
             tokio::select! {
-                r = rx => r.unwrap_or_else(|_| partner_gone()),
+                r = rx => match r {
+                    Ok(Ok(())) => Reason::Done,
+                    Ok(Err(why)) => Reason::Lost(why),
+                    Err(_) => partner_gone(),
+                },
                 () = shutdown.aborted() => {
                     abandon(meet);
                     Reason::Lost("shutdown deadline passed; connection reset".into())
@@ -61,7 +65,10 @@ pub async fn meet(meet: &Meet, me: Arrival, shutdown: &Shutdown) -> Reason {
         }
         Ok((other, tx)) => {
             let reason = pump(&me, &other, meet, shutdown).await;
-            let _ = tx.send(reason.clone());
+            let _ = tx.send(match &reason {
+                Reason::Done => Ok(()),
+                Reason::Lost(why) | Reason::Failed(why) => Err(why.clone()),
+            });
             reason
         }
     }

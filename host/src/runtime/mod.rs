@@ -16,6 +16,7 @@
 //! | [`state`], [`outbuf`] | Store data: the transport slab, each connection's transport state and hand-off; unsent output and its host-wide ceiling |
 //! | [`bindings`], [`wasi`], [`transport`], [`limits`], [`output`] | the WIT bindings, WASI, the transport's host side, limits, guest output |
 //! | [`clock`], [`reactor`] | reactor time: the clock and an instance's delayed calls; the `reactor` interface's host side |
+//! | [`outbound`] | `connect-tcp`'s checks and `max-outbound`; the request handed to the plugin's dialer ([`plugin::Dial`]) |
 //!
 //! # Choices, and why
 //!

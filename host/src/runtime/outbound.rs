@@ -1,15 +1,13 @@
 //! The runtime's side of `reactor.connect-tcp`: what an instance may open
-//! ([`Outbound`], in its Store), the request it hands on
-//! ([`ConnectRequest`]), and the [`Dial`] trait the crate's `outbound`
-//! module implements to make the connection (this module does no I/O).
-//! Each request holds an [`OutboundSlot`] under the plugin's
+//! ([`Outbound`], in its Store) and the request it hands on
+//! ([`ConnectRequest`]) to the plugin's dialer (`super::plugin::Dial`,
+//! which the crate's `outbound` module implements; this module does no
+//! I/O). Each request holds an [`OutboundSlot`] under the plugin's
 //! `max-outbound` until its connection ends.
 
+use std::sync::Arc;
 use std::sync::atomic::{AtomicUsize, Ordering};
-use std::sync::{Arc, Weak};
 use std::time::Duration;
-
-use super::guest::SharedGuest;
 
 /// Twisted's default `connectTCP` timeout, used for a timeout of 0 or less.
 pub const DEFAULT_TIMEOUT: Duration = Duration::from_secs(30);
@@ -29,22 +27,15 @@ pub struct ConnectRequest {
     pub token: u64,
 }
 
-/// Makes the connection a request asks for, on `guest`'s instance, and
-/// reports the outcome through its `outbound-factory`. Implemented by the
-/// crate's `outbound` module.
-pub trait Dial: Send + Sync {
-    /// Starts the attempt (without blocking: it spawns a task); `slot`
-    /// counts it under `max-outbound` until its connection ends.
-    fn dial(&self, guest: Arc<SharedGuest>, request: ConnectRequest, slot: OutboundSlot);
-}
+/// Hands a checked request to the plugin's dialer, for this instance;
+/// fails if the instance is going away.
+pub type Start = Box<dyn Fn(ConnectRequest, OutboundSlot) -> Result<(), String> + Send + Sync>;
 
 /// What an instance may open: set in its Store when its plugin has
 /// `connect` grants.
 pub struct Outbound {
     /// Where requests go.
-    pub(crate) dialer: Arc<dyn Dial>,
-    /// The instance itself, for the connections it opens.
-    pub(crate) me: Weak<SharedGuest>,
+    pub(crate) start: Start,
     /// Connections open or opening.
     pub(crate) live: Arc<AtomicUsize>,
     /// The plugin's `max-outbound`.
@@ -87,9 +78,6 @@ impl Outbound {
         } else {
             DEFAULT_TIMEOUT
         };
-        let Some(guest) = self.me.upgrade() else {
-            return Err("the instance is shutting down".into());
-        };
         let n = self.live.fetch_add(1, Ordering::Relaxed);
         let slot = OutboundSlot(self.live.clone());
         if n >= self.max {
@@ -97,16 +85,12 @@ impl Outbound {
                 "max-outbound reached: this instance already has {n} outbound connections open or opening (raise max-outbound in plugins.toml)"
             ));
         }
-        self.dialer.dial(
-            guest,
-            ConnectRequest {
-                host,
-                port,
-                timeout,
-                token,
-            },
-            slot,
-        );
-        Ok(())
+        let request = ConnectRequest {
+            host,
+            port,
+            timeout,
+            token,
+        };
+        (self.start)(request, slot)
     }
 }

@@ -21,7 +21,7 @@ pub use crate::config::Sharing;
 
 use super::guest::{Guest, GuestFault, SharedGuest, arm, fault};
 use super::limits::{self, Limits};
-use super::outbound::{Dial, Outbound};
+use super::outbound::{ConnectRequest, Outbound, OutboundSlot};
 use super::outbuf::OutputBudget;
 use super::output::{GuestOutput, Sink, Stream};
 use super::pool::{InstanceCap, InstancePermit};
@@ -57,6 +57,15 @@ pub struct Plugin {
     /// The cap on live instances of its own (with an instance per
     /// connection).
     pub(super) cap: Arc<InstanceCap>,
+}
+
+/// Makes the connection a request asks for, on `guest`'s instance, and
+/// reports the outcome through its `outbound-factory`. Implemented by the
+/// crate's `outbound` module.
+pub trait Dial: Send + Sync {
+    /// Starts the attempt (without blocking: it spawns a task); `slot`
+    /// counts it under `max-outbound` until its connection ends.
+    fn dial(&self, guest: Arc<SharedGuest>, request: ConnectRequest, slot: OutboundSlot);
 }
 
 /// What a plugin is loaded with besides its component: everything about it
@@ -325,13 +334,19 @@ impl Plugin {
         guest.store.data_mut().timers.set_wake(wake.clone());
         let factory = self.outbound.is_some();
         let max = self.limits.max_outbound;
-        let shared = Arc::new_cyclic(|me| {
-            guest.store.data_mut().outbound = dialer.map(|dialer| Outbound {
-                dialer,
-                me: me.clone(),
-                live: Arc::default(),
-                max,
-                factory,
+        let shared = Arc::new_cyclic(|me: &std::sync::Weak<SharedGuest>| {
+            guest.store.data_mut().outbound = dialer.map(|dialer| {
+                let me = me.clone();
+                Outbound {
+                    start: Box::new(move |request, slot| {
+                        let guest = me.upgrade().ok_or("the instance is shutting down")?;
+                        dialer.dial(guest, request, slot);
+                        Ok(())
+                    }),
+                    live: Arc::default(),
+                    max,
+                    factory,
+                }
             });
             SharedGuest {
                 guest: std::sync::Mutex::new(guest),

@@ -256,7 +256,8 @@ pub enum MeetState {
     /// One side waits with its socket.
     Waiting(
         Arrival,
-        tokio::sync::oneshot::Sender<super::bindings::Reason>,
+        /// How the pair ended: `Ok` cleanly, `Err` lost, with why.
+        tokio::sync::oneshot::Sender<Result<(), String>>,
     ),
     /// A side ended without arriving (or the pair already met): the other
     /// does not wait.

@@ -26,7 +26,7 @@ use std::sync::{Arc, Mutex};
 use tokio::runtime::Handle;
 
 use crate::runtime::guest::SharedGuest;
-use crate::runtime::outbound::Dial;
+use crate::runtime::plugin::Dial;
 use crate::runtime::pool::InstancePermit;
 use crate::runtime::session::ReadQueue;
 use crate::runtime::state::lock;
