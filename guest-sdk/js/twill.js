@@ -219,11 +219,17 @@ export class Transport {
    *
    * `producer` may be another connection's `Transport`, as in Twisted's
    * portforward: `this.transport.registerProducer(this.peer.transport)`
-   * stops reading from the peer while this connection's output is backed
-   * up, and reads again once it drained.
+   * stops reading from the peer as soon as a write takes this connection's
+   * output above its high-water mark (the host does it within the write,
+   * with no callback), and reads again once it drained.
    */
   registerProducer(producer = null, streaming = true) {
     if (!streaming) throw new TypeError('twill supports streaming (push) producers only');
+    if (producer instanceof Transport) {
+      this.producer = null;
+      this.#raw.registerProducerTransport(producer.#raw);
+      return;
+    }
     this.producer = producer;
     this.#raw.registerProducer();
   }

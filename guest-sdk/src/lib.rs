@@ -174,10 +174,6 @@ pub struct Transport {
 struct TransportInner {
     handle: wit_transport::Transport,
     closing: std::cell::Cell<bool>,
-    /// A transport registered as this one's producer
-    /// ([`Transport::register_producer_transport`]), held weakly so that
-    /// two transports producing for each other do not keep each other.
-    producer: RefCell<Option<std::rc::Weak<TransportInner>>>,
     /// The partner of a splice: reads the host delivers after the splice
     /// (read before it took effect) go there.
     spliced: RefCell<Option<std::rc::Weak<TransportInner>>>,
@@ -261,29 +257,21 @@ impl Transport {
 
     /// Stop the producer notifications: Twisted's `unregisterProducer`.
     pub fn unregister_producer(&self) {
-        self.inner.producer.replace(None);
         self.inner.unregister_producer();
     }
 
     /// Make `producer` (another connection's transport) this transport's
     /// streaming producer: Twisted's `registerProducer(peer.transport,
-    /// True)`, as its `portforward` does. While this connection's unsent
-    /// output is above its high-water mark, the host stops reading from
-    /// `producer`'s connection, and starts again once it drained: a relay
-    /// that writes what `producer` reads into this transport then holds at
-    /// most about a high-water mark of it, whatever the two peers' speeds.
+    /// True)`, as its `portforward` does. As soon as a write takes this
+    /// connection's unsent output above its high-water mark, the host stops
+    /// reading from `producer`'s connection, and starts again once it
+    /// drained (no callback involved): a relay that writes what `producer`
+    /// reads into this transport then holds at most about a high-water mark
+    /// of it, whatever the two peers' speeds.
     pub fn register_producer_transport(&self, producer: &Transport) {
         self.inner
-            .producer
-            .replace(Some(std::rc::Rc::downgrade(&producer.inner)));
-        self.inner.register_producer();
-    }
-
-    /// The transport registered as this one's producer, if it is still
-    /// there.
-    fn producer(&self) -> Option<Transport> {
-        let weak = self.inner.producer.borrow().clone()?;
-        weak.upgrade().map(|inner| Transport { inner })
+            .handle
+            .register_producer_transport(&producer.inner.handle);
     }
 
     /// Stop reading from this connection: Twisted's
@@ -646,7 +634,6 @@ pub mod __private {
                 inner: std::rc::Rc::new(TransportInner {
                     handle: transport,
                     closing: std::cell::Cell::new(false),
-                    producer: RefCell::new(None),
                     spliced: RefCell::new(None),
                 }),
             });
@@ -668,17 +655,11 @@ pub mod __private {
         }
 
         fn pause_producing(&self) {
-            self.with_transport(|p, t| match t.producer() {
-                Some(producer) => producer.pause_producing(),
-                None => p.pause_producing(t),
-            });
+            self.with_transport(|p, t| p.pause_producing(t));
         }
 
         fn resume_producing(&self) {
-            self.with_transport(|p, t| match t.producer() {
-                Some(producer) => producer.resume_producing(),
-                None => p.resume_producing(t),
-            });
+            self.with_transport(|p, t| p.resume_producing(t));
         }
     }
 

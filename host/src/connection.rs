@@ -216,6 +216,11 @@ impl Conn {
         if send(&mut t, &self.stream)? > 0 && self.idle_timeout.is_some() {
             self.active = tokio::time::Instant::now();
         }
+        if let Some(p) = t.producer_to_resume() {
+            drop(t);
+            crate::runtime::state::hold(&p, false);
+            t = session.transport();
+        }
         Ok(Look {
             pending: t.unsent(),
             closing: t.closing(),

@@ -16,8 +16,13 @@ use std::time::Duration;
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::{TcpListener, TcpStream};
 
+/// The port forwarder under test: the Rust example, or, with
+/// `TWILL_FORWARD_WASM`, another language's (scripts/test-polyglot.sh).
 fn portforward_wasm() -> std::path::PathBuf {
-    support::repo().join("guests/portforward/portforward.wasm")
+    match std::env::var_os("TWILL_FORWARD_WASM") {
+        Some(p) => p.into(),
+        None => support::repo().join("guests/portforward/portforward.wasm"),
+    }
 }
 
 fn router_wasm() -> std::path::PathBuf {
@@ -80,6 +85,15 @@ async fn flood_backend(n: usize) -> SocketAddr {
 fn forward_config(backend: &str, grant: &str, extra: &str) -> String {
     let plugin = format!("connect = [{grant:?}]\nenv = {{ BACKEND = {backend:?}{extra} }}\n");
     support::server_config(&portforward_wasm(), &plugin)
+}
+
+/// The memory line for a Python or JavaScript forwarder
+/// (`TWILL_TEST_MEMORY`, set by scripts/test-polyglot.sh).
+fn forward_memory() -> String {
+    match std::env::var("TWILL_FORWARD_WASM") {
+        Ok(_) => support::memory_line(),
+        Err(_) => String::new(),
+    }
 }
 
 /// Reads until EOF, failing on a reset or after `limit`.
@@ -157,9 +171,12 @@ async fn a_client_that_does_not_read_while_the_backend_floods_loses_nothing() {
     // connections, the relay would pass it and fault its instance.
     let limits = "high-water = \"64KiB\"\nlow-water = \"16KiB\"\nmax-output = \"1MiB\"\n";
     for splice in ["", ", SPLICE = \"1\""] {
+        // One reactor thread: the relaying callback runs many reads in a
+        // row before the slow side's task runs; the pause must not wait for
+        // it.
         let text = forward_config(&backend, &backend, splice)
             .replace("connect =", &format!("{limits}connect ="));
-        let r = support::start(&text).await;
+        let r = support::start(&format!("[host]\nthreads = 1\n{text}")).await;
         let mut s = TcpStream::connect(r.addr()).await.unwrap();
         tokio::time::sleep(Duration::from_millis(500)).await;
         let got = read_all(&mut s, Duration::from_secs(60)).await;
@@ -303,7 +320,7 @@ async fn max_outbound_caps_one_instance() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn without_grants_a_guest_cannot_connect() {
     let backend = echo_backend().await.to_string();
-    let plugin = format!("env = {{ BACKEND = {backend:?} }}\n");
+    let plugin = format!("{}env = {{ BACKEND = {backend:?} }}\n", forward_memory());
     let r = support::start(&support::server_config(&portforward_wasm(), &plugin)).await;
     assert!(r.outbound.is_none());
     closed_without_data(r.addr()).await;
@@ -322,7 +339,7 @@ async fn descriptors_and_instances_return_to_their_baseline() {
     echo_through(r.addr(), b"warm", 4).await;
     tokio::time::sleep(Duration::from_millis(100)).await;
     let fds = open_fds();
-    let n = 2000;
+    let n = 10_000;
     for i in 0..n {
         echo_through(r.addr(), format!("ping {i}").as_bytes(), 64).await;
     }
@@ -472,5 +489,140 @@ async fn bytes_read_before_the_splice_took_effect_reach_the_backend() {
             assert!(got == data, "{instance}: bytes differ");
         }
         r.shutdown().await;
+    }
+}
+
+/// A backend that writes `n` bytes and then resets the connection.
+async fn resetting_backend(n: usize) -> SocketAddr {
+    let l = TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let addr = l.local_addr().unwrap();
+    tokio::spawn(async move {
+        while let Ok((mut s, _)) = l.accept().await {
+            tokio::spawn(async move {
+                let _ = s.write_all(&vec![b'r'; n]).await;
+                tokio::time::sleep(Duration::from_millis(100)).await;
+                let _ = socket2::SockRef::from(&s).set_linger(Some(Duration::ZERO));
+                drop(s);
+            });
+        }
+    });
+    addr
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_upstream_reset_reaches_the_client_as_a_reset() {
+    let backend = resetting_backend(1000).await.to_string();
+    for splice in ["", ", SPLICE = \"1\""] {
+        let r = support::start(&forward_config(&backend, &backend, splice)).await;
+        let mut s = TcpStream::connect(r.addr()).await.unwrap();
+        let mut got = Vec::new();
+        let end = tokio::time::timeout(Duration::from_secs(10), s.read_to_end(&mut got))
+            .await
+            .expect("the end in time");
+        assert!(
+            got.len() <= 1000 && got.iter().all(|&b| b == b'r'),
+            "{got:?}"
+        );
+        let e = end.expect_err("a reset, not a clean close");
+        assert_eq!(
+            e.kind(),
+            std::io::ErrorKind::ConnectionReset,
+            "splice {splice:?}"
+        );
+        r.shutdown().await;
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn splicing_to_itself_twice_or_then_writing_changes_nothing() {
+    let backend = echo_backend().await;
+    let plugin = format!(
+        "instance = \"shared\"\nconnect = [{:?}]\n",
+        backend.to_string()
+    );
+    let r = support::start(&support::server_config(&support::testkit_wasm(), &plugin)).await;
+    let mut ctl = support::Kit::connect(r.addr()).await;
+    ctl.send("join").await;
+    let mut c = support::Kit::connect(r.addr()).await;
+    let connect = format!("connect {} {}", backend.ip(), backend.port());
+    assert_eq!(c.ask(&connect).await.trim_end(), "connected");
+    // Splicing a transport to itself is refused, and the connection goes on.
+    c.send("splice-self").await;
+    let line = ctl.line().await;
+    assert!(
+        line.starts_with("splice-self: Err(SpliceError(\"a transport cannot be spliced to itself"),
+        "{line}"
+    );
+    assert_eq!(c.ask("echo still here").await.trim_end(), "still here");
+    // The splice, then a second one each way: refused; a write after it:
+    // ignored.
+    c.send("splice-out").await;
+    assert_eq!(ctl.line().await.trim_end(), "splice: Ok(())");
+    let again = ctl.line().await;
+    assert!(
+        again
+            .starts_with("again: Err(SpliceError(\"cannot splice: a connection is already spliced"),
+        "{again}"
+    );
+    let reverse = ctl.line().await;
+    assert!(
+        reverse.starts_with("reverse: Err(SpliceError(\"cannot splice"),
+        "{reverse}"
+    );
+    // Now the client talks to the echo backend through the host's pump,
+    // and the write after the splice never came.
+    assert_eq!(c.ask("raw bytes").await.trim_end(), "raw bytes");
+    c.w.shutdown().await.unwrap();
+    let mut rest = String::new();
+    c.r.read_to_string(&mut rest).await.unwrap();
+    assert_eq!(rest, "");
+    r.shutdown().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_relay_keeps_within_its_limits_while_both_sides_stream() {
+    // A client that writes and reads at once, as fast as it can, through a
+    // relay in a `twill run` with one reactor thread: the relaying callback
+    // runs many reads in a row before the other side's task runs, so each
+    // side must be paused as soon as the other's output is backed up, not
+    // when that side's task next runs (else the relay passes max-output
+    // and its instance faults).
+    let backend = echo_backend().await.to_string();
+    for (limits, splice) in [
+        ("", ""),
+        (
+            "high-water = \"64KiB\"\nlow-water = \"16KiB\"\nmax-output = \"1MiB\"\n",
+            "",
+        ),
+        ("", ", SPLICE = \"1\""),
+    ] {
+        let text = forward_config(&backend, &backend, splice)
+            .replace("connect =", &format!("{limits}connect ="));
+        let config = support::write_config(&format!("[host]\nthreads = 1\n{text}"));
+        let mut child = support::spawn_run(&config, 1);
+        let data: Vec<u8> = (0..48u32 << 20).map(|i| (i % 239) as u8).collect();
+        let s = TcpStream::connect(child.addrs[0]).await.unwrap();
+        let (mut rd, mut wr) = s.into_split();
+        let sent = data.clone();
+        let writer = tokio::spawn(async move {
+            for c in sent.chunks(16384) {
+                if wr.write_all(c).await.is_err() {
+                    return;
+                }
+            }
+            let _ = wr.shutdown().await;
+        });
+        let mut got = Vec::new();
+        let end = tokio::time::timeout(Duration::from_secs(60), rd.read_to_end(&mut got))
+            .await
+            .expect("EOF in time");
+        writer.await.unwrap();
+        support::signal(&child.child, libc::SIGTERM);
+        support::wait_exit(&mut child.child, Duration::from_secs(10));
+        let log = child.stderr.lock().unwrap().clone();
+        assert!(end.is_ok(), "{limits}{splice}: {end:?}\n{log}");
+        assert_eq!(got.len(), data.len(), "{limits}{splice}\n{log}");
+        assert!(got == data, "{limits}{splice}: bytes differ");
+        assert!(!log.contains("faulted"), "{log}");
     }
 }

@@ -112,6 +112,7 @@ impl transport::HostTransport for State {
     }
     fn register_producer(&mut self, _: Resource<Conn>) {}
     fn unregister_producer(&mut self, _: Resource<Conn>) {}
+    fn register_producer_transport(&mut self, _: Resource<Conn>, _: Resource<Conn>) {}
     fn pause_producing(&mut self, _: Resource<Conn>) {}
     fn resume_producing(&mut self, _: Resource<Conn>) {}
     fn lose_write_connection(&mut self, _: Resource<Conn>) {}

@@ -352,20 +352,22 @@ class TransportTest(unittest.TestCase):
         self.assertEqual(ra.calls, [("splice", rb), ("lose_connection",)])
         self.assertEqual(rb.calls, [])
 
-    def test_a_transport_as_producer_pauses_and_resumes_the_other_connection(self):
+    def test_a_transport_as_producer_is_registered_with_the_host(self):
         # Twisted's portforward: client.transport.registerProducer(server.transport, True).
+        # The host pauses the server's reading within the write that backs
+        # the client's output up (no callback), so the SDK hands it the pair.
         _, server, rs = served(Recorder)
         _, client, rc = served(Recorder)
         client.protocol.transport.register_producer(server.protocol.transport, True)
-        self.assertEqual(rc.calls, [("register_producer",)])
-        client.pause_producing()  # the host: client's output is above its high-water mark
-        client.resume_producing()
-        self.assertEqual(rs.calls, [("pause_producing",), ("resume_producing",)])
-        self.assertEqual(client.protocol.events, ["made"])
-        # Once the server's connection is gone, its transport stays quiet.
-        server.connection_lost(Reason_Done())
+        self.assertEqual(rc.calls, [("register_producer_transport", rs)])
+        # The protocol's own producer callbacks are not involved.
         client.pause_producing()
-        self.assertEqual(rs.calls, [("pause_producing",), ("resume_producing",)])
+        client.resume_producing()
+        self.assertEqual(rs.calls, [])
+        self.assertEqual(client.protocol.events, ["made"])
+        # A protocol as producer still uses the callbacks.
+        client.protocol.transport.register_producer(client.protocol, True)
+        self.assertEqual(rc.calls[-1], ("register_producer",))
 
 
 class HalfCloseTest(unittest.TestCase):

@@ -267,11 +267,17 @@ class Transport:
 
         ``producer`` may be another connection's :class:`Transport`, as in
         Twisted's portforward: ``self.transport.register_producer(
-        self.peer.transport)`` stops reading from the peer while this
-        connection's output is backed up, and reads again once it drained.
+        self.peer.transport)`` stops reading from the peer as soon as a
+        write takes this connection's output above its high-water mark (the
+        host does it within the write, with no callback), and reads again
+        once it drained.
         """
         if not streaming:
             raise ValueError("twill supports streaming (push) producers only")
+        if isinstance(producer, Transport):
+            self._producer = None
+            self._raw.register_producer_transport(producer._raw)
+            return
         self._producer = producer
         self._raw.register_producer()
 

@@ -39,6 +39,18 @@ fn timeout() -> Duration {
     Duration::from_secs_f64(secs)
 }
 
+/// Ends the other connection the way this one ended: cleanly after its
+/// output (Twisted's `portforward` always does this), or, if this one was
+/// reset or failed, with a reset, so a truncation never reaches the other
+/// peer as a clean close.
+fn close_like(other: &Transport, reason: &Reason) {
+    if reason.is_clean() {
+        other.lose_connection();
+    } else {
+        other.abort_connection();
+    }
+}
+
 /// The backend connection's transport, once it is made.
 type Peer = Rc<RefCell<Option<Transport>>>;
 
@@ -83,9 +95,9 @@ impl Protocol for ProxyServer {
         }
     }
 
-    fn connection_lost(&mut self, _reason: Reason) {
+    fn connection_lost(&mut self, reason: Reason) {
         if let Some(peer) = self.peer.borrow_mut().take() {
-            peer.lose_connection();
+            close_like(&peer, &reason);
         }
     }
 }
@@ -144,8 +156,8 @@ impl Protocol for ProxyClient {
         self.server.lose_write_connection();
     }
 
-    fn connection_lost(&mut self, _reason: Reason) {
-        self.server.lose_connection();
+    fn connection_lost(&mut self, reason: Reason) {
+        close_like(&self.server, &reason);
     }
 }
 

@@ -38,6 +38,9 @@
 //! | `timeout MS` / `touch` | a `Timeout` that loses the connection after MS ms of no `touch` / resets it |
 //! | `timers N` | schedules N calls an hour away (past `max-timers`, the host traps), then writes `scheduled N\n` |
 //! | `spin` | a call that reschedules itself with no delay forever, counting in `spins` |
+//! | `connect HOST PORT` | `connect_tcp`; writes `connected`, `failed: REASON` or `connect-error: MSG`; what the outbound connection reads is written back here as `from-out: TEXT` lines |
+//! | `splice-self` | `splice` to itself; tells the room the result (`splice-self: ...`) |
+//! | `splice-out` | splices this connection to its outbound one, tries a second splice both ways and a write, and tells the room each result (`splice: ok`, `again: ...`, `reverse: ...`) |
 //! | `spins` | writes `spins=N` |
 //! | `panic-later MS` | a call that panics when it fires |
 //! | `factory` | writes `started=N stopped=M ticks=T`: the factory hooks this instance heard, and the ticks of the `LoopingCall` its `start-factory` started (every second, first at once) |
@@ -46,10 +49,13 @@
 //! `127.0.0.66`.
 
 use std::cell::{Cell, RefCell};
+use std::rc::Rc;
 use std::time::Duration;
 
-use twill_guest::reactor::{DelayedCall, LoopingCall, Timeout, call_later, seconds};
-use twill_guest::{Address, Protocol, Reason, ServerFactory, Transport, export};
+use twill_guest::reactor::{
+    DelayedCall, LoopingCall, Timeout, call_later, connect_tcp, seconds,
+};
+use twill_guest::{Address, ClientFactory, Protocol, Reason, ServerFactory, Transport, export};
 
 thread_local! {
     /// Protocols this instance has built (one per connection it served).
@@ -116,7 +122,49 @@ impl ServerFactory for KitFactory {
             pending: None,
             looping: None,
             timeout: None,
+            out: Rc::default(),
         }))
+    }
+}
+
+/// Tells every connection in the room `line`.
+fn tell_room(line: &str) {
+    ROOM.with(|r| {
+        for (_, t) in r.borrow().iter() {
+            t.write(format!("{line}\n").as_bytes());
+        }
+    });
+}
+
+/// The factory of a `connect` command's connection.
+struct Out {
+    home: Transport,
+    slot: Rc<RefCell<Option<Transport>>>,
+}
+
+impl ClientFactory for Out {
+    fn build_protocol(&self, _addr: &Address) -> Option<Box<dyn Protocol>> {
+        Some(Box::new(Out {
+            home: self.home.clone(),
+            slot: self.slot.clone(),
+        }))
+    }
+
+    fn client_connection_failed(&self, reason: Reason) {
+        self.home.write(format!("failed: {reason}\n").as_bytes());
+    }
+}
+
+impl Protocol for Out {
+    fn connection_made(&mut self, transport: &Transport) {
+        *self.slot.borrow_mut() = Some(transport.clone());
+        self.home.write(b"connected\n");
+    }
+
+    fn data_received(&mut self, _transport: &Transport, data: &[u8]) {
+        let text = String::from_utf8_lossy(data);
+        self.home
+            .write(format!("from-out: {}\n", text.trim_end()).as_bytes());
     }
 }
 
@@ -128,6 +176,8 @@ pub struct Kit {
     pending: Option<DelayedCall>,
     looping: Option<LoopingCall>,
     timeout: Option<Timeout>,
+    /// The transport of the connection `connect` opened.
+    out: Rc<RefCell<Option<Transport>>>,
 }
 
 /// `ok`, or the `AlreadyDone` error.
@@ -384,6 +434,29 @@ impl Kit {
                 // Blocking the reactor: the host must trap this, not wait.
                 std::thread::sleep(std::time::Duration::from_millis(50));
                 t.write(b"slept\n");
+            }
+            "connect" => {
+                let (host, port) = rest.split_once(' ').unwrap_or((rest, "0"));
+                let factory = Out {
+                    home: t.clone(),
+                    slot: self.out.clone(),
+                };
+                if let Err(e) = connect_tcp(host, port.parse().unwrap_or(0), factory) {
+                    t.write(format!("connect-error: {e}\n").as_bytes());
+                }
+            }
+            "splice-self" => {
+                let r = t.splice(t);
+                tell_room(&format!("splice-self: {r:?}"));
+            }
+            "splice-out" => {
+                let Some(out) = self.out.borrow().clone() else {
+                    return t.write(b"no outbound connection\n");
+                };
+                tell_room(&format!("splice: {:?}", t.splice(&out)));
+                tell_room(&format!("again: {:?}", t.splice(&out)));
+                tell_room(&format!("reverse: {:?}", out.splice(t)));
+                t.write(b"written after the splice\n");
             }
             other => t.write(format!("unknown command {other:?}\n").as_bytes()),
         }

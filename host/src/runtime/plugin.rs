@@ -198,6 +198,7 @@ impl Plugin {
             Some(self.budget.clone()),
             self.limits.max_output,
             self.limits.high_water,
+            self.limits.low_water,
         )
     }
 

@@ -67,7 +67,7 @@ impl Drop for Session {
             return;
         }
         // A read still queued for batched delivery is skipped.
-        self.transport().set_lost();
+        self.release_producer();
         if let Some(p) = self.protocol.take()
             && let Err(f) = self.call(|g| p.resource_drop(&mut g.store))
             && !matches!(f, GuestFault::Poisoned)
@@ -167,6 +167,19 @@ impl Session {
     /// shared instance's callbacks may write to it from another thread).
     pub fn transport(&self) -> std::sync::MutexGuard<'_, TransportState> {
         state::lock(&self.cell)
+    }
+
+    /// The connection is over: the transport takes no more writes, and a
+    /// producer transport it held paused reads again.
+    fn release_producer(&mut self) {
+        let held = {
+            let mut t = self.transport();
+            t.set_lost();
+            t.producer_to_resume()
+        };
+        if let Some(p) = held {
+            state::hold(&p, false);
+        }
     }
 
     /// This connection's transport cell (for a splice's pump).
@@ -405,7 +418,7 @@ impl Session {
     /// `protocol.connection-lost(reason)`. The transport stops accepting
     /// writes first.
     pub fn connection_lost(&mut self, reason: &bindings::Reason) -> Result<(), GuestFault> {
-        self.transport().set_lost();
+        self.release_producer();
         self.on_protocol(|api, store, p| api.call_connection_lost(store, p, reason))
     }
 

@@ -119,6 +119,21 @@ pub enum Closing {
 /// callbacks; only a cross-connection write contends, briefly.
 pub type TransportCell = Arc<Mutex<TransportState>>;
 
+/// Pauses (`on`) or releases the reading of the producer transport `p`,
+/// which a consumer transport's output crossed a mark for. Call it with no
+/// transport locked: it locks `p`.
+pub fn hold(p: &std::sync::Weak<Mutex<TransportState>>, on: bool) {
+    let Some(p) = p.upgrade() else { return };
+    let mut t = lock(&p);
+    if on {
+        t.held += 1;
+    } else {
+        t.held = t.held.saturating_sub(1);
+    }
+    // Its task looks again: it stops, or starts, reading.
+    t.kick();
+}
+
 /// Locks a mutex whose holders keep it for about a microsecond: spin
 /// briefly before parking, since a futex sleep and wake-up cost several
 /// times that (they dominated a shared-instance ping-pong profile).
@@ -211,6 +226,8 @@ pub struct TransportState {
     host: Option<SocketAddr>,
     /// The cap on unsent output (see `Limits::max_output`).
     max_output: usize,
+    /// The plugin's low-water mark (a paused producer transport resumes).
+    low_water: usize,
     /// The plugin's high-water mark: past the host-wide output ceiling, a
     /// connection holding more than this is aborted ([`OutputBudget`]).
     high_water: usize,
@@ -228,6 +245,13 @@ pub struct TransportState {
     /// The splice's pump has taken the socket: nothing more is delivered
     /// or written.
     pumping: bool,
+    /// `register-producer-transport`: the connection whose reading this
+    /// transport's backed-up output pauses.
+    feeds: Option<std::sync::Weak<Mutex<TransportState>>>,
+    /// This transport paused its producer transport's reading.
+    holding: bool,
+    /// How many consumers paused this connection's reading (see `feeds`).
+    held: u32,
 }
 
 /// Where two spliced connections meet: the first of their tasks to have
@@ -356,11 +380,13 @@ impl TransportState {
         budget: Option<Arc<OutputBudget>>,
         max_output: usize,
         high_water: usize,
+        low_water: usize,
     ) -> TransportState {
         TransportState {
             out: OutBuf::with_budget(budget),
             max_output,
             high_water,
+            low_water,
             ..TransportState::default()
         }
     }
@@ -384,9 +410,47 @@ impl TransportState {
         self.reading_paused = paused;
     }
 
-    /// Whether the guest paused reading.
+    /// Whether reading is paused: by the guest, or by a consumer
+    /// transport whose output is backed up.
     pub fn reading_paused(&self) -> bool {
-        self.reading_paused
+        self.reading_paused || self.held > 0
+    }
+
+    /// `register-producer-transport`: `producer`'s reading follows this
+    /// transport's output. Returns the producer it replaces, if this one
+    /// held it paused (to be released with [`hold`]).
+    pub fn set_producer_transport(
+        &mut self,
+        producer: Option<std::sync::Weak<Mutex<TransportState>>>,
+    ) -> Option<std::sync::Weak<Mutex<TransportState>>> {
+        let old = std::mem::replace(&mut self.feeds, producer);
+        if std::mem::take(&mut self.holding) {
+            old
+        } else {
+            None
+        }
+    }
+
+    /// The producer transport to pause now that a write took the output
+    /// above the high-water mark (to be paused with [`hold`], once this
+    /// transport's lock is released).
+    pub fn producer_to_pause(&mut self) -> Option<std::sync::Weak<Mutex<TransportState>>> {
+        if self.holding || self.out.len() <= self.high_water {
+            return None;
+        }
+        let p = self.feeds.clone()?;
+        self.holding = true;
+        Some(p)
+    }
+
+    /// The producer transport to resume now that the output drained to the
+    /// low-water mark (or the connection ended).
+    pub fn producer_to_resume(&mut self) -> Option<std::sync::Weak<Mutex<TransportState>>> {
+        if !self.holding || (self.out.len() > self.low_water && !self.lost) {
+            return None;
+        }
+        self.holding = false;
+        self.feeds.clone()
     }
 
     /// `lose-write-connection`: FIN once the output is sent. No effect

@@ -18,7 +18,7 @@ use wasmtime::StoreContextMut;
 use wasmtime::component::{Linker, Resource, WasmList};
 
 use super::bindings::twill::protocol::{transport, types};
-use super::state::{Caller, ConnState, Meet, TransportHandle, TransportState, lock};
+use super::state::{Caller, ConnState, Meet, TransportHandle, TransportState, hold, lock};
 
 fn address(a: Option<SocketAddr>) -> types::Address {
     match a {
@@ -59,6 +59,13 @@ impl ConnState {
         };
         if kick && !settled_after {
             t.kick();
+        }
+        // A write past the high-water mark pauses the producer transport
+        // now, within the writing callback.
+        let pause = t.producer_to_pause();
+        drop(t);
+        if let Some(p) = pause {
+            hold(&p, true);
         }
         Ok(r)
     }
@@ -163,10 +170,32 @@ impl transport::HostTransport for ConnState {
     }
 
     fn unregister_producer(&mut self, handle: Resource<TransportHandle>) -> wasmtime::Result<()> {
-        self.with_transport(&handle, true, |t| {
+        let held = self.with_transport(&handle, true, |t| {
             t.set_producer(false);
-            Ok(())
-        })
+            Ok(t.set_producer_transport(None))
+        })?;
+        if let Some(p) = held {
+            hold(&p, false);
+        }
+        Ok(())
+    }
+
+    fn register_producer_transport(
+        &mut self,
+        handle: Resource<TransportHandle>,
+        producer: Resource<TransportHandle>,
+    ) -> wasmtime::Result<()> {
+        let p = *self.table.get(&producer)?;
+        let Some(cell) = self.transports.get(p.slot, p.generation) else {
+            return Ok(());
+        };
+        let weak = std::sync::Arc::downgrade(cell);
+        let held =
+            self.with_transport(&handle, true, |t| Ok(t.set_producer_transport(Some(weak))))?;
+        if let Some(p) = held {
+            hold(&p, false);
+        }
+        Ok(())
     }
 
     fn pause_producing(&mut self, handle: Resource<TransportHandle>) -> wasmtime::Result<()> {

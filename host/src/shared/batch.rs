@@ -274,4 +274,8 @@ fn settle(r: &Read) {
     if !quiet {
         t.kick();
     }
+    if let Some(p) = t.producer_to_resume() {
+        drop(t);
+        crate::runtime::state::hold(&p, false);
+    }
 }
