@@ -141,6 +141,9 @@ struct Look {
     write_side: WriteSide,
     half_closeable: bool,
     spliced: bool,
+    /// Another connection produces this one's output (a producer
+    /// transport is registered).
+    fed: bool,
 }
 
 struct Conn {
@@ -229,6 +232,7 @@ impl Conn {
             write_side: t.write_side(),
             half_closeable: t.half_closeable(),
             spliced: t.splice().is_some(),
+            fed: t.is_fed(),
         })
     }
 
@@ -342,10 +346,15 @@ impl Conn {
             {
                 return Ok(Driven::End(self.close_cleanly().await));
             }
-            // Read-side backpressure with hysteresis.
-            if reading_paused && pending <= low {
+            // Read-side backpressure with hysteresis: a connection whose
+            // output is backed up stops reading. Not when another
+            // connection produces its output (a relay's, linked with
+            // `register-producer-transport`): that link pauses the producer
+            // instead, and pausing this side's reading too would deadlock
+            // with a peer that reads only once its own output is read.
+            if reading_paused && (pending <= low || look.fed) {
                 reading_paused = false;
-            } else if !reading_paused && pending > high {
+            } else if !reading_paused && pending > high && !look.fed {
                 reading_paused = true;
             }
             let want_read = closing == Closing::Open

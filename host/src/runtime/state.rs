@@ -431,6 +431,12 @@ impl TransportState {
         }
     }
 
+    /// Whether a producer transport is registered: another connection
+    /// produces this one's output.
+    pub fn is_fed(&self) -> bool {
+        self.feeds.is_some()
+    }
+
     /// The producer transport to pause now that a write took the output
     /// above the high-water mark (to be paused with [`hold`], once this
     /// transport's lock is released).
