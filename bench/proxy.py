@@ -46,13 +46,15 @@ RELEASE = TARGET / "release"
 TWILL = RELEASE / "twill"
 PORTFORWARD = ROOT / "guests" / "portforward" / "portforward.wasm"
 SCENARIOS = bench.SCENARIOS
-PROXIES = ["native", "haproxy", "twisted", "twill-relay", "twill-splice"]
+PROXIES = ["native", "haproxy", "twisted", "twill-relay", "twill-splice", "twill-relay-shared", "twill-splice-shared"]
 LABEL = {
     "native": "native tokio",
     "haproxy": "HAProxy",
     "twisted": "Twisted",
     "twill-relay": "twill relay",
     "twill-splice": "twill splice",
+    "twill-relay-shared": "twill relay, shared",
+    "twill-splice-shared": "twill splice, shared",
 }
 ECHO_THREADS = 2
 PROXY_THREADS = 2  # native-proxy's workers and HAProxy's nbthread
@@ -66,7 +68,11 @@ def haproxy_maxconn():
 
 # Ratios beyond "against native": twill's CPU against HAProxy's, and its
 # throughput against Twisted's (both metrics are shown for each pair).
-EXTRA_RATIOS = [("twill-relay", "haproxy"), ("twill-splice", "haproxy"), ("twill-relay", "twisted"), ("twill-splice", "twisted")]
+EXTRA_RATIOS = [
+    (t, ref)
+    for ref in ("haproxy", "twisted")
+    for t in ("twill-relay", "twill-splice", "twill-relay-shared", "twill-splice-shared")
+]
 
 
 def free_port():
@@ -129,12 +135,16 @@ def haproxy_config(tmp, port, echo_port):
     return path
 
 
-def twill_config(tmp, name, port, echo_port, splice):
+def twill_config(tmp, name, port, echo_port, splice, shared):
     env = f'BACKEND = "127.0.0.1:{echo_port}"' + (', SPLICE = "1"' if splice else "")
+    # Shared: one instance per core, each on its thread, as bench/run.py's
+    # shared echo; otherwise an instance per proxied pair.
+    sharing = 'instance = "shared"\nshared-instances = 2\n' if shared else ""
     path = Path(tmp) / f"{name}.toml"
     path.write_text(
         "[plugins.forward]\n"
         f'component = "{PORTFORWARD}"\n'
+        f"{sharing}"
         f'connect = ["127.0.0.1:{echo_port}"]\n'
         f"env = {{ {env} }}\n\n"
         "[[listen]]\n"
@@ -166,7 +176,9 @@ def start(name, tmp, echo_port, venv_python):
         if name == "haproxy":
             cmd = ["haproxy", "-f", str(haproxy_config(tmp, port, echo_port)), "-db"]
         else:
-            cfg = twill_config(tmp, name, port, echo_port, splice=name == "twill-splice")
+            cfg = twill_config(
+                tmp, name, port, echo_port, splice="splice" in name, shared=name.endswith("-shared")
+            )
             cmd = [str(TWILL), "-q", "run", str(cfg)]
         if not port_free(port):
             raise SystemExit(f"port {port} is taken")
@@ -244,7 +256,8 @@ def report(a, names, skipped, results, elapsed, order_log):
         f"`maxconn {haproxy_maxconn()}`), "
         "Twisted's `portforward` (one thread; Twisted's defaults, Nagle left on as in bench/twisted_echo.py), twill "
         "(`guests/portforward/portforward.wasm`, default threading: one reactor thread per CPU) relaying and "
-        "splicing. Loadgen: 1 thread. CPU is the proxy process's alone (utime + stime from /proc/PID/stat); the "
+        "splicing, with an instance per proxied pair (the default) or two shared instances (`instance = \"shared\"`, "
+        "`shared-instances = 2`, one per core). Loadgen: 1 thread. CPU is the proxy process's alone (utime + stime from /proc/PID/stat); the "
         "loadgen and the backend share the machine's cores.\n",
     ]
     for name, why in skipped:

@@ -78,8 +78,15 @@ pub async fn run(
         idle_timeout,
         active: tokio::time::Instant::now(),
     };
+    session.transport().set_stream(conn.stream.clone());
     let driven = match session.make_connection(peer, host) {
-        Ok(()) => conn.drive(session, shutdown).await,
+        Ok(()) => {
+            session.set_defer(true);
+            let driven = conn.drive(session, shutdown).await;
+            session.set_defer(false);
+            settle_touched(session);
+            driven
+        }
         Err(f) => Err(f),
     };
     let spliced = session.transport().splice().cloned();
@@ -292,6 +299,8 @@ impl Conn {
         tokio::pin!(timer);
         let mut armed: Option<std::time::Instant> = None;
         loop {
+            // Output the last callback wrote to other connections.
+            settle_touched(session);
             // Twisted pauses a producer as soon as a write takes the buffer
             // past its size, before any byte is sent; resume after the flush.
             let producer = session.transport().producer();
@@ -435,6 +444,9 @@ impl Conn {
                 }
                 () = &mut idle_timer, if idle.is_some() && !idle_closed => {
                     let timeout = idle.unwrap_or(LINGER);
+                    if session.transport().take_sent_elsewhere() {
+                        self.active = tokio::time::Instant::now();
+                    }
                     if self.active.elapsed() >= timeout {
                         // As if the protocol called lose-connection.
                         idle_closed = true;
@@ -508,6 +520,35 @@ impl Drop for ReadBuf {
             }
         });
     }
+}
+
+/// Sends the output this connection's last callbacks wrote to other
+/// connections, on their sockets; wakes a connection's task only if
+/// something is left for it to do (output its socket did not take, a
+/// producer to pause), or its socket failed (its task finds the error).
+fn settle_touched(session: &mut Session) {
+    session.settle_touched(|cell| {
+        let mut t = crate::runtime::state::lock(cell);
+        let sent = match t.stream().cloned() {
+            Some(stream) => send(&mut t, &stream),
+            None => Ok(0),
+        };
+        match sent {
+            Ok(n) => {
+                if n > 0 {
+                    t.mark_sent_elsewhere();
+                }
+                if t.unsent() > 0 || t.producer() {
+                    t.kick();
+                }
+            }
+            Err(_) => t.kick(),
+        }
+        if let Some(p) = t.producer_to_resume() {
+            drop(t);
+            crate::runtime::state::hold(&p, false);
+        }
+    });
 }
 
 /// Writes as much of `t`'s unsent output to `stream` as it takes without

@@ -219,6 +219,7 @@ impl Plugin {
             fires_timers: self.reactor_calls.is_some(),
             max_resources: self.limits.max_resources,
             outbound: None,
+            touched: Vec::new(),
             current: None,
         };
         let mut store = Store::new(self.pre.engine(), state);

@@ -40,6 +40,11 @@ pub struct Session {
     /// Its place under the plugin's `max-instances` (an instance of its
     /// own), given back after the instance is dropped.
     pub(super) permit: Option<InstancePermit>,
+    /// Whether its task sends what its callbacks write to other
+    /// connections ([`Session::set_defer`]).
+    pub(super) defer: bool,
+    /// Transports its callbacks wrote to, not yet settled.
+    pub(super) touched: Vec<TransportCell>,
 }
 
 impl std::fmt::Debug for Session {
@@ -141,6 +146,8 @@ impl Session {
             generation: 0,
             cell: cell.clone(),
             permit: None,
+            defer: false,
+            touched: Vec::new(),
         };
         let mut g = session.guest();
         let data = g.store.data_mut();
@@ -281,11 +288,40 @@ impl Session {
         f: impl FnOnce(&mut Guest) -> wasmtime::Result<R>,
     ) -> Result<R, GuestFault> {
         let (slot, cpu) = (self.slot, self.plugin.limits.cpu);
-        let r = self.guest().call(cpu, 1, Caller::Connection(slot), f);
+        let mut touched = std::mem::take(&mut self.touched);
+        let r = {
+            let mut g = self.guest();
+            let r = g.call(cpu, 1, Caller::Connection(slot), f);
+            touched.append(&mut g.store.data_mut().touched);
+            r
+        };
+        self.touched = touched;
+        if !self.defer {
+            // Nobody will send it: wake the connections it was written to.
+            for cell in self.touched.drain(..) {
+                state::lock(&cell).kick();
+            }
+        }
         if let (Err(f), Home::Shared(s)) = (&r, &self.home) {
             s.fail(f);
         }
         r
+    }
+
+    /// Whether the connection's task sends the output this connection's
+    /// callbacks write to other connections itself
+    /// ([`Session::settle_touched`]); if not, those connections' tasks are
+    /// woken to send it.
+    pub fn set_defer(&mut self, defer: bool) {
+        self.defer = defer;
+    }
+
+    /// Hands each transport this connection's callbacks wrote to since the
+    /// last call to `settle` (the connection's task sends the output).
+    pub fn settle_touched(&mut self, mut settle: impl FnMut(&TransportCell)) {
+        for cell in self.touched.drain(..) {
+            settle(&cell);
+        }
     }
 
     /// `server-factory.build-protocol(addr)`. Returns false if the guest

@@ -41,6 +41,10 @@ pub struct ConnState {
     /// plugin has `connect` grants (none otherwise: the import then returns
     /// an error).
     pub(crate) outbound: Option<super::outbound::Outbound>,
+    /// Transports another connection's callback wrote to, whose output the
+    /// calling connection's task sends once the call returns (see
+    /// `Session::settle_touched`).
+    pub(crate) touched: Vec<TransportCell>,
     /// Whose callback is running. A write to any other connection's
     /// transport wakes that connection's task; in a batch, so does a write
     /// to a connection without a read in the batch.
@@ -252,6 +256,13 @@ pub struct TransportState {
     holding: bool,
     /// How many consumers paused this connection's reading (see `feeds`).
     held: u32,
+    /// The connection's socket, so that another connection's task can send
+    /// output that its callback wrote here (set by the connection's task;
+    /// cleared when the connection is over).
+    stream: Option<Arc<tokio::net::TcpStream>>,
+    /// Another connection's task sent some of this output (activity, for
+    /// the idle timeout).
+    sent_elsewhere: bool,
 }
 
 /// Where two spliced connections meet: the first of their tasks to have
@@ -574,6 +585,33 @@ impl TransportState {
     /// ignored, and reads still queued for batched delivery are skipped.
     pub fn set_lost(&mut self) {
         self.lost = true;
+        self.stream = None;
+    }
+
+    /// The connection's socket, for other connections' tasks to send on.
+    pub fn set_stream(&mut self, stream: Arc<tokio::net::TcpStream>) {
+        self.stream = Some(stream);
+    }
+
+    /// Whether other connections' tasks may send on its socket.
+    pub fn has_stream(&self) -> bool {
+        self.stream.is_some()
+    }
+
+    /// The connection's socket, if set.
+    pub fn stream(&self) -> Option<&Arc<tokio::net::TcpStream>> {
+        self.stream.as_ref()
+    }
+
+    /// Another connection's task sent some of its output.
+    pub fn mark_sent_elsewhere(&mut self) {
+        self.sent_elsewhere = true;
+    }
+
+    /// Whether another connection's task sent some of its output since the
+    /// last look.
+    pub fn take_sent_elsewhere(&mut self) -> bool {
+        std::mem::take(&mut self.sent_elsewhere)
     }
 
     /// Queues `len` bytes of output in `chunks`, trapping the guest if it

@@ -33,32 +33,61 @@ fn address(a: Option<SocketAddr>) -> types::Address {
     }
 }
 
+/// What a transport call changed, for the wake-ups.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Change {
+    /// Nothing (a read of the addresses, the room left).
+    None,
+    /// Output was queued.
+    Write,
+    /// A close, a pause, a producer: its task must look.
+    Other,
+}
+
 impl ConnState {
     /// Runs `f` on the transport `handle` names, if its connection is still
-    /// there (Twisted ignores writes to a closed transport). If `kick`, the
-    /// call changed the transport: wake its connection's task unless it is
-    /// the one whose callback is running, or (in a batch) one with a read
-    /// in the batch, which the batch settles when the call returns.
+    /// there (Twisted ignores writes to a closed transport). If the call
+    /// changed the transport, wake its connection's task unless it is the
+    /// one whose callback is running, or (in a batch) one with a read in
+    /// the batch, which the batch settles when the call returns; output
+    /// written by another connection's callback is sent by that
+    /// connection's task instead (`ConnState::touched`).
     fn with_transport<R: Default>(
         &mut self,
         handle: &Resource<TransportHandle>,
-        kick: bool,
+        change: Change,
         f: impl FnOnce(&mut TransportState) -> wasmtime::Result<R>,
     ) -> wasmtime::Result<R> {
         let h = *self.table.get(handle)?;
         let current = self.current;
-        let Some(cell) = self.transports.get(h.slot, h.generation) else {
+        let Some(cell) = self.transports.get(h.slot, h.generation).cloned() else {
             return Ok(R::default());
         };
-        let mut t = lock(cell);
+        let mut t = lock(&cell);
         let r = f(&mut t)?;
         let settled_after = match current {
             Some(Caller::Connection(slot)) => slot == h.slot,
             Some(Caller::Batch) => t.handoff().queued() > 0,
             Some(Caller::Reactor) | None => false,
         };
-        if kick && !settled_after {
-            t.kick();
+        if change != Change::None && !settled_after {
+            // Another connection's callback wrote: the task that made the
+            // call sends the output itself once the call returns (no
+            // wake-up of this connection's task, unless something is left).
+            let defer = change == Change::Write
+                && matches!(current, Some(Caller::Connection(_)))
+                && t.has_stream();
+            if defer {
+                if !self
+                    .touched
+                    .iter()
+                    .any(|c| std::sync::Arc::ptr_eq(c, &cell))
+                {
+                    self.touched.push(cell.clone());
+                }
+            } else {
+                t.kick();
+            }
         }
         // A write past the high-water mark pauses the producer transport
         // now, within the writing callback.
@@ -94,7 +123,7 @@ fn write_sequence(
 ) -> wasmtime::Result<()> {
     let room = store
         .data_mut()
-        .with_transport(&handle, false, |t| Ok(t.room()))?;
+        .with_transport(&handle, Change::None, |t| Ok(t.room()))?;
     let Some(room) = room else {
         // Closing or gone: ignored, as Twisted ignores such writes.
         return Ok(());
@@ -106,7 +135,7 @@ fn write_sequence(
             // `queue` traps with the limit's message; nothing is copied.
             return store
                 .data_mut()
-                .with_transport(&handle, true, |t| t.write(len, []));
+                .with_transport(&handle, Change::Write, |t| t.write(len, []));
         }
     }
     let mut chunk = Vec::with_capacity(len);
@@ -117,7 +146,7 @@ fn write_sequence(
     }
     store
         .data_mut()
-        .with_transport(&handle, true, |t| t.write(len, [chunk]))
+        .with_transport(&handle, Change::Write, |t| t.write(len, [chunk]))
 }
 
 impl types::Host for ConnState {}
@@ -125,7 +154,7 @@ impl transport::Host for ConnState {}
 
 impl transport::HostTransport for ConnState {
     fn write(&mut self, handle: Resource<TransportHandle>, data: Vec<u8>) -> wasmtime::Result<()> {
-        self.with_transport(&handle, true, |t| t.write(data.len(), [data]))
+        self.with_transport(&handle, Change::Write, |t| t.write(data.len(), [data]))
     }
 
     /// Never called: the linker uses the in-place `write_sequence`.
@@ -135,42 +164,42 @@ impl transport::HostTransport for ConnState {
         data: Vec<Vec<u8>>,
     ) -> wasmtime::Result<()> {
         let len = data.iter().map(Vec::len).sum();
-        self.with_transport(&handle, true, |t| t.write(len, data))
+        self.with_transport(&handle, Change::Write, |t| t.write(len, data))
     }
 
     fn lose_connection(&mut self, handle: Resource<TransportHandle>) -> wasmtime::Result<()> {
-        self.with_transport(&handle, true, |t| {
+        self.with_transport(&handle, Change::Other, |t| {
             t.lose();
             Ok(())
         })
     }
 
     fn abort_connection(&mut self, handle: Resource<TransportHandle>) -> wasmtime::Result<()> {
-        self.with_transport(&handle, true, |t| {
+        self.with_transport(&handle, Change::Other, |t| {
             t.abort();
             Ok(())
         })
     }
 
     fn get_peer(&mut self, handle: Resource<TransportHandle>) -> wasmtime::Result<types::Address> {
-        self.with_transport(&handle, false, |t| Ok(Some(t.peer())))
+        self.with_transport(&handle, Change::None, |t| Ok(Some(t.peer())))
             .map(|a| address(a.flatten()))
     }
 
     fn get_host(&mut self, handle: Resource<TransportHandle>) -> wasmtime::Result<types::Address> {
-        self.with_transport(&handle, false, |t| Ok(Some(t.host())))
+        self.with_transport(&handle, Change::None, |t| Ok(Some(t.host())))
             .map(|a| address(a.flatten()))
     }
 
     fn register_producer(&mut self, handle: Resource<TransportHandle>) -> wasmtime::Result<()> {
-        self.with_transport(&handle, true, |t| {
+        self.with_transport(&handle, Change::Other, |t| {
             t.set_producer(true);
             Ok(())
         })
     }
 
     fn unregister_producer(&mut self, handle: Resource<TransportHandle>) -> wasmtime::Result<()> {
-        let held = self.with_transport(&handle, true, |t| {
+        let held = self.with_transport(&handle, Change::Other, |t| {
             t.set_producer(false);
             Ok(t.set_producer_transport(None))
         })?;
@@ -190,8 +219,9 @@ impl transport::HostTransport for ConnState {
             return Ok(());
         };
         let weak = std::sync::Arc::downgrade(cell);
-        let held =
-            self.with_transport(&handle, true, |t| Ok(t.set_producer_transport(Some(weak))))?;
+        let held = self.with_transport(&handle, Change::Other, |t| {
+            Ok(t.set_producer_transport(Some(weak)))
+        })?;
         if let Some(p) = held {
             hold(&p, false);
         }
@@ -199,21 +229,21 @@ impl transport::HostTransport for ConnState {
     }
 
     fn pause_producing(&mut self, handle: Resource<TransportHandle>) -> wasmtime::Result<()> {
-        self.with_transport(&handle, true, |t| {
+        self.with_transport(&handle, Change::Other, |t| {
             t.set_reading_paused(true);
             Ok(())
         })
     }
 
     fn resume_producing(&mut self, handle: Resource<TransportHandle>) -> wasmtime::Result<()> {
-        self.with_transport(&handle, true, |t| {
+        self.with_transport(&handle, Change::Other, |t| {
             t.set_reading_paused(false);
             Ok(())
         })
     }
 
     fn lose_write_connection(&mut self, handle: Resource<TransportHandle>) -> wasmtime::Result<()> {
-        self.with_transport(&handle, true, |t| {
+        self.with_transport(&handle, Change::Other, |t| {
             t.lose_write();
             Ok(())
         })
@@ -224,7 +254,7 @@ impl transport::HostTransport for ConnState {
         handle: Resource<TransportHandle>,
         on: bool,
     ) -> wasmtime::Result<()> {
-        self.with_transport(&handle, false, |t| {
+        self.with_transport(&handle, Change::None, |t| {
             t.set_half_closeable(on);
             Ok(())
         })
