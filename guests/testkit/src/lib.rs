@@ -52,9 +52,7 @@ use std::cell::{Cell, RefCell};
 use std::rc::Rc;
 use std::time::Duration;
 
-use twill_guest::reactor::{
-    DelayedCall, LoopingCall, Timeout, call_later, connect_tcp, seconds,
-};
+use twill_guest::reactor::{DelayedCall, LoopingCall, Timeout, call_later, connect_tcp, seconds};
 use twill_guest::{Address, ClientFactory, Protocol, Reason, ServerFactory, Transport, export};
 
 thread_local! {
