@@ -76,7 +76,7 @@ pub fn connect_tcp_timeout(
         t
     });
     FACTORIES.with(|f| f.borrow_mut().insert(token, Rc::new(factory)));
-    match wit_reactor::connect_tcp(host, port, timeout.as_secs_f64(), token) {
+    match host_connect(host, port, timeout.as_secs_f64(), token) {
         Ok(()) => Ok(Connector {
             host: host.to_string(),
             port,
@@ -87,6 +87,17 @@ pub fn connect_tcp_timeout(
             Err(ConnectError(message))
         }
     }
+}
+
+/// The `reactor.connect-tcp` import (a fake host's under `cargo test`).
+#[cfg(not(test))]
+fn host_connect(host: &str, port: u16, timeout: f64, token: u64) -> Result<(), String> {
+    wit_reactor::connect_tcp(host, port, timeout, token)
+}
+
+#[cfg(test)]
+fn host_connect(host: &str, port: u16, timeout: f64, token: u64) -> Result<(), String> {
+    tests::fake_connect(host, port, timeout, token)
 }
 
 fn factory(token: u64) -> Option<Rc<dyn ClientFactory>> {
@@ -111,5 +122,170 @@ pub(crate) fn lost(token: u64, reason: Reason) {
     let f = FACTORIES.with(|f| f.borrow_mut().remove(&token));
     if let Some(f) = f {
         f.client_connection_lost(reason);
+    }
+}
+
+/// The shared test vectors (`test-vectors/connect.json`), which the Python
+/// and JavaScript SDKs' tests run too, against a fake host.
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use serde_json::Value;
+
+    thread_local! {
+        /// What the fake host saw, and the error it is to return next.
+        static SEEN: RefCell<Vec<(String, u16, f64, u64)>> = const { RefCell::new(Vec::new()) };
+        static HOST_ERROR: RefCell<Option<String>> = const { RefCell::new(None) };
+        static REFUSE: Cell<bool> = const { Cell::new(false) };
+    }
+
+    pub(super) fn fake_connect(
+        host: &str,
+        port: u16,
+        timeout: f64,
+        token: u64,
+    ) -> Result<(), String> {
+        SEEN.with(|s| {
+            s.borrow_mut()
+                .push((host.to_string(), port, timeout, token))
+        });
+        match HOST_ERROR.with(|e| e.borrow_mut().take()) {
+            Some(e) => Err(e),
+            None => Ok(()),
+        }
+    }
+
+    struct Nothing;
+    impl Protocol for Nothing {}
+
+    /// A factory that records its callbacks.
+    struct Recorder(Rc<RefCell<Vec<String>>>);
+
+    fn show(r: &Reason) -> String {
+        match r {
+            Reason::Done => "done".into(),
+            Reason::Lost(m) => format!("lost:{m}"),
+            Reason::Failed(m) => format!("failed:{m}"),
+        }
+    }
+
+    impl ClientFactory for Recorder {
+        fn build_protocol(&self, _addr: &Address) -> Option<Box<dyn Protocol>> {
+            self.0.borrow_mut().push("build_protocol".into());
+            (!REFUSE.with(Cell::get)).then(|| Box::new(Nothing) as Box<dyn Protocol>)
+        }
+        fn client_connection_failed(&self, reason: Reason) {
+            self.0
+                .borrow_mut()
+                .push(format!("client_connection_failed:{}", show(&reason)));
+        }
+        fn client_connection_lost(&self, reason: Reason) {
+            self.0
+                .borrow_mut()
+                .push(format!("client_connection_lost:{}", show(&reason)));
+        }
+    }
+
+    fn reason(v: &Value) -> Reason {
+        let s = v.as_str().unwrap();
+        if s == "done" {
+            Reason::Done
+        } else if let Some(m) = s.strip_prefix("lost:") {
+            Reason::Lost(m.into())
+        } else {
+            panic!("reason {s}")
+        }
+    }
+
+    #[test]
+    fn the_shared_connect_vectors() {
+        let path = concat!(env!("CARGO_MANIFEST_DIR"), "/test-vectors/connect.json");
+        let doc: Value = serde_json::from_str(&std::fs::read_to_string(path).unwrap()).unwrap();
+        let cases = doc["cases"].as_array().unwrap();
+        assert!(cases.len() >= 5, "{} cases", cases.len());
+        for case in cases {
+            let name = case["name"].as_str().unwrap();
+            // A fresh SDK state.
+            NEXT_TOKEN.with(|n| n.set(1));
+            FACTORIES.with(|f| f.borrow_mut().clear());
+            SEEN.with(|s| s.borrow_mut().clear());
+            let mut calls: Vec<Rc<RefCell<Vec<String>>>> = Vec::new();
+            for step in case["steps"].as_array().unwrap() {
+                if let Some(c) = step.get("connect") {
+                    let host = c["host"].as_str().unwrap();
+                    let port = c["port"].as_u64().unwrap() as u16;
+                    let timeout = c.get("timeout").and_then(Value::as_f64);
+                    let rec = Rc::new(RefCell::new(Vec::new()));
+                    calls.push(rec.clone());
+                    let host_error = step.get("host_error").and_then(Value::as_str);
+                    HOST_ERROR.with(|e| *e.borrow_mut() = host_error.map(String::from));
+                    let r = match timeout {
+                        Some(t) => connect_tcp_timeout(
+                            host,
+                            port,
+                            Duration::from_secs_f64(t),
+                            Recorder(rec),
+                        ),
+                        None => connect_tcp(host, port, Recorder(rec)),
+                    };
+                    let token = step["expect_token"].as_u64().unwrap();
+                    let seen = SEEN.with(|s| s.borrow().last().cloned()).unwrap();
+                    assert_eq!(
+                        seen,
+                        (host.to_string(), port, timeout.unwrap_or(30.0), token),
+                        "{name}"
+                    );
+                    match step.get("expect_error").and_then(Value::as_str) {
+                        Some(msg) => assert_eq!(r, Err(ConnectError(msg.into())), "{name}"),
+                        None => {
+                            let c = r.unwrap();
+                            assert_eq!(
+                                (c.host.as_str(), c.port, c.token),
+                                (host, port, token),
+                                "{name}"
+                            );
+                        }
+                    }
+                } else if let Some(t) = step.get("build") {
+                    let addr = step.get("addr").map_or(
+                        Address {
+                            host: "127.0.0.1".into(),
+                            port: 9,
+                        },
+                        |a| Address {
+                            host: a["host"].as_str().unwrap().into(),
+                            port: a["port"].as_u64().unwrap() as u16,
+                        },
+                    );
+                    REFUSE.with(|r| {
+                        r.set(step.get("refuse").and_then(Value::as_bool).unwrap_or(false))
+                    });
+                    let built = build_protocol(t.as_u64().unwrap(), &addr).is_some();
+                    let want = step["expect"].as_str().unwrap() == "protocol";
+                    assert_eq!(built, want, "{name}");
+                } else if let Some(t) = step.get("failed") {
+                    let msg = step["reason"].as_str().unwrap();
+                    failed(t.as_u64().unwrap(), Reason::Failed(msg.into()));
+                } else if let Some(t) = step.get("lost") {
+                    lost(t.as_u64().unwrap(), reason(&step["reason"]));
+                } else {
+                    panic!("{name}: unknown step {step}");
+                }
+            }
+            let want: Vec<Vec<String>> = case["expect_calls"]
+                .as_array()
+                .unwrap()
+                .iter()
+                .map(|l| {
+                    l.as_array()
+                        .unwrap()
+                        .iter()
+                        .map(|c| c.as_str().unwrap().to_string())
+                        .collect()
+                })
+                .collect();
+            let got: Vec<Vec<String>> = calls.iter().map(|c| c.borrow().clone()).collect();
+            assert_eq!(got, want, "{name}");
+        }
     }
 }
