@@ -1,14 +1,18 @@
 #!/usr/bin/env bash
-# Builds the Python and JavaScript echo guests into WebAssembly components,
-# validates them, and prints their sizes and worlds. The components (12-18 MB
-# each) are build output, not committed.
+# Builds the Python and JavaScript guests (echo, clock, port forwarder) into
+# WebAssembly components, validates them, and prints their sizes and worlds.
+# The components (12-18 MB each) are build output, not committed.
 #
 #   scripts/build-polyglot-guests.sh                 # both
 #   scripts/build-polyglot-guests.sh python          # or: js
 #
 # Output: $TWILL_POLYGLOT_OUT (default $CARGO_TARGET_DIR/polyglot, i.e.
-# /var/tmp/twill-target/polyglot): python-echo.wasm, js-echo.wasm, and the
-# reactor-time guests python-clock.wasm, js-clock.wasm.
+# /var/tmp/twill-target/polyglot): python-echo.wasm, js-echo.wasm, the
+# reactor-time guests python-clock.wasm, js-clock.wasm, and the port
+# forwarders python-forward.wasm, js-forward.wasm. js-forward is built against
+# its own world (guests/js-forward/wit: Twill's `peer` plus
+# wasi:cli/environment, which it reads its configuration from: StarlingMonkey
+# has no process.env).
 #
 # Tools, installed on first use (only from PyPI and npm):
 # - componentize-py $COMPONENTIZE_PY_VERSION, in a venv at $TWILL_POLYGLOT_VENV
@@ -83,6 +87,10 @@ build_python() {
   "$VENV/bin/componentize-py" -d wit -w peer componentize \
     -p guest-sdk/python -p guests/python-clock clock -o "$OUT/python-clock.wasm" >/dev/null
   report "$OUT/python-clock.wasm"
+  step "componentize-py: guests/python-forward/forward.py -> $OUT/python-forward.wasm"
+  "$VENV/bin/componentize-py" -d wit -w peer componentize \
+    -p guest-sdk/python -p guests/python-forward forward -o "$OUT/python-forward.wasm" >/dev/null
+  report "$OUT/python-forward.wasm"
 }
 
 build_js() {
@@ -93,6 +101,10 @@ build_js() {
   step "componentize-js: guests/js-clock/clock.js -> $OUT/js-clock.wasm"
   node guest-sdk/js/build.mjs guests/js-clock/clock.js -o "$OUT/js-clock.wasm" | sed 's/^/   /'
   report "$OUT/js-clock.wasm"
+  step "componentize-js: guests/js-forward/forward.js -> $OUT/js-forward.wasm"
+  node guest-sdk/js/build.mjs guests/js-forward/forward.js --wit guests/js-forward/wit --world forward \
+    -o "$OUT/js-forward.wasm" | sed 's/^/   /'
+  report "$OUT/js-forward.wasm"
 }
 
 case $WHICH in

@@ -1,7 +1,8 @@
 #!/usr/bin/env bash
 # Runs the echo integration suite against the Python and JavaScript echo
 # guests: the same tests that check guest-echo (the Rust echo), pointed at
-# another component with TWILL_ECHO_WASM.
+# another component with TWILL_ECHO_WASM; and the proxy tests against their
+# port forwarders (TWILL_FORWARD_WASM), as against guests/portforward.
 #
 #   scripts/test-polyglot.sh            # build both, then test both
 #   scripts/test-polyglot.sh python     # or: js
@@ -22,19 +23,30 @@
 # - tests/shared.rs, the echo test: 100 concurrent clients under random
 #   chunkings on shared instances (instance = "shared"), where one instance
 #   holds many protocol resources at once; and from tests/cli.rs, both
-#   halves of the seed (client and server) on one shared instance.
+#   halves of the seed (client and server) on one shared instance;
+# - tests/timers.rs, with the clock guest (TWILL_CLOCK_WASM): delayed calls
+#   firing on time over real sockets, in both instance modes;
+# - tests/proxy.rs, with the port forwarder (guests/python-forward,
+#   guests/js-forward; TWILL_FORWARD_WASM), relaying and spliced: echo
+#   through it under every chunking with the FIN passed on, a half-close
+#   both ways, a backend flooding a client that does not read (flow control,
+#   nothing lost, no fault), the connect grants (refused, allowed by
+#   address, counted), a closed port and a black-holed backend (TIMEOUT),
+#   no grants at all, shutdown flushing both legs, and an upstream reset
+#   reaching the client as a reset.
 #
 # Environment for the tests: TWILL_TEST_MEMORY is the plugin memory limit the
-# echo tests use: by default the one docs/guide-*.md recommend, 64MiB for Python
-# and 96MiB for JavaScript (bench/results/polyglot.md says why); set it to
-# override both. TWILL_ECHO_IMPORTS_SOCKETS is set for Python only: its
-# component imports wasi:sockets (componentize-py's libc links them), which
-# the world check otherwise rejects; the host grants no network either way.
+# echo, clock and forward tests use: by default the one docs/guide-*.md
+# recommend, 64MiB for Python and 96MiB for JavaScript
+# (bench/results/polyglot.md says why); set it to override both.
+# TWILL_ECHO_IMPORTS_SOCKETS is set for Python only: its component imports
+# wasi:sockets (componentize-py's libc links them), which the world check
+# otherwise rejects; the host grants no network either way.
 #
 # Compile cache: a component is compiled once per engine configuration and
 # cached in ~/.cache/wasmtime. The debug-built test binaries compile a 12-18
-# MB component slowly (about 3 minutes), so this script first loads both
-# components with `twill check`: with the release binary if one is built
+# MB component slowly (about 3 minutes), so this script first loads every
+# component with `twill check`: with the release binary if one is built
 # (seconds), then with the debug one, which hits that cache entry; the tests
 # then hit it too. Without a release binary the debug one compiles each
 # component once (about 4.5 minutes for the whole run instead of 1.5).
@@ -81,8 +93,9 @@ step "warm the compile cache"
 # all compile at once).
 warm=$(mktemp -d)
 for lang in "${LANGS[@]}"; do
-  printf '[plugins.%s]\ncomponent = "%s/%s-echo.wasm"\nmemory = "%s"\n\n[plugins.%sclock]\ncomponent = "%s/%s-clock.wasm"\nmemory = "%s"\n\n[[listen]]\nport = 0\nplugin = "%s"\n' \
-    "$lang" "$OUT" "$lang" "$(memory_for "$lang")" "$lang" "$OUT" "$lang" "$(memory_for "$lang")" "$lang" >"$warm/$lang.toml"
+  printf '[plugins.%s]\ncomponent = "%s/%s-echo.wasm"\nmemory = "%s"\n\n[plugins.%sclock]\ncomponent = "%s/%s-clock.wasm"\nmemory = "%s"\n\n[plugins.%sforward]\ncomponent = "%s/%s-forward.wasm"\nmemory = "%s"\n\n[[listen]]\nport = 0\nplugin = "%s"\n' \
+    "$lang" "$OUT" "$lang" "$(memory_for "$lang")" "$lang" "$OUT" "$lang" "$(memory_for "$lang")" \
+    "$lang" "$OUT" "$lang" "$(memory_for "$lang")" "$lang" >"$warm/$lang.toml"
 done
 bins=()
 [[ -n ${TWILL_WARM_BIN:-} ]] && bins+=("$TWILL_WARM_BIN")
@@ -106,6 +119,10 @@ CLI_TESTS=(the_seed_client_talks_to_a_twill_listener_and_exits_0 the_seed_client
   port_in_use_is_a_clear_error_and_exit_2 an_interface_with_no_such_address_is_exit_2)
 SHARED_TESTS=(shared_echo_is_byte_exact_for_concurrent_clients_under_random_chunkings reads_that_arrive_together_are_delivered_in_batches)
 CLI_TESTS+=(both_halves_of_the_seed_on_one_shared_instance)
+PROXY_TESTS=(relay_and_splice_echo_every_chunking_and_pass_the_fin_on a_half_close_goes_through_the_proxy_both_ways
+  a_client_that_does_not_read_while_the_backend_floods_loses_nothing grants_refuse_what_they_do_not_cover_and_count_it
+  a_closed_port_and_a_black_hole_fail_through_the_factory without_grants_a_guest_cannot_connect
+  shutdown_flushes_proxied_connections_on_both_legs an_upstream_reset_reaches_the_client_as_a_reset)
 
 passed=0
 failed=0
@@ -155,6 +172,8 @@ for lang in "${LANGS[@]}"; do
   run "$lang" shared "${SHARED_TESTS[@]}"
   step "$lang clock: reactor time over real sockets"
   TWILL_CLOCK_WASM=$OUT/$lang-clock.wasm run "$lang" timers delayed_calls_fire_on_time_over_real_sockets_in_both_modes
+  step "$lang forward: proxying over real sockets"
+  TWILL_FORWARD_WASM=$OUT/$lang-forward.wasm run "$lang" proxy "${PROXY_TESTS[@]}"
 done
 
 step "summary"

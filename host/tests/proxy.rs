@@ -81,9 +81,13 @@ async fn flood_backend(n: usize) -> SocketAddr {
     addr
 }
 
-/// A portforward config to `backend`, granted `grant`.
+/// A portforward config to `backend`, granted `grant` (with the memory a
+/// Python or JavaScript forwarder needs, [`forward_memory`]).
 fn forward_config(backend: &str, grant: &str, extra: &str) -> String {
-    let plugin = format!("connect = [{grant:?}]\nenv = {{ BACKEND = {backend:?}{extra} }}\n");
+    let plugin = format!(
+        "{}connect = [{grant:?}]\nenv = {{ BACKEND = {backend:?}{extra} }}\n",
+        forward_memory()
+    );
     support::server_config(&portforward_wasm(), &plugin)
 }
 
