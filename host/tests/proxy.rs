@@ -217,18 +217,8 @@ async fn grants_refuse_what_they_do_not_cover_and_count_it() {
     r.shutdown().await;
 
     // A name granted by name on another port: refused.
-    let r = support::start(&forward_config(
-        &format!("localhost:{port}"),
-        &format!("localhost:{}", support::closed_port()),
-        "",
-    ))
-    .await;
-    closed_without_data(r.addr()).await;
-    assert_eq!(
-        r.outbound.as_ref().unwrap().refused.load(Ordering::Relaxed),
-        1
-    );
-    r.shutdown().await;
+    let other = format!("localhost:{}", support::closed_port());
+    refused_once(&format!("localhost:{port}"), &other).await;
 
     // A name not granted by name, resolving to a granted address: allowed.
     let r = support::start(&forward_config(
@@ -241,17 +231,16 @@ async fn grants_refuse_what_they_do_not_cover_and_count_it() {
     r.shutdown().await;
 
     // A name resolving outside the grants: refused after the lookup.
-    let r = support::start(&forward_config(
-        &format!("localhost:{port}"),
-        &format!("10.0.0.0/8:{port}"),
-        "",
-    ))
-    .await;
+    refused_once(&format!("localhost:{port}"), &format!("10.0.0.0/8:{port}")).await;
+}
+
+/// A forwarder to `backend` granted only `grant`: its client is closed
+/// without a byte, and the refusal is counted once.
+async fn refused_once(backend: &str, grant: &str) {
+    let r = support::start(&forward_config(backend, grant, "")).await;
     closed_without_data(r.addr()).await;
-    assert_eq!(
-        r.outbound.as_ref().unwrap().refused.load(Ordering::Relaxed),
-        1
-    );
+    let refused = r.outbound.as_ref().unwrap().refused.load(Ordering::Relaxed);
+    assert_eq!(refused, 1, "{backend} granted {grant}");
     r.shutdown().await;
 }
 
