@@ -60,10 +60,10 @@ impl ConnState {
     ) -> wasmtime::Result<R> {
         let h = *self.table.get(handle)?;
         let current = self.current;
-        let Some(cell) = self.transports.get(h.slot, h.generation).cloned() else {
+        let Some(cell) = self.transports.get(h.slot, h.generation) else {
             return Ok(R::default());
         };
-        let mut t = lock(&cell);
+        let mut t = lock(cell);
         let r = f(&mut t)?;
         let settled_after = match current {
             Some(Caller::Connection(slot)) => slot == h.slot,
@@ -78,11 +78,7 @@ impl ConnState {
                 && matches!(current, Some(Caller::Connection(_)))
                 && t.has_stream();
             if defer {
-                if !self
-                    .touched
-                    .iter()
-                    .any(|c| std::sync::Arc::ptr_eq(c, &cell))
-                {
+                if !self.touched.iter().any(|c| std::sync::Arc::ptr_eq(c, cell)) {
                     self.touched.push(cell.clone());
                 }
             } else {
