@@ -24,6 +24,7 @@ GUESTS=(
   "guests/minikv:guests/minikv/minikv.wasm"
   "guests/portforward:guests/portforward/portforward.wasm"
   "guests/router:guests/router/router.wasm"
+  "guests/starttls:guests/starttls/starttls.wasm"
 )
 
 mode=${TWILL_GUEST_TOOLCHAIN:-auto}

@@ -15,6 +15,9 @@
 //! - [`export!`]: names the factories the component exports.
 //! - [`reactor`]: time: `seconds`, `call_later`, `LoopingCall` and a
 //!   `TimeoutMixin` ([`reactor::Timeout`]).
+//! - TLS, terminated by the host: [`Transport::tls_info`] (what the
+//!   handshake negotiated, the peer's certificate) and
+//!   [`Transport::start_tls`] (STARTTLS protocols).
 //!
 //! ## Example: Twisted's `echoserv.py`
 //!
@@ -66,6 +69,9 @@ use std::fmt;
 
 mod outbound;
 pub mod reactor;
+mod tls;
+
+pub use tls::{PeerCertificate, StartTlsError, TlsInfo};
 
 #[doc(hidden)]
 pub mod __bindings {

@@ -28,13 +28,14 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use tokio::io::Interest;
-use tokio::net::TcpStream;
 
 use crate::runtime::bindings::Reason;
 use crate::runtime::limits::MAX_QUEUED;
 use crate::runtime::state::{Closing, TransportState, WriteSide};
 use crate::runtime::{GuestFault, Session};
 use crate::shutdown::Shutdown;
+use crate::tls::{ClientSide, ServerSide, Swappable, TlsStats};
+use crate::wire::Wire;
 
 pub use crate::runtime::limits::READ_CHUNK;
 
@@ -53,16 +54,38 @@ pub enum End {
     Fault(GuestFault),
 }
 
+/// How a connection that began in plaintext may start TLS (`start-tls`):
+/// as the server, with its listener's current settings, or as the client.
+#[derive(Debug, Clone)]
+pub enum StartTls {
+    /// An accepted connection: its listener's `tls` (with `start-tls`).
+    Server(Arc<Swappable<ServerSide>>),
+    /// A `[[connect]]` connection: its entry's `tls`.
+    Client(Arc<ClientSide>),
+}
+
+/// What a connection's entry says beyond its socket and protocol.
+#[derive(Debug, Clone, Default)]
+pub struct Options {
+    /// `[[listen]] idle-timeout`: a connection with no bytes read or sent
+    /// for this long is closed as if the protocol called `lose-connection`
+    /// (its output is flushed, then `connection-lost(done)`).
+    pub idle_timeout: Option<Duration>,
+    /// Where the entry's TLS outcomes are counted.
+    pub tls_stats: Option<Arc<TlsStats>>,
+    /// The entry allows `start-tls`.
+    pub start_tls: Option<StartTls>,
+}
+
 /// Runs one established connection to its end: `make-connection`, every
 /// `data-received`, the close, and `connection-lost`. The session must
-/// already hold a built protocol. With `idle_timeout`, a connection with no
-/// bytes read or sent for that long is closed as if the protocol called
-/// `lose-connection` (its output is flushed, then `connection-lost(done)`).
+/// already hold a built protocol; `stream` already has TLS on if its
+/// entry has `tls` (without `start-tls`).
 pub async fn run(
-    stream: TcpStream,
+    stream: Arc<Wire>,
     session: &mut Session,
     shutdown: &Shutdown,
-    idle_timeout: Option<Duration>,
+    options: &Options,
 ) -> End {
     let peer = stream
         .peer_addr()
@@ -71,14 +94,22 @@ pub async fn run(
         .local_addr()
         .unwrap_or_else(|_| SocketAddr::from(([0, 0, 0, 0], 0)));
     let mut conn = Conn {
-        stream: Arc::new(stream),
+        stream,
         eof: false,
         paused: false,
         open: Some(shutdown.open_connection()),
-        idle_timeout,
+        idle_timeout: options.idle_timeout,
         active: tokio::time::Instant::now(),
+        start_tls: options.start_tls.clone(),
+        tls_stats: options.tls_stats.clone(),
     };
-    session.transport().set_stream(conn.stream.clone());
+    {
+        let mut t = session.transport();
+        t.set_stream(conn.stream.clone());
+        let may_start = options.start_tls.is_some() && !conn.stream.is_tls();
+        t.start_tls()
+            .configure(may_start, options.tls_stats.clone());
+    }
     let driven = match session.make_connection(peer, host) {
         Ok(()) => {
             session.set_defer(true);
@@ -151,12 +182,15 @@ struct Look {
     /// Another connection produces this one's output (a producer
     /// transport is registered).
     fed: bool,
+    /// The guest called `start-tls`: the handshake runs once the output
+    /// queued before it is sent.
+    start_tls: bool,
 }
 
 struct Conn {
     /// Shared with the instance's batch queue, which writes a batched
     /// read's output straight to the socket ([`crate::shared::batch`]).
-    stream: Arc<TcpStream>,
+    stream: Arc<Wire>,
     eof: bool,
     paused: bool,
     /// Counted as open (one the shutdown's abort would reset) until it ends
@@ -166,6 +200,10 @@ struct Conn {
     idle_timeout: Option<Duration>,
     /// When a byte was last read or sent.
     active: tokio::time::Instant,
+    /// How `start-tls` would run its handshake.
+    start_tls: Option<StartTls>,
+    /// Where handshakes are counted.
+    tls_stats: Option<Arc<TlsStats>>,
 }
 
 impl Drop for Conn {
@@ -183,38 +221,7 @@ impl Conn {
     /// Closes with a reset (once the socket is dropped).
     fn abort(&mut self) {
         self.open = None;
-        let _ = socket2::SockRef::from(&*self.stream).set_linger(Some(Duration::ZERO));
-    }
-
-    /// Reads what the socket has into `buf` without blocking.
-    ///
-    /// A read that does not fill the buffer proves the socket drained
-    /// (epoll is edge-triggered), so it also clears the reactor's cached
-    /// read readiness, as tokio's own `poll_read` does; otherwise the next
-    /// pass would spend a `recv` syscall just to hear `EAGAIN`, which was a
-    /// quarter of all `recv`s in ping-pong. The read runs inside `try_io`,
-    /// so readiness is cleared only if no new readiness event arrived since
-    /// the read began.
-    fn read(&self, buf: &mut [u8]) -> io::Result<usize> {
-        use std::io::Read as _;
-        let cap = buf.len();
-        let mut got = None;
-        let r = self.stream.try_io(Interest::READABLE, || {
-            let sock = socket2::SockRef::from(&self.stream);
-            let n = (&*sock).read(buf)?;
-            got = Some(n);
-            if n > 0 && n < cap {
-                // Drained: report WouldBlock so that try_io clears readiness.
-                Err(io::ErrorKind::WouldBlock.into())
-            } else {
-                Ok(n)
-            }
-        });
-        match (r, got) {
-            (Ok(n), _) => Ok(n),
-            (Err(e), Some(n)) if e.kind() == io::ErrorKind::WouldBlock => Ok(n),
-            (Err(e), _) => Err(e),
-        }
+        self.stream.abort();
     }
 
     /// Writes as much queued output as the socket takes without blocking.
@@ -232,7 +239,7 @@ impl Conn {
             t = session.transport();
         }
         Ok(Look {
-            pending: t.unsent(),
+            pending: t.sendable() + usize::from(self.stream.wants_write()),
             closing: t.closing(),
             queued: t.handoff().queued(),
             paused: t.reading_paused(),
@@ -240,6 +247,7 @@ impl Conn {
             half_closeable: t.half_closeable(),
             spliced: t.splice().is_some(),
             fed: t.is_fed(),
+            start_tls: t.start_tls().requested(),
         })
     }
 
@@ -316,24 +324,49 @@ impl Conn {
                 // Resuming may write more (or close): read the state again.
                 self.producer(session)?;
                 let t = session.transport();
-                (pending, closing) = (t.unsent(), t.closing());
+                (pending, closing) = (
+                    t.sendable() + usize::from(self.stream.wants_write()),
+                    t.closing(),
+                );
             }
             if closing == Closing::Abort {
                 self.abort();
                 return Ok(Driven::End(Reason::Lost("connection aborted".into())));
             }
-            if look.spliced {
+            if look.start_tls {
+                if pending == 0 && queued == 0 {
+                    // The plaintext before `start-tls` is sent and every
+                    // read delivered: the handshake, then on in TLS.
+                    let handshake = self.start_tls(session);
+                    let done = tokio::select! {
+                        r = handshake => r,
+                        () = &mut abort => Err(Reason::Lost("shutdown deadline passed; connection reset".into())),
+                    };
+                    if let Err(reason) = done {
+                        self.abort();
+                        return Ok(Driven::End(reason));
+                    }
+                    continue;
+                }
+            } else if look.spliced {
                 if pending == 0 && queued == 0 {
                     return Ok(Driven::Splice);
                 }
             } else if look.write_side == WriteSide::Closing && pending == 0 {
-                // lose-write-connection: FIN now that the output is sent.
-                let _ = socket2::SockRef::from(&*self.stream).shutdown(std::net::Shutdown::Write);
-                session.transport().set_write_closed();
-                if look.half_closeable {
-                    session.write_connection_lost()?;
+                // lose-write-connection: FIN (after TLS's close_notify) now
+                // that the output is sent.
+                match self.stream.finish_write() {
+                    Ok(true) => {
+                        session.transport().set_write_closed();
+                        if look.half_closeable {
+                            session.write_connection_lost()?;
+                        }
+                        continue;
+                    }
+                    // close_notify waits for the socket.
+                    Ok(false) => pending = 1,
+                    Err(e) => return Ok(Driven::End(lost(&e))),
                 }
-                continue;
             }
             // The peer's FIN, once the reads before it were delivered: a
             // half-closeable protocol hears of it and the connection stays
@@ -367,6 +400,7 @@ impl Conn {
                 reading_paused = true;
             }
             let want_read = closing == Closing::Open
+                && !look.start_tls
                 && !self.eof
                 && !reading_paused
                 && !look.paused
@@ -412,7 +446,7 @@ impl Conn {
                     };
                     if want_read && (ready.is_readable() || ready.is_read_closed()) {
                         let mut buf = ReadBuf::take();
-                        match self.read(&mut buf.0) {
+                        match self.stream.read(&mut buf.0) {
                             Ok(0) => self.eof = true,
                             Ok(n) => {
                                 if idle.is_some() {
@@ -465,19 +499,54 @@ impl Conn {
         }
     }
 
-    /// Sends FIN, waits briefly for the peer's FIN (discarding input), and
-    /// reports a clean close.
+    /// Runs the handshake `start-tls` asked for, on this connection's
+    /// socket, and puts TLS on it; counted. A failure is the connection's
+    /// end, with why.
+    async fn start_tls(&mut self, session: &mut Session) -> Result<(), Reason> {
+        let result = match &self.start_tls {
+            Some(StartTls::Server(side)) => {
+                let side = side.get();
+                crate::tls::handshake::accept(self.stream.tcp(), &side)
+                    .await
+                    .map(|c| (c, None))
+            }
+            Some(StartTls::Client(side)) => crate::tls::handshake::connect(self.stream.tcp(), side)
+                .await
+                .map(|c| (c, Some(side.server_name.to_str().into_owned()))),
+            // `start-tls` is refused without one of these.
+            None => return Err(Reason::Lost("start-tls without TLS settings".into())),
+        };
+        if let Some(stats) = &self.tls_stats {
+            stats.count(&result);
+        }
+        match result {
+            Ok((conn, name)) => {
+                self.stream.start_tls(conn, name);
+                session.transport().start_tls().done();
+                tracing::debug!(plugin = %session.plugin().name, "start-tls: handshake complete");
+                Ok(())
+            }
+            Err(e) => {
+                tracing::info!(plugin = %session.plugin().name, failure = e.failure.label(), error = %e, "start-tls: handshake failed");
+                Err(Reason::Lost(e.message))
+            }
+        }
+    }
+
+    /// Sends FIN (after TLS's close_notify), waits briefly for the peer's
+    /// FIN (discarding input), and reports a clean close.
     async fn close_cleanly(&mut self) -> Reason {
         self.open = None;
-        let _ = socket2::SockRef::from(&*self.stream).shutdown(std::net::Shutdown::Write);
+        self.stream.finish_write_within(LINGER).await;
         if !self.eof {
             let mut sink = [0u8; 4096];
+            let tcp = self.stream.tcp();
             let _ = tokio::time::timeout(LINGER, async {
                 loop {
-                    if self.stream.readable().await.is_err() {
+                    if tcp.readable().await.is_err() {
                         break;
                     }
-                    match self.stream.try_read(&mut sink) {
+                    match tcp.try_read(&mut sink) {
                         Ok(0) => break,
                         Ok(_) => {}
                         Err(e) if e.kind() == io::ErrorKind::WouldBlock => {}
@@ -538,7 +607,8 @@ fn settle_touched(session: &mut Session) {
                 if n > 0 {
                     t.mark_sent_elsewhere();
                 }
-                if t.unsent() > 0 || t.producer() {
+                let tls_waits = t.stream().is_some_and(|w| w.wants_write());
+                if t.unsent() > 0 || t.producer() || tls_waits {
                     t.kick();
                 }
             }
@@ -551,18 +621,13 @@ fn settle_touched(session: &mut Session) {
     });
 }
 
-/// Writes as much of `t`'s unsent output to `stream` as it takes without
-/// blocking: one `send` for one slice (a shorter kernel path than
-/// `writev`), else a vectored write. Also used by batched delivery, which
-/// writes a batched read's output straight to the socket.
-pub fn send(t: &mut TransportState, stream: &TcpStream) -> io::Result<usize> {
-    t.send_with(|iov| {
-        if iov.len() == 1 {
-            stream.try_write(&iov[0])
-        } else {
-            stream.try_write_vectored(iov)
-        }
-    })
+/// Writes as much of `t`'s sendable output to `wire` as it takes without
+/// blocking (with TLS: first the records already waiting). Also used by
+/// batched delivery, which writes a batched read's output straight to the
+/// socket.
+pub fn send(t: &mut TransportState, wire: &Wire) -> io::Result<usize> {
+    wire.flush()?;
+    t.send_with(|iov| wire.write_vectored(iov))
 }
 
 fn lost(e: &io::Error) -> Reason {

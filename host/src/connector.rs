@@ -4,24 +4,29 @@
 //! `started-connecting`, then either `client-connection-failed` (name not
 //! found, refused, unreachable, timed out; no protocol is built) or
 //! `build-protocol`, the protocol's whole life on [`crate::connection::run`],
-//! and `client-connection-lost`.
+//! and `client-connection-lost`. With `tls` (and no `start-tls`) the
+//! handshake runs before `build-protocol`; a failed one, such as a server
+//! certificate that is expired or not for `server-name`, is a
+//! `client-connection-failed` saying why.
 
 use std::net::SocketAddr;
+use std::sync::Arc;
+use std::time::Duration;
 
 use tokio::net::TcpStream;
-
-use std::time::Duration;
 
 use rand::SeedableRng;
 use rand::rngs::StdRng;
 use rand_distr::{Distribution, Normal};
 
 use crate::config::{ConnectConfig, Reconnect};
-use crate::connection::{self, End};
+use crate::connection::{self, End, Options, StartTls};
 use crate::runtime::GuestFault;
 use crate::runtime::bindings::Reason;
 use crate::shared::Instances;
 use crate::shutdown::Shutdown;
+use crate::tls::TlsStats;
+use crate::wire::Wire;
 
 /// How a connector ended.
 #[derive(Debug)]
@@ -38,15 +43,21 @@ pub enum ConnectorEnd {
 
 /// Runs one `[[connect]]` entry to its end: one attempt, or with
 /// `reconnect` attempts until `max-retries` is passed or shutdown.
-pub async fn run(cfg: ConnectConfig, instances: Instances, shutdown: Shutdown) -> ConnectorEnd {
+/// TLS handshakes are counted in `tls_stats`.
+pub async fn run(
+    cfg: ConnectConfig,
+    instances: Instances,
+    shutdown: Shutdown,
+    tls_stats: Arc<TlsStats>,
+) -> ConnectorEnd {
     let Some(policy) = cfg.reconnect.clone() else {
-        return attempt(&cfg, &instances, &shutdown).await.0;
+        return attempt(&cfg, &instances, &shutdown, &tls_stats).await.0;
     };
     let name = instances.plugin().name.clone();
     let target = format!("{}:{}", cfg.host, cfg.port);
     let mut backoff = Backoff::new(policy, StdRng::from_os_rng());
     loop {
-        let (end, made) = attempt(&cfg, &instances, &shutdown).await;
+        let (end, made) = attempt(&cfg, &instances, &shutdown, &tls_stats).await;
         if matches!(end, ConnectorEnd::Cancelled) || shutdown.is_shutdown() {
             return end;
         }
@@ -120,6 +131,7 @@ async fn attempt(
     cfg: &ConnectConfig,
     instances: &Instances,
     shutdown: &Shutdown,
+    tls_stats: &Arc<TlsStats>,
 ) -> (ConnectorEnd, bool) {
     let end = |e| (e, false);
     let name = instances.plugin().name.clone();
@@ -143,6 +155,31 @@ async fn attempt(
         },
         () = shutdown.recv() => return end(ConnectorEnd::Cancelled),
     };
+    let result = match result {
+        Ok(stream) => {
+            let wire = Arc::new(Wire::new(stream));
+            let _ = wire.tcp().set_nodelay(true);
+            match cfg.tls.as_ref().filter(|t| !t.start_tls) {
+                Some(side) => {
+                    let handshake = crate::tls::handshake::connect(wire.tcp(), side);
+                    let r = tokio::select! {
+                        r = handshake => r,
+                        () = shutdown.recv() => return end(ConnectorEnd::Cancelled),
+                    };
+                    tls_stats.count(&r);
+                    match r {
+                        Ok(conn) => {
+                            wire.start_tls(conn, Some(side.server_name.to_str().into_owned()));
+                            Ok(wire)
+                        }
+                        Err(e) => Err(format!("{target}: {e}")),
+                    }
+                }
+                None => Ok(wire),
+            }
+        }
+        Err(e) => Err(e),
+    };
     let stream = match result {
         Ok(s) => s,
         Err(msg) => {
@@ -154,13 +191,21 @@ async fn attempt(
             return end(ConnectorEnd::Failed(msg));
         }
     };
-    let _ = stream.set_nodelay(true);
     let peer = stream
         .peer_addr()
         .unwrap_or_else(|_| SocketAddr::from(([0, 0, 0, 0], 0)));
     tracing::debug!(plugin = %name, %peer, "connected");
+    let options = Options {
+        idle_timeout: None,
+        tls_stats: Some(tls_stats.clone()),
+        start_tls: cfg
+            .tls
+            .clone()
+            .filter(|t| t.start_tls)
+            .map(StartTls::Client),
+    };
     let reason = match session.build_client_protocol(peer) {
-        Ok(true) => match connection::run(stream, &mut session, shutdown, None).await {
+        Ok(true) => match connection::run(stream, &mut session, shutdown, &options).await {
             End::Closed(reason) => reason,
             End::Fault(fault) => {
                 tracing::warn!(plugin = %name, %peer, %fault, "guest faulted; connection aborted");

@@ -84,6 +84,8 @@ pub mod shutdown;
 pub mod sink;
 pub mod splice;
 pub mod testing;
+pub mod tls;
+pub mod wire;
 
 pub use config::Config;
 pub use reactor::{Reactor, RunEnd};

@@ -3,7 +3,9 @@
 //! It binds, accepts, caps live connections per listener (a connection over
 //! the cap is closed at once and counted), backs off when the process is out
 //! of file descriptors instead of spinning, and hands each socket to its own
-//! task: a fresh instance, `build-protocol`, then [`crate::connection::run`].
+//! task: the TLS handshake if the listener has `tls` (before any guest
+//! runs: a failed handshake costs no instance), a fresh instance,
+//! `build-protocol`, then [`crate::connection::run`].
 
 use std::io;
 use std::net::SocketAddr;
@@ -15,12 +17,14 @@ use tokio::net::{TcpListener, TcpSocket, TcpStream};
 use tokio::sync::Semaphore;
 
 use crate::config::ListenConfig;
-use crate::connection::{self, End};
+use crate::connection::{self, End, Options, StartTls};
 use crate::runtime::Plugin;
 use crate::runtime::pool::InstancePermit;
 use crate::shared::Instances;
 use crate::shared::threads::LiveGuard;
 use crate::shutdown::{Shutdown, ShutdownSignal, TaskGuard};
+use crate::tls::{ServerSide, Swappable, TlsStats};
+use crate::wire::Wire;
 
 /// Why a listener could not start.
 #[derive(Debug, thiserror::Error)]
@@ -61,6 +65,9 @@ pub struct ListenerStats {
     /// Connections closed at once because the plugin was at its
     /// `max-instances`.
     pub rejected_at_capacity: AtomicU64,
+    /// TLS handshakes, completed and failed by kind, and refused
+    /// `start-tls` calls.
+    pub tls: Arc<TlsStats>,
 }
 
 /// A bound listener, ready to serve.
@@ -71,6 +78,9 @@ pub struct Listener {
     limit: Arc<Semaphore>,
     stats: Arc<ListenerStats>,
     idle_timeout: Option<Duration>,
+    /// `tls`: swappable, so that a reload can replace the certificates of
+    /// a listener that keeps its socket.
+    tls: Option<Arc<Swappable<ServerSide>>>,
 }
 
 impl Listener {
@@ -98,7 +108,13 @@ impl Listener {
             limit: Arc::new(Semaphore::new(cfg.max_connections)),
             stats: Arc::default(),
             idle_timeout: cfg.idle_timeout,
+            tls: cfg.tls.clone().map(|t| Arc::new(Swappable::new(t))),
         })
+    }
+
+    /// The listener's TLS settings, for a reload to replace.
+    pub fn tls(&self) -> Option<&Arc<Swappable<ServerSide>>> {
+        self.tls.as_ref()
     }
 
     /// The bound address (useful with port 0).
@@ -131,6 +147,7 @@ impl Listener {
             plugin: self.instances.plugin().clone(),
             instances: self.instances,
             idle_timeout: self.idle_timeout,
+            tls: self.tls.clone(),
             stats: self.stats.clone(),
             limit: self.limit.clone(),
             notify,
@@ -169,6 +186,7 @@ struct Acceptor {
     plugin: Arc<Plugin>,
     instances: Instances,
     idle_timeout: Option<Duration>,
+    tls: Option<Arc<Swappable<ServerSide>>>,
     stats: Arc<ListenerStats>,
     limit: Arc<Semaphore>,
     notify: ShutdownSignal,
@@ -243,6 +261,7 @@ impl Acceptor {
             let task = ServerConnection {
                 instances: self.instances.clone(),
                 idle_timeout: self.idle_timeout,
+                tls: self.tls.clone(),
                 stats: self.stats.clone(),
                 peer,
                 reserved,
@@ -295,6 +314,7 @@ fn is_resource_exhaustion(e: &io::Error) -> bool {
 struct ServerConnection {
     instances: Instances,
     idle_timeout: Option<Duration>,
+    tls: Option<Arc<Swappable<ServerSide>>>,
     stats: Arc<ListenerStats>,
     peer: SocketAddr,
     /// The place reserved under the plugin's `max-instances`.
@@ -309,11 +329,40 @@ impl ServerConnection {
         let Self {
             instances,
             idle_timeout,
+            tls,
             stats,
             peer,
             reserved,
         } = self;
         let name = &instances.plugin().name;
+        let wire = Arc::new(Wire::new(stream));
+        // The settings current now: a reload swaps them for later
+        // connections only.
+        let side = tls.as_ref().map(|t| t.get());
+        if let Some(side) = side.as_ref().filter(|s| !s.start_tls) {
+            let handshake = crate::tls::handshake::accept(wire.tcp(), side);
+            let result = tokio::select! {
+                r = handshake => r,
+                () = shutdown.recv() => return,
+            };
+            stats.tls.count(&result);
+            match result {
+                Ok(conn) => {
+                    wire.start_tls(conn, None);
+                }
+                Err(e) => {
+                    tracing::info!(plugin = %name, %peer, failure = e.failure.label(), error = %e, "TLS handshake failed; connection closed");
+                    return;
+                }
+            }
+        }
+        let options = Options {
+            idle_timeout,
+            tls_stats: Some(stats.tls.clone()),
+            start_tls: tls
+                .filter(|_| side.as_ref().is_some_and(|s| s.start_tls))
+                .map(StartTls::Server),
+        };
         let session = match (&instances, instance, reserved) {
             (Instances::Shared(pool), Some(i), _) => pool.session_on(i),
             (Instances::Shared(pool), None, _) => pool.next_session(),
@@ -342,13 +391,13 @@ impl ServerConnection {
             Err(fault) => {
                 stats.faulted.fetch_add(1, Ordering::Relaxed);
                 tracing::warn!(plugin = %name, %peer, %fault, "guest faulted in build-protocol; connection aborted");
-                let _ = socket2::SockRef::from(&stream).set_linger(Some(Duration::ZERO));
+                wire.abort();
                 return;
             }
         }
         stats.accepted.fetch_add(1, Ordering::Relaxed);
         tracing::debug!(plugin = %name, %peer, "connection made");
-        match connection::run(stream, &mut session, shutdown, idle_timeout).await {
+        match connection::run(wire, &mut session, shutdown, &options).await {
             End::Closed(reason) => {
                 tracing::debug!(plugin = %name, %peer, ?reason, "connection lost")
             }

@@ -162,7 +162,13 @@ impl Dialer {
             }
         }
         tracing::debug!(plugin = %name, %remote, "outbound connection made");
-        let end = connection::run(stream, &mut session, &shutdown, None).await;
+        let end = connection::run(
+            std::sync::Arc::new(crate::wire::Wire::new(stream)),
+            &mut session,
+            &shutdown,
+            &connection::Options::default(),
+        )
+        .await;
         drop(session);
         drop(slot);
         match end {

@@ -43,6 +43,8 @@ pub struct Reactor {
     /// The outbound counters of every plugin with `connect` grants.
     outbound: HashMap<String, Arc<OutboundStats>>,
     listeners: Vec<Listener>,
+    /// Each `[[connect]]` entry's TLS counters, in config order.
+    connector_tls: Vec<Arc<crate::tls::TlsStats>>,
     /// Made at bind, so that the dialers hold its signal.
     controller: ShutdownController,
 }
@@ -88,7 +90,9 @@ impl Reactor {
         for l in &config.listen {
             listeners.push(Listener::bind(l, instances[&l.plugin].clone())?);
         }
+        let connector_tls = config.connect.iter().map(|_| Arc::default()).collect();
         Ok(Reactor {
+            connector_tls,
             config,
             _runtime: Arc::new(runtime),
             instances,
@@ -115,6 +119,11 @@ impl Reactor {
         self.listeners.iter().map(Listener::local_addr).collect()
     }
 
+    /// Each `[[connect]]` entry's TLS counters, in config order.
+    pub fn connector_tls_stats(&self) -> Vec<Arc<crate::tls::TlsStats>> {
+        self.connector_tls.clone()
+    }
+
     /// Each listener's counters, in config order.
     pub fn stats(&self) -> Vec<Arc<ListenerStats>> {
         self.listeners.iter().map(Listener::stats).collect()
@@ -130,12 +139,12 @@ impl Reactor {
         for l in self.listeners {
             tokio::spawn(l.serve(controller.signal_handle(), controller.guard()));
         }
-        for c in self.config.connect.iter().cloned() {
+        for (c, tls) in self.config.connect.iter().cloned().zip(self.connector_tls) {
             let instances = self.instances[&c.plugin].clone();
             let shutdown = controller.subscribe();
             let guard = controller.guard();
             tokio::spawn(async move {
-                crate::connector::run(c, instances, shutdown).await;
+                crate::connector::run(c, instances, shutdown, tls).await;
                 drop(guard);
             });
         }

@@ -15,17 +15,15 @@
 //! buffers are written; `abort-connection` and the shutdown's deadline
 //! reset both.
 
-use std::io;
-use std::net::Shutdown as Direction;
-use std::time::Duration;
+use std::io::{self, IoSlice};
 
 use tokio::io::Interest;
-use tokio::net::TcpStream;
 use tokio::sync::oneshot;
 
 use crate::runtime::bindings::Reason;
 use crate::runtime::state::{Arrival, Closing, Meet, MeetState, lock};
 use crate::shutdown::Shutdown;
+use crate::wire::Wire;
 
 /// Each direction's buffer.
 const BUF: usize = 64 << 10;
@@ -113,10 +111,11 @@ impl Dir {
     }
 
     /// Moves bytes from `src` to `dst` until either would block.
-    fn step(&mut self, src: &TcpStream, dst: &TcpStream) -> io::Result<()> {
+    fn step(&mut self, src: &Wire, dst: &Wire) -> io::Result<()> {
+        dst.flush()?;
         loop {
             if self.start < self.end {
-                match dst.try_write(&self.buf[self.start..self.end]) {
+                match dst.write_vectored(&[IoSlice::new(&self.buf[self.start..self.end])]) {
                     Ok(n) => self.start += n,
                     Err(e) if e.kind() == io::ErrorKind::WouldBlock => return Ok(()),
                     Err(e) if e.kind() == io::ErrorKind::Interrupted => {}
@@ -125,13 +124,14 @@ impl Dir {
                 continue;
             }
             if self.eof {
+                // The FIN (after TLS's close_notify, once the socket took
+                // it).
                 if !self.shut {
-                    self.shut = true;
-                    let _ = socket2::SockRef::from(dst).shutdown(Direction::Write);
+                    self.shut = dst.finish_write()?;
                 }
                 return Ok(());
             }
-            match src.try_read(&mut self.buf) {
+            match src.read(&mut self.buf) {
                 Ok(0) => self.eof = true,
                 Ok(n) => (self.start, self.end) = (0, n),
                 Err(e) if e.kind() == io::ErrorKind::WouldBlock => return Ok(()),
@@ -142,8 +142,8 @@ impl Dir {
     }
 
     /// What this direction waits for on its source and destination.
-    fn wants(&self) -> (Option<Interest>, Option<Interest>) {
-        if self.start < self.end {
+    fn wants(&self, dst: &Wire) -> (Option<Interest>, Option<Interest>) {
+        if self.start < self.end || dst.wants_write() {
             (None, Some(Interest::WRITABLE))
         } else if !self.eof {
             (Some(Interest::READABLE), None)
@@ -161,10 +161,9 @@ fn join(a: Option<Interest>, b: Option<Interest>) -> Option<Interest> {
 }
 
 /// Resets both sockets (once they are dropped).
-fn reset(a: &TcpStream, b: &TcpStream) {
-    for s in [a, b] {
-        let _ = socket2::SockRef::from(s).set_linger(Some(Duration::ZERO));
-    }
+fn reset(a: &Wire, b: &Wire) {
+    a.abort();
+    b.abort();
 }
 
 /// Pumps between `a` and `b` until both directions closed (`Done`), an
@@ -204,8 +203,8 @@ async fn pump(a: &Arrival, b: &Arrival, meet: &Meet, shutdown: &Shutdown) -> Rea
         if ab.shut && ba.shut {
             return Reason::Done;
         }
-        let (ab_src, ab_dst) = ab.wants();
-        let (ba_src, ba_dst) = ba.wants();
+        let (ab_src, ab_dst) = ab.wants(b);
+        let (ba_src, ba_dst) = ba.wants(a);
         let (ia, ib) = (join(ab_src, ba_dst), join(ba_src, ab_dst));
         tokio::select! {
             r = async { a.ready(ia.unwrap_or(Interest::READABLE)).await }, if ia.is_some() => {

@@ -102,6 +102,12 @@ impl<'a> Checker<'a> {
         !self.errors.is_empty()
     }
 
+    /// How many errors have been recorded (to tell whether a step added
+    /// any).
+    pub fn error_count(&self) -> usize {
+        self.errors.len()
+    }
+
     /// 1-based line and column (in characters) of a byte offset.
     fn line_col(&self, offset: usize) -> (usize, usize) {
         let offset = offset.min(self.text.len());

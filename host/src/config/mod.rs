@@ -14,6 +14,7 @@ mod check;
 mod limits;
 mod show;
 mod tables;
+mod tls;
 
 pub use limits::{
     DEFAULT_MAX_OUTBOUND, DEFAULT_MAX_RESOURCES, DEFAULT_MAX_TIMERS, Limits, MAX_OUTBOUND,
@@ -230,6 +231,9 @@ pub struct ListenConfig {
     /// A connection with no bytes in either direction for this long is
     /// closed cleanly (`idle-timeout`); none by default.
     pub idle_timeout: Option<Duration>,
+    /// `tls`: the checked certificates and settings, built into the rustls
+    /// config that serves them; none for plaintext.
+    pub tls: Option<std::sync::Arc<crate::tls::ServerSide>>,
     /// Line of the entry.
     pub line: usize,
 }
@@ -248,6 +252,9 @@ pub struct ConnectConfig {
     /// Retry after failures and losses, as Twisted's
     /// `ReconnectingClientFactory` (`reconnect = true`).
     pub reconnect: Option<Reconnect>,
+    /// `tls`: the checked trust roots and settings, built into the rustls
+    /// config; none for plaintext.
+    pub tls: Option<std::sync::Arc<crate::tls::ClientSide>>,
     /// Line of the entry.
     pub line: usize,
 }

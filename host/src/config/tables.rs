@@ -47,6 +47,7 @@ const LISTEN_KEYS: &[&str] = &[
     "max-connections",
     "backlog",
     "idle-timeout",
+    "tls",
 ];
 const CONNECT_KEYS: &[&str] = &[
     "host",
@@ -59,6 +60,7 @@ const CONNECT_KEYS: &[&str] = &[
     "factor",
     "jitter",
     "max-retries",
+    "tls",
 ];
 /// The `[[connect]]` keys that only mean something with `reconnect = true`.
 const BACKOFF_KEYS: &[&str] = &[
@@ -94,11 +96,11 @@ pub(super) fn parse_document(c: &mut Checker<'_>, path: &Path, text: &str) -> Op
     let mut seen = Vec::new();
     let listen = array_of_tables(c, &root, "listen", LISTEN_KEYS)
         .iter()
-        .map(|t| parse_listen(c, t, &plugins, &mut seen))
+        .map(|t| parse_listen(c, t, &plugins, &mut seen, base))
         .collect::<Vec<_>>();
     let connect = array_of_tables(c, &root, "connect", CONNECT_KEYS)
         .iter()
-        .map(|t| parse_connect(c, t, &plugins))
+        .map(|t| parse_connect(c, t, &plugins, base))
         .collect::<Vec<_>>();
     if listen.is_empty() && connect.is_empty() && !c.has_errors() {
         c.error(
@@ -481,6 +483,7 @@ fn parse_listen(
     t: &Table<'_, '_>,
     plugins: &BTreeMap<String, PluginConfig>,
     seen: &mut Vec<(IpAddr, u16, usize)>,
+    base: &Path,
 ) -> Option<ListenConfig> {
     let line = c.line(&t.span);
     let plugin = c.plugin_ref(t, "plugin", plugins);
@@ -489,6 +492,7 @@ fn parse_listen(
     let max_connections = c.int(t, "max-connections", 1..);
     let backlog = c.int(t, "backlog", 1..=u32::MAX);
     let idle_timeout = c.duration(t, "idle-timeout", MIN_IDLE_TIMEOUT);
+    let tls = super::tls::parse_listen_tls(c, t, base);
     let interface = interface.unwrap_or(DEFAULT_INTERFACE);
     if let Some(port) = port.filter(|p| *p != 0) {
         let clash = seen.iter().find(|(ip, p, _)| {
@@ -510,6 +514,7 @@ fn parse_listen(
         max_connections: max_connections.unwrap_or(DEFAULT_MAX_CONNECTIONS),
         backlog: backlog.unwrap_or(DEFAULT_BACKLOG),
         idle_timeout,
+        tls,
         line,
     })
 }
@@ -519,6 +524,7 @@ fn parse_connect(
     c: &mut Checker<'_>,
     t: &Table<'_, '_>,
     plugins: &BTreeMap<String, PluginConfig>,
+    base: &Path,
 ) -> Option<ConnectConfig> {
     let line = c.line(&t.span);
     let plugin = c.plugin_ref(t, "plugin", plugins);
@@ -538,12 +544,14 @@ fn parse_connect(
     }
     let timeout = c.duration(t, "timeout", MIN_CPU);
     let reconnect = parse_reconnect(c, t);
+    let tls = super::tls::parse_connect_tls(c, t, base, host.as_ref().map(|(h, _)| *h));
     Some(ConnectConfig {
         plugin: plugin?,
         host: host?.0.to_string(),
         port: port?,
         timeout: timeout.unwrap_or(DEFAULT_CONNECT_TIMEOUT),
         reconnect,
+        tls,
         line,
     })
 }

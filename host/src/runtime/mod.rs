@@ -62,6 +62,7 @@ pub mod plugin;
 pub mod pool;
 pub mod reactor;
 pub mod session;
+pub mod starttls;
 pub mod state;
 pub mod transport;
 pub mod wasi;

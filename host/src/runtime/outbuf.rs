@@ -134,12 +134,20 @@ impl OutBuf {
         self.recharge();
     }
 
-    /// Fills `out` with the next slices to write, in order; returns how
-    /// many. No allocation: this is on the data path.
-    pub fn slices<'a>(&'a self, out: &mut [IoSlice<'a>; MAX_IOVECS]) -> usize {
+    /// Fills `out` with the next slices to write, in order, at most
+    /// `limit` bytes in all; returns how many. No allocation: this is on
+    /// the data path.
+    pub fn slices<'a>(&'a self, out: &mut [IoSlice<'a>; MAX_IOVECS], limit: usize) -> usize {
         let mut n = 0;
+        let mut left = limit;
         for (i, c) in self.chunks.iter().take(MAX_IOVECS).enumerate() {
-            out[i] = IoSlice::new(if i == 0 { &c[self.offset..] } else { c });
+            if left == 0 {
+                break;
+            }
+            let s = if i == 0 { &c[self.offset..] } else { &c[..] };
+            let s = &s[..s.len().min(left)];
+            left -= s.len();
+            out[i] = IoSlice::new(s);
             n += 1;
         }
         n
@@ -192,7 +200,7 @@ mod tests {
         let mut step = 1;
         while !b.is_empty() {
             let mut iov = [IoSlice::new(&[]); MAX_IOVECS];
-            let k = b.slices(&mut iov);
+            let k = b.slices(&mut iov, usize::MAX);
             let mut n = 0;
             for s in &iov[..k] {
                 let take = (step - n).min(s.len());

@@ -8,7 +8,7 @@
 use std::net::SocketAddr;
 use std::sync::Arc;
 
-use tokio::net::TcpStream;
+use crate::wire::Wire;
 use wasmtime::Store;
 use wasmtime::component::ResourceAny;
 
@@ -97,13 +97,7 @@ pub(super) fn address(a: SocketAddr) -> bindings::Address {
 pub trait ReadQueue: Send + Sync {
     /// Queues `data`, read from `stream`, for `protocol`, whose transport
     /// is `cell`; the caller has added `data.len()` to the cell's hand-off.
-    fn push(
-        &self,
-        protocol: ResourceAny,
-        cell: &TransportCell,
-        stream: &Arc<TcpStream>,
-        data: &[u8],
-    );
+    fn push(&self, protocol: ResourceAny, cell: &TransportCell, stream: &Arc<Wire>, data: &[u8]);
 }
 
 impl Session {
@@ -206,7 +200,7 @@ impl Session {
     /// next batch (whose output is then written to `stream` by the
     /// delivery). The connection must not close cleanly while its
     /// hand-off has bytes queued.
-    pub fn deliver(&mut self, data: &[u8], stream: &Arc<TcpStream>) -> Result<(), GuestFault> {
+    pub fn deliver(&mut self, data: &[u8], stream: &Arc<Wire>) -> Result<(), GuestFault> {
         match (&self.queue, self.protocol) {
             (Some(queue), Some(protocol)) => {
                 self.transport().handoff().queue(data.len());

@@ -259,7 +259,9 @@ pub struct TransportState {
     /// The connection's socket, so that another connection's task can send
     /// output that its callback wrote here (set by the connection's task;
     /// cleared when the connection is over).
-    stream: Option<Arc<tokio::net::TcpStream>>,
+    stream: Option<Arc<crate::wire::Wire>>,
+    /// `start-tls`: allowed, asked for, done.
+    start_tls: super::starttls::StartTls,
     /// Another connection's task sent some of this output (activity, for
     /// the idle timeout).
     sent_elsewhere: bool,
@@ -280,7 +282,7 @@ pub struct Meet {
 }
 
 /// A connection arriving at a [`Meet`]: its socket and its transport.
-pub type Arrival = (Arc<tokio::net::TcpStream>, TransportCell);
+pub type Arrival = (Arc<crate::wire::Wire>, TransportCell);
 
 /// What a [`Meet`] holds.
 #[derive(Debug, Default)]
@@ -589,7 +591,7 @@ impl TransportState {
     }
 
     /// The connection's socket, for other connections' tasks to send on.
-    pub fn set_stream(&mut self, stream: Arc<tokio::net::TcpStream>) {
+    pub fn set_stream(&mut self, stream: Arc<crate::wire::Wire>) {
         self.stream = Some(stream);
     }
 
@@ -599,8 +601,30 @@ impl TransportState {
     }
 
     /// The connection's socket, if set.
-    pub fn stream(&self) -> Option<&Arc<tokio::net::TcpStream>> {
+    pub fn stream(&self) -> Option<&Arc<crate::wire::Wire>> {
         self.stream.as_ref()
+    }
+
+    /// `start-tls`'s state.
+    pub fn start_tls(&mut self) -> &mut super::starttls::StartTls {
+        &mut self.start_tls
+    }
+
+    /// The guest's `start-tls`: refused unless allowed and the connection
+    /// is open, plaintext and not spliced.
+    pub fn request_start_tls(&mut self) -> Result<(), String> {
+        let encrypted = self.stream.as_ref().is_some_and(|w| w.is_tls());
+        let (queued, open, spliced) = (self.out.len(), self.is_open(), self.splice.is_some());
+        self.start_tls.request(queued, encrypted, open, spliced)
+    }
+
+    /// Output that may be sent now: all of it, except while `start-tls`
+    /// waits, when only what was queued before it (in plaintext).
+    pub fn sendable(&self) -> usize {
+        match self.start_tls.plain_limit() {
+            Some(limit) => limit.min(self.out.len()),
+            None => self.out.len(),
+        }
     }
 
     /// Another connection's task sent some of its output.
@@ -658,9 +682,13 @@ impl TransportState {
     ) -> io::Result<usize> {
         let mut sent = 0;
         while !self.out.is_empty() {
+            let limit = self.start_tls.plain_limit();
+            if limit == Some(0) {
+                break;
+            }
             let n = {
                 let mut iov = [IoSlice::new(&[]); MAX_IOVECS];
-                let k = self.out.slices(&mut iov);
+                let k = self.out.slices(&mut iov, limit.unwrap_or(usize::MAX));
                 match send(&iov[..k]) {
                     Ok(0) => return Err(io::ErrorKind::WriteZero.into()),
                     Ok(n) => n,
@@ -670,6 +698,7 @@ impl TransportState {
                 }
             };
             self.out.advance(n);
+            self.start_tls.sent(n);
             sent += n;
         }
         Ok(sent)

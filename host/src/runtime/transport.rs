@@ -294,6 +294,34 @@ impl transport::HostTransport for ConnState {
         Ok(Ok(()))
     }
 
+    fn tls_info(
+        &mut self,
+        handle: Resource<TransportHandle>,
+    ) -> wasmtime::Result<Option<types::TlsInfo>> {
+        let info = self.with_transport(&handle, Change::None, |t| {
+            Ok(t.stream().and_then(|w| w.tls_info()))
+        })?;
+        Ok(info.map(|i| types::TlsInfo {
+            version: i.version,
+            cipher_suite: i.cipher_suite,
+            server_name: i.server_name,
+            alpn_protocol: i.alpn_protocol,
+            peer_certificate: i.peer_certificate.map(|c| types::PeerCertificate {
+                subject: c.subject,
+                sha256: c.sha256,
+                der: c.der,
+            }),
+        }))
+    }
+
+    fn start_tls(
+        &mut self,
+        handle: Resource<TransportHandle>,
+    ) -> wasmtime::Result<Result<(), String>> {
+        let r = self.with_transport(&handle, Change::Other, |t| Ok(Some(t.request_start_tls())))?;
+        Ok(r.unwrap_or_else(|| Err("the connection has ended".into())))
+    }
+
     fn drop(&mut self, rep: Resource<TransportHandle>) -> wasmtime::Result<()> {
         self.table.delete(rep)?;
         Ok(())

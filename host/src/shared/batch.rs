@@ -30,7 +30,7 @@ use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex, Weak};
 use std::task::{Poll, Waker};
 
-use tokio::net::TcpStream;
+use crate::wire::Wire;
 use wasmtime::component::ResourceAny;
 
 use crate::runtime::GuestFault;
@@ -71,7 +71,7 @@ pub struct BatchStats {
 struct Read {
     protocol: ResourceAny,
     cell: TransportCell,
-    stream: Arc<TcpStream>,
+    stream: Arc<Wire>,
     len: usize,
 }
 
@@ -124,13 +124,7 @@ impl ReadQueue for Queue {
     /// Queues a read. Starts the delivery task on the current runtime (the
     /// instance's thread) on first use; delivers at once, in the reading
     /// task, once the queue holds `MAX_QUEUE_BYTES`.
-    fn push(
-        &self,
-        protocol: ResourceAny,
-        cell: &TransportCell,
-        stream: &Arc<TcpStream>,
-        data: &[u8],
-    ) {
+    fn push(&self, protocol: ResourceAny, cell: &TransportCell, stream: &Arc<Wire>, data: &[u8]) {
         let mut p = lock(&self.pending);
         p.reads.push(Read {
             protocol,
@@ -269,8 +263,10 @@ fn settle(r: &Read) {
         && !t.reading_paused()
         && !t.producer()
         && !t.handoff().awaits_delivery()
+        && !t.start_tls().requested()
         && crate::connection::send(&mut t, &r.stream).is_ok()
-        && t.unsent() == 0;
+        && t.unsent() == 0
+        && !r.stream.wants_write();
     if !quiet {
         t.kick();
     }
