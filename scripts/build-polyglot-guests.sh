@@ -1,18 +1,20 @@
 #!/usr/bin/env bash
-# Builds the Python and JavaScript guests (echo, clock, port forwarder) into
-# WebAssembly components, validates them, and prints their sizes and worlds.
-# The components (12-18 MB each) are build output, not committed.
+# Builds the Python and JavaScript guests (echo, clock, port forwarder,
+# STARTTLS) into WebAssembly components, validates them, and prints their
+# sizes and worlds. The components (12-18 MB each) are build output, not
+# committed.
 #
 #   scripts/build-polyglot-guests.sh                 # both
 #   scripts/build-polyglot-guests.sh python          # or: js
 #
 # Output: $TWILL_POLYGLOT_OUT (default $CARGO_TARGET_DIR/polyglot, i.e.
 # /var/tmp/twill-target/polyglot): python-echo.wasm, js-echo.wasm, the
-# reactor-time guests python-clock.wasm, js-clock.wasm, and the port
-# forwarders python-forward.wasm, js-forward.wasm. js-forward is built against
-# its own world (guests/js-forward/wit: Twill's `peer` plus
-# wasi:cli/environment, which it reads its configuration from: StarlingMonkey
-# has no process.env).
+# reactor-time guests python-clock.wasm, js-clock.wasm, the port forwarders
+# python-forward.wasm, js-forward.wasm, and the STARTTLS line protocols
+# python-starttls.wasm, js-starttls.wasm (guests/starttls's protocol, both
+# halves). js-forward is built against its own world (guests/js-forward/wit:
+# Twill's `peer` plus wasi:cli/environment, which it reads its configuration
+# from: StarlingMonkey has no process.env); the others against `peer`.
 #
 # Tools, installed on first use (only from PyPI and npm):
 # - componentize-py $COMPONENTIZE_PY_VERSION, in a venv at $TWILL_POLYGLOT_VENV
@@ -91,6 +93,10 @@ build_python() {
   "$VENV/bin/componentize-py" -d wit -w peer componentize \
     -p guest-sdk/python -p guests/python-forward forward -o "$OUT/python-forward.wasm" >/dev/null
   report "$OUT/python-forward.wasm"
+  step "componentize-py: guests/python-starttls/starttls.py -> $OUT/python-starttls.wasm"
+  "$VENV/bin/componentize-py" -d wit -w peer componentize \
+    -p guest-sdk/python -p guests/python-starttls starttls -o "$OUT/python-starttls.wasm" >/dev/null
+  report "$OUT/python-starttls.wasm"
 }
 
 build_js() {
@@ -105,6 +111,9 @@ build_js() {
   node guest-sdk/js/build.mjs guests/js-forward/forward.js --wit guests/js-forward/wit --world forward \
     -o "$OUT/js-forward.wasm" | sed 's/^/   /'
   report "$OUT/js-forward.wasm"
+  step "componentize-js: guests/js-starttls/starttls.js -> $OUT/js-starttls.wasm"
+  node guest-sdk/js/build.mjs guests/js-starttls/starttls.js -o "$OUT/js-starttls.wasm" | sed 's/^/   /'
+  report "$OUT/js-starttls.wasm"
 }
 
 case $WHICH in

@@ -1,8 +1,10 @@
 #!/usr/bin/env bash
 # Runs the echo integration suite against the Python and JavaScript echo
 # guests: the same tests that check guest-echo (the Rust echo), pointed at
-# another component with TWILL_ECHO_WASM; and the proxy tests against their
-# port forwarders (TWILL_FORWARD_WASM), as against guests/portforward.
+# another component with TWILL_ECHO_WASM; the proxy tests against their
+# port forwarders (TWILL_FORWARD_WASM), as against guests/portforward; and
+# the STARTTLS tests against their starttls guests (TWILL_STARTTLS_WASM), as
+# against guests/starttls.
 #
 #   scripts/test-polyglot.sh            # build both, then test both
 #   scripts/test-polyglot.sh python     # or: js
@@ -33,10 +35,18 @@
 #   nothing lost, no fault), the connect grants (refused, allowed by
 #   address, counted), a closed port and a black-holed backend (TIMEOUT),
 #   no grants at all, shutdown flushing both legs, and an upstream reset
-#   reaching the client as a reset.
+#   reaching the client as a reset;
+# - tests/tls.rs, the tests named starttls_*, with the STARTTLS line
+#   protocol (guests/python-starttls, guests/js-starttls;
+#   TWILL_STARTTLS_WASM): a plaintext connection upgraded by STARTTLS (the
+#   reply in plaintext, then the handshake, the INFO line with what it
+#   negotiated, a second STARTTLS refused, QUIT with close_notify), the same
+#   on a shared instance with 8 clients, and a failed handshake ending only
+#   its connection; and tests/tls_peers.rs, its starttls_* test: the client
+#   half, start-tls on a [[connect]] against a server that upgrades.
 #
 # Environment for the tests: TWILL_TEST_MEMORY is the plugin memory limit the
-# echo, clock and forward tests use: by default the one docs/guide-*.md
+# echo, clock, forward and starttls tests use: by default the one docs/guide-*.md
 # recommend, 64MiB for Python and 96MiB for JavaScript
 # (bench/results/polyglot.md says why); set it to override both.
 # TWILL_ECHO_IMPORTS_SOCKETS is set for Python only: its component imports
@@ -93,9 +103,13 @@ step "warm the compile cache"
 # all compile at once).
 warm=$(mktemp -d)
 for lang in "${LANGS[@]}"; do
-  printf '[plugins.%s]\ncomponent = "%s/%s-echo.wasm"\nmemory = "%s"\n\n[plugins.%sclock]\ncomponent = "%s/%s-clock.wasm"\nmemory = "%s"\n\n[plugins.%sforward]\ncomponent = "%s/%s-forward.wasm"\nmemory = "%s"\n\n[[listen]]\nport = 0\nplugin = "%s"\n' \
-    "$lang" "$OUT" "$lang" "$(memory_for "$lang")" "$lang" "$OUT" "$lang" "$(memory_for "$lang")" \
-    "$lang" "$OUT" "$lang" "$(memory_for "$lang")" "$lang" >"$warm/$lang.toml"
+  {
+    for guest in echo clock forward starttls; do
+      printf '[plugins.%s%s]\ncomponent = "%s/%s-%s.wasm"\nmemory = "%s"\n\n' \
+        "$lang" "${guest/#echo/}" "$OUT" "$lang" "$guest" "$(memory_for "$lang")"
+    done
+    printf '[[listen]]\nport = 0\nplugin = "%s"\n' "$lang"
+  } >"$warm/$lang.toml"
 done
 bins=()
 [[ -n ${TWILL_WARM_BIN:-} ]] && bins+=("$TWILL_WARM_BIN")
@@ -124,18 +138,26 @@ PROXY_TESTS=(relay_and_splice_echo_every_chunking_and_pass_the_fin_on a_half_clo
   a_closed_port_and_a_black_hole_fail_through_the_factory without_grants_a_guest_cannot_connect
   shutdown_flushes_proxied_connections_on_both_legs an_upstream_reset_reaches_the_client_as_a_reset)
 
+# The starttls tests, by name prefix (a filter, not --exact): each suite
+# and the number of tests it must run, so that a renamed or removed test
+# does not drop out unnoticed.
+STARTTLS_SUITES=(tls:3 tls_peers:1)
+
 passed=0
 failed=0
 summary=()
 # run LANG SUITE [TEST-NAME...]: one integration test file, all of it or the
-# named tests only.
+# named tests only. With FILTER set (run_filtered), the tests whose names
+# contain it, of which EXPECT must run.
 run() {
   local lang=$1 suite=$2
   shift 2
   local t=$SECONDS log status p f
   log=$(mktemp)
   set +e
-  if [[ $# -gt 0 ]]; then
+  if [[ -n ${FILTER:-} ]]; then
+    cargo test -p twill --test "$suite" -- "$FILTER" >"$log" 2>&1
+  elif [[ $# -gt 0 ]]; then
     cargo test -p twill --test "$suite" -- --exact "$@" >"$log" 2>&1
   else
     cargo test -p twill --test "$suite" >"$log" 2>&1
@@ -149,6 +171,9 @@ run() {
     echo "   cargo test --test $suite exited $status; its output:"
     grep -E -A40 '^---- |^error' "$log" | head -120 | sed 's/^/   | /' || true
     [[ ${f:-0} -gt 0 ]] || f=1
+  elif [[ -n ${FILTER:-} && ${p:-0} -ne ${EXPECT:-0} ]]; then
+    echo "   expected ${EXPECT:-0} tests matching $FILTER in $suite to run, ${p:-0} did"
+    f=$((${EXPECT:-0} > ${p:-0} ? ${EXPECT:-0} - ${p:-0} : 1))
   elif [[ $# -gt 0 && ${p:-0} -ne $# ]]; then
     # A renamed test would otherwise drop out of this run unnoticed.
     echo "   expected $# tests in $suite to run, $p did: $*"
@@ -157,7 +182,13 @@ run() {
   rm -f "$log"
   passed=$((passed + ${p:-0}))
   failed=$((failed + ${f:-0}))
-  summary+=("$lang $suite: ${p:-0} passed, ${f:-0} failed, $((SECONDS - t)) s")
+  summary+=("$lang $suite${FILTER:+ $FILTER*}: ${p:-0} passed, ${f:-0} failed, $((SECONDS - t)) s")
+}
+
+# run_filtered LANG SUITE FILTER EXPECT: the tests of SUITE whose names
+# contain FILTER; EXPECT of them must run.
+run_filtered() {
+  FILTER=$3 EXPECT=$4 run "$1" "$2"
 }
 
 for lang in "${LANGS[@]}"; do
@@ -174,6 +205,10 @@ for lang in "${LANGS[@]}"; do
   TWILL_CLOCK_WASM=$OUT/$lang-clock.wasm run "$lang" timers delayed_calls_fire_on_time_over_real_sockets_in_both_modes
   step "$lang forward: proxying over real sockets"
   TWILL_FORWARD_WASM=$OUT/$lang-forward.wasm run "$lang" proxy "${PROXY_TESTS[@]}"
+  step "$lang starttls: STARTTLS over real sockets"
+  for entry in "${STARTTLS_SUITES[@]}"; do
+    TWILL_STARTTLS_WASM=$OUT/$lang-starttls.wasm run_filtered "$lang" "${entry%%:*}" starttls_ "${entry#*:}"
+  done
 done
 
 step "summary"

@@ -161,6 +161,19 @@ fn twill_main() -> ExitCode {
                             );
                         }
                     }
+                    for (i, l) in config.listen.iter().enumerate() {
+                        if let Some(tls) = &l.tls {
+                            println!("  listen[{i}] (port {}): TLS: {}", l.port, tls.summary);
+                        }
+                    }
+                    for (i, c) in config.connect.iter().enumerate() {
+                        if let Some(tls) = &c.tls {
+                            println!(
+                                "  connect[{i}] ({}:{}): TLS: {}",
+                                c.host, c.port, tls.summary
+                            );
+                        }
+                    }
                     ExitCode::SUCCESS
                 }
                 Err(code) => code,

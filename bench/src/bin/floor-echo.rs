@@ -120,6 +120,12 @@ impl transport::HostTransport for State {
     fn splice(&mut self, _: Resource<Conn>, _: Resource<Conn>) -> Result<(), String> {
         Err("the floor does not splice".into())
     }
+    fn tls_info(&mut self, _: Resource<Conn>) -> Option<types::TlsInfo> {
+        None
+    }
+    fn start_tls(&mut self, _: Resource<Conn>) -> Result<(), String> {
+        Err("the floor has no TLS".into())
+    }
     fn drop(&mut self, r: Resource<Conn>) -> wasmtime::Result<()> {
         self.table.delete(r)?;
         Ok(())

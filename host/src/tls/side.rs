@@ -53,6 +53,8 @@ pub struct ServerSide {
     pub handshake_timeout: Duration,
     /// Whether connections start in plaintext (`start-tls = true`).
     pub start_tls: bool,
+    /// What `twill check` says about it.
+    pub summary: String,
 }
 
 /// Two settings are the same if they are the same rustls config (a config
@@ -68,6 +70,7 @@ impl Eq for ServerSide {}
 impl ServerSide {
     /// Builds the rustls server config from checked settings.
     pub fn build(s: ServerSettings) -> Result<ServerSide, String> {
+        let summary = server_summary(&s);
         let builder = rustls::ServerConfig::builder_with_provider(super::provider())
             .with_safe_default_protocol_versions()
             .map_err(|e| e.to_string())?;
@@ -93,8 +96,46 @@ impl ServerSide {
             config: Arc::new(config),
             handshake_timeout: s.handshake_timeout,
             start_tls: s.start_tls,
+            summary,
         })
     }
+}
+
+/// One line on a listener's TLS, for `twill check`.
+fn server_summary(s: &ServerSettings) -> String {
+    let mut parts = Vec::new();
+    if let Some(d) = &s.default {
+        let names = d
+            .cert
+            .first()
+            .map(|c| super::load::names_of(c).join(", "))
+            .unwrap_or_default();
+        parts.push(format!("certificate for {names}"));
+    }
+    if !s.named.is_empty() {
+        let names: Vec<&str> = s.named.iter().map(|(n, _)| n.as_str()).collect();
+        parts.push(format!("by SNI: {}", names.join(", ")));
+    }
+    if s.client_ca.is_some() {
+        parts.push(if s.client_auth_optional {
+            "client certificates optional".into()
+        } else {
+            "client certificates required".into()
+        });
+    }
+    if !s.alpn.is_empty() {
+        let alpn: Vec<String> = s
+            .alpn
+            .iter()
+            .map(|a| String::from_utf8_lossy(a).into_owned())
+            .collect();
+        parts.push(format!("ALPN {}", alpn.join(", ")));
+    }
+    if s.start_tls {
+        parts.push("plaintext until start-tls".into());
+    }
+    parts.push(format!("handshake-timeout {:?}", s.handshake_timeout));
+    parts.join("; ")
 }
 
 /// What a `[[connect]] tls` table says, checked and loaded.
@@ -125,6 +166,8 @@ pub struct ClientSide {
     pub handshake_timeout: Duration,
     /// Whether connections start in plaintext (`start-tls = true`).
     pub start_tls: bool,
+    /// What `twill check` says about it.
+    pub summary: String,
 }
 
 /// As for [`ServerSide`]: the same rustls config.
@@ -137,6 +180,22 @@ impl PartialEq for ClientSide {
 impl ClientSide {
     /// Builds the rustls client config from checked settings.
     pub fn build(s: ClientSettings) -> Result<ClientSide, String> {
+        let summary = format!(
+            "verifies {} against {} trust anchor(s){}{}{}",
+            s.server_name.to_str(),
+            s.roots.len(),
+            if s.identity.is_some() {
+                "; presents a client certificate"
+            } else {
+                ""
+            },
+            if s.start_tls {
+                "; plaintext until start-tls"
+            } else {
+                ""
+            },
+            format_args!("; handshake-timeout {:?}", s.handshake_timeout),
+        );
         let builder = rustls::ClientConfig::builder_with_provider(super::provider())
             .with_safe_default_protocol_versions()
             .map_err(|e| e.to_string())?
@@ -153,6 +212,7 @@ impl ClientSide {
             server_name: s.server_name,
             handshake_timeout: s.handshake_timeout,
             start_tls: s.start_tls,
+            summary,
         })
     }
 }
