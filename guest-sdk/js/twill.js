@@ -11,7 +11,9 @@
 // - `Transport`: the connection's handle (`this.transport`), with `write`,
 //   `writeSequence`, `loseConnection`, `abortConnection`, `getPeer`,
 //   `getHost`, the producer methods (`registerProducer`, `pauseProducing`,
-//   `resumeProducing`), `loseWriteConnection` (half-close) and `splice`.
+//   `resumeProducing`), `loseWriteConnection` (half-close), `splice`, and
+//   TLS: `tlsInfo`, `getPeerCertificate` and `startTLS` (Twisted's
+//   `ISSLTransport` / `ITLSTransport`).
 // - `Reason`: why a connection ended, with Twisted's `check` and
 //   `getErrorMessage`.
 // - `seconds`, `callLater`, `DelayedCall`, `LoopingCall`, `TimeoutMixin`:
@@ -87,6 +89,15 @@ export class ConnectError extends Error {}
  */
 export class SpliceError extends Error {}
 
+/**
+ * `Transport.startTLS` was refused by the host: the connection's
+ * `[[listen]]` or `[[connect]]` entry has no `tls` table with
+ * `start-tls = true`, or the connection is already encrypted, already
+ * starting TLS, spliced or closing. Nothing changed; `message` is the
+ * host's reason.
+ */
+export class StartTLSError extends Error {}
+
 // The message of a WIT `result` error thrown by an import: ComponentizeJS
 // throws an Error whose `payload` is the error value.
 function hostError(e) {
@@ -145,6 +156,25 @@ function toBytes(data) {
   if (data instanceof ArrayBuffer) return new Uint8Array(data);
   if (ArrayBuffer.isView(data)) return new Uint8Array(data.buffer, data.byteOffset, data.byteLength);
   throw new TypeError('write() wants a Uint8Array, an ArrayBuffer(View) or a string (sent as UTF-8)');
+}
+
+// A `list<u8>` from the bindings (a Uint8Array in ComponentizeJS) as a Uint8Array.
+const asBytes = (b) => (b instanceof Uint8Array ? b : Uint8Array.from(b));
+
+/**
+ * ComponentizeJS's `tls-info` record as the SDK's plain object:
+ * `{ version, cipherSuite, serverName, alpnProtocol, peerCertificate }`,
+ * with null (not undefined) for what is absent.
+ */
+function toTlsInfo(i) {
+  const c = i.peerCertificate;
+  return {
+    version: i.version,
+    cipherSuite: i.cipherSuite,
+    serverName: i.serverName ?? null,
+    alpnProtocol: i.alpnProtocol == null ? null : asBytes(i.alpnProtocol),
+    peerCertificate: c == null ? null : { subject: c.subject, sha256: c.sha256, der: asBytes(c.der) },
+  };
 }
 
 /**
@@ -293,6 +323,59 @@ export class Transport {
     }
     this.#partner = other;
     other.#partner = this;
+  }
+
+  /**
+   * What this connection's TLS handshake negotiated, or null on a plaintext
+   * connection: `{ version, cipherSuite, serverName, alpnProtocol,
+   * peerCertificate }`. `version` is `'TLSv1.3'` or `'TLSv1.2'`;
+   * `cipherSuite` the IANA name (`'TLS13_AES_128_GCM_SHA256'`);
+   * `serverName` the SNI name the client sent (on a client connection, the
+   * name the server was verified against) or null; `alpnProtocol` the ALPN
+   * protocol agreed (a `Uint8Array`, Twisted's `negotiatedProtocol`) or
+   * null; `peerCertificate` as `getPeerCertificate` returns it.
+   *
+   * The host terminates TLS: the protocol reads and writes plaintext and
+   * never holds a key. On a `[[listen]]` or `[[connect]]` with a `tls`
+   * table the handshake is over before `connectionMade`; after `startTLS`,
+   * this is null until its handshake completed (the next `dataReceived`
+   * sees it).
+   */
+  tlsInfo() {
+    const i = this.#raw.tlsInfo();
+    return i == null ? null : toTlsInfo(i);
+  }
+
+  /**
+   * The peer's certificate, `{ subject, sha256, der }` (the subject's
+   * distinguished name, the SHA-256 fingerprint of the DER as 64 lowercase
+   * hex digits, the DER itself as a `Uint8Array`), if the connection is TLS
+   * and the peer presented one; else null: Twisted's `getPeerCertificate`.
+   */
+  getPeerCertificate() {
+    return this.tlsInfo()?.peerCertificate ?? null;
+  }
+
+  /**
+   * Start TLS on this plaintext connection: Twisted's
+   * `ITLSTransport.startTLS`, for STARTTLS protocols (SMTP, IMAP). Output
+   * already written goes out in plaintext; then the host runs the
+   * handshake, as the server on an accepted connection and as the client on
+   * a `[[connect]]` one, with the certificates and settings of that entry's
+   * `tls` table (there is no context factory to pass), and everything
+   * written after this call goes out encrypted. Nothing is read during the
+   * handshake; a failed one ends the connection (`connectionLost` with a
+   * `lost` reason saying why). Throws `StartTLSError` (changing nothing) if
+   * the host refuses.
+   */
+  startTLS() {
+    try {
+      this.#raw.startTls();
+    } catch (e) {
+      const message = hostError(e);
+      if (message === null) throw e;
+      throw new StartTLSError(message);
+    }
   }
 
   /**

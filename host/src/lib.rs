@@ -19,6 +19,8 @@
 //! | [`outbound`] | guest-opened connections (`reactor.connect-tcp`): grants checked before and after resolving, connect under the guest's timeout, run on the asking instance; counters |
 //! | [`grants`] | the `connect` grants: parsing and matching names, addresses and networks |
 //! | [`splice`] | spliced pairs: where two connections' tasks meet, and the pump between their sockets |
+//! | [`wire`] | a connection's socket, plaintext or with TLS on it: non-blocking reads and writes for the driver, batched delivery and the pump; `close_notify` |
+//! | [`tls`] | TLS terminated in the host: the crypto provider, loading and checking certificates, SNI, handshakes under a deadline and their counters, the swappable settings |
 //! | [`shared`] | a shared plugin's pool: its instances, their threads, live counts, batch queues and counters |
 //! | [`shared::threads`] | the thread each shared instance and its connections live on |
 //! | [`shared::batch`] | batched delivery: several connections' reads in one guest call on a shared instance |
@@ -36,6 +38,7 @@
 //! | [`runtime::clock`] | reactor time: the clock (real or a test's) and an instance's delayed calls, in due order |
 //! | [`runtime::reactor`] | host side of the `reactor` interface: `seconds`, `call-later`, `delayed-call`, `connect-tcp` |
 //! | [`runtime::outbound`] | what an instance may open (`max-outbound`), and the request it hands to the plugin's dialer |
+//! | [`runtime::starttls`] | a transport's `start-tls`: allowed, asked for, how much output still goes in plaintext |
 //! | [`runtime::limits`] | memory, CPU, backpressure, resource limits; the pooling allocator |
 //! | [`runtime::pool`] | the instance pool's size (address space, `vm.max_map_count`) and each plugin's cap |
 //! | [`runtime::output`] | guest stdout/stderr, attributed to the plugin, control characters escaped |
@@ -43,8 +46,9 @@
 //! | [`testing`] | the StringTransport-style test transport for guest authors |
 //!
 //! Dependencies point one way: `listener`/`connector` → `shared` →
-//! `connection` → `runtime`; nothing in `runtime` does socket I/O or
-//! names a module above it (`host/tests/layout.rs` checks that no two files
+//! `connection` → `runtime` → `wire` → `tls`; nothing in `runtime` does
+//! socket I/O (it keeps each connection's [`wire::Wire`] for others to
+//! send on) or names a module above it (`host/tests/layout.rs` checks that no two files
 //! depend on each other).
 //!
 //! # One 64-byte read on a shared instance, file by file

@@ -10,16 +10,35 @@
 //!   RSS (from /proc/PID/status) before and after and, with `--hold`, its
 //!   CPU while they sit idle; then close.
 //!
-//! Output is one line of `key=value` pairs so scripts can parse it.
+//! With `--tls`, every mode speaks TLS (tokio-rustls, `--provider
+//! aws-lc-rs|ring`), trusting the `--ca` certificates for `--server-name`.
+//! The client keeps no sessions, so every handshake is a full one: `connrate`
+//! then measures full handshakes per second. The plaintext path is the same
+//! code instantiated for a bare `TcpStream` (the `Dialer` trait; its `flush`
+//! is a no-op), so it costs what it did.
+//!
+//! Output is one line of `key=value` pairs so scripts can parse it; with
+//! `--tls` it ends with what the server negotiated on a probe connection
+//! made first (`tls=TLSv1_3 suite=TLS13_AES_256_GCM_SHA384 kx=X25519`).
 
 use std::net::SocketAddr;
+use std::path::PathBuf;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::time::{Duration, Instant};
 
+use anyhow::Context;
 use clap::{Parser, ValueEnum};
-use tokio::io::{AsyncReadExt, AsyncWriteExt};
+use rustls::client::Resumption;
+use rustls::crypto::{CryptoProvider, aws_lc_rs, ring};
+use rustls::{ClientConfig, RootCertStore};
+use rustls_pki_types::pem::PemObject;
+use rustls_pki_types::{CertificateDer, ServerName};
+use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt};
 use tokio::net::TcpStream;
+use tokio::net::tcp::{OwnedReadHalf, OwnedWriteHalf};
+use tokio_rustls::TlsConnector;
+use tokio_rustls::client::TlsStream;
 
 #[derive(Clone, Copy, Debug, ValueEnum)]
 enum Mode {
@@ -27,6 +46,30 @@ enum Mode {
     Bulk,
     Connrate,
     Idle,
+}
+
+/// The rustls crypto provider (with `--tls`).
+#[derive(Clone, Copy, Debug, ValueEnum)]
+enum Provider {
+    AwsLcRs,
+    Ring,
+}
+
+impl Provider {
+    /// The provider with its key exchange limited to X25519, so every server
+    /// negotiates the same one in one round trip (aws-lc-rs also offers
+    /// X25519MLKEM768, which an OpenSSL 3.5+ server, Twisted's, prefers and
+    /// asks for with a HelloRetryRequest).
+    fn get(self) -> CryptoProvider {
+        let (provider, x25519) = match self {
+            Provider::AwsLcRs => (aws_lc_rs::default_provider(), aws_lc_rs::kx_group::X25519),
+            Provider::Ring => (ring::default_provider(), ring::kx_group::X25519),
+        };
+        CryptoProvider {
+            kx_groups: vec![x25519],
+            ..provider
+        }
+    }
 }
 
 /// Drive an echo server and report throughput.
@@ -56,6 +99,119 @@ struct Args {
     /// Loadgen worker threads.
     #[arg(long, default_value_t = 1)]
     threads: usize,
+    /// Speak TLS: a full handshake on every connection.
+    #[arg(long)]
+    tls: bool,
+    /// With --tls: the CA certificate(s) to trust, PEM.
+    #[arg(long)]
+    ca: Option<PathBuf>,
+    /// With --tls: the name the server's certificate must carry (a DNS name or
+    /// an IP address; sent as SNI when a DNS name).
+    #[arg(long, default_value = "localhost")]
+    server_name: String,
+    /// With --tls: the client's rustls crypto provider (its key exchange
+    /// limited to X25519).
+    #[arg(long, value_enum, default_value_t = Provider::AwsLcRs)]
+    provider: Provider,
+}
+
+/// How a connection to the server is made and split: plain TCP or TLS. The
+/// modes are generic over it, so the plaintext path is the bare `TcpStream`
+/// code.
+trait Dialer: Clone + Send + Sync + 'static {
+    type Stream: AsyncRead + AsyncWrite + Unpin + Send + 'static;
+    type Read: AsyncRead + Unpin + Send + 'static;
+    type Write: AsyncWrite + Unpin + Send + 'static;
+    /// Connect (and, for TLS, complete the handshake).
+    fn dial(&self, addr: SocketAddr) -> impl Future<Output = anyhow::Result<Self::Stream>> + Send;
+    /// Independent read and write halves, for the bulk mode.
+    fn split(s: Self::Stream) -> (Self::Read, Self::Write);
+    /// The TCP connection underneath, for socket options.
+    fn tcp(s: &Self::Stream) -> &TcpStream;
+}
+
+/// Plain TCP.
+#[derive(Clone, Copy)]
+struct Plain;
+
+impl Dialer for Plain {
+    type Stream = TcpStream;
+    type Read = OwnedReadHalf;
+    type Write = OwnedWriteHalf;
+    async fn dial(&self, addr: SocketAddr) -> anyhow::Result<TcpStream> {
+        connect(addr).await
+    }
+    fn split(s: TcpStream) -> (OwnedReadHalf, OwnedWriteHalf) {
+        s.into_split()
+    }
+    fn tcp(s: &TcpStream) -> &TcpStream {
+        s
+    }
+}
+
+/// TLS over TCP (tokio-rustls), without session resumption.
+#[derive(Clone)]
+struct Tls {
+    connector: TlsConnector,
+    name: ServerName<'static>,
+}
+
+impl Tls {
+    fn new(args: &Args) -> anyhow::Result<Self> {
+        let ca = args.ca.as_ref().context("--tls needs --ca PEM")?;
+        let mut roots = RootCertStore::empty();
+        for cert in CertificateDer::pem_file_iter(ca)
+            .with_context(|| format!("reading certificates from {}", ca.display()))?
+        {
+            roots.add(cert.with_context(|| format!("reading {}", ca.display()))?)?;
+        }
+        let mut config = ClientConfig::builder_with_provider(Arc::new(args.provider.get()))
+            .with_safe_default_protocol_versions()?
+            .with_root_certificates(roots)
+            .with_no_client_auth();
+        config.resumption = Resumption::disabled();
+        let name = ServerName::try_from(args.server_name.clone())
+            .with_context(|| format!("bad --server-name {:?}", args.server_name))?;
+        Ok(Tls {
+            connector: TlsConnector::from(Arc::new(config)),
+            name,
+        })
+    }
+
+    /// One connection, before the measurement, for what the server
+    /// negotiates: `tls=TLSv1_3 suite=TLS13_AES_256_GCM_SHA384 kx=X25519`.
+    async fn probe(&self, addr: SocketAddr) -> anyhow::Result<String> {
+        let mut s = self.dial(addr).await?;
+        let c = s.get_ref().1;
+        let unknown = || "?".to_string();
+        let line = format!(
+            "tls={} suite={} kx={}",
+            c.protocol_version()
+                .map_or_else(unknown, |v| format!("{v:?}")),
+            c.negotiated_cipher_suite()
+                .map_or_else(unknown, |cs| format!("{:?}", cs.suite())),
+            c.negotiated_key_exchange_group()
+                .map_or_else(unknown, |g| format!("{:?}", g.name())),
+        );
+        let _ = s.shutdown().await;
+        Ok(line)
+    }
+}
+
+impl Dialer for Tls {
+    type Stream = TlsStream<TcpStream>;
+    type Read = tokio::io::ReadHalf<Self::Stream>;
+    type Write = tokio::io::WriteHalf<Self::Stream>;
+    async fn dial(&self, addr: SocketAddr) -> anyhow::Result<Self::Stream> {
+        let s = connect(addr).await?;
+        Ok(self.connector.connect(self.name.clone(), s).await?)
+    }
+    fn split(s: Self::Stream) -> (Self::Read, Self::Write) {
+        tokio::io::split(s)
+    }
+    fn tcp(s: &Self::Stream) -> &TcpStream {
+        s.get_ref().0
+    }
 }
 
 /// The process's user + system CPU time, in seconds.
@@ -97,12 +253,24 @@ fn main() -> anyhow::Result<()> {
 }
 
 async fn run(args: Args) -> anyhow::Result<()> {
+    let line = if args.tls {
+        let tls = Tls::new(&args)?;
+        let negotiated = tls.probe(args.addr).await?;
+        format!("{} {negotiated}", drive(&args, tls).await?)
+    } else {
+        drive(&args, Plain).await?
+    };
+    println!("{line}");
+    Ok(())
+}
+
+async fn drive<D: Dialer>(args: &Args, dialer: D) -> anyhow::Result<String> {
     let dur = Duration::from_secs_f64(args.duration);
     match args.mode {
-        Mode::Pingpong => pingpong(&args, dur).await,
-        Mode::Bulk => bulk(&args, dur).await,
-        Mode::Connrate => connrate(&args, dur).await,
-        Mode::Idle => idle(&args).await,
+        Mode::Pingpong => pingpong(args, dur, dialer).await,
+        Mode::Bulk => bulk(args, dur, dialer).await,
+        Mode::Connrate => connrate(args, dur, dialer).await,
+        Mode::Idle => idle(args, dialer).await,
     }
 }
 
@@ -112,11 +280,11 @@ async fn connect(addr: SocketAddr) -> anyhow::Result<TcpStream> {
     Ok(s)
 }
 
-async fn pingpong(args: &Args, dur: Duration) -> anyhow::Result<()> {
+async fn pingpong<D: Dialer>(args: &Args, dur: Duration, dialer: D) -> anyhow::Result<String> {
     let stop = Arc::new(AtomicBool::new(false));
     let mut streams = Vec::new();
     for _ in 0..args.conns {
-        streams.push(connect(args.addr).await?);
+        streams.push(dialer.dial(args.addr).await?);
     }
     let start = Instant::now();
     let mut tasks = Vec::new();
@@ -130,7 +298,10 @@ async fn pingpong(args: &Args, dur: Duration) -> anyhow::Result<()> {
             let mut n = 0u64;
             while !stop.load(Ordering::Relaxed) {
                 let t = Instant::now();
-                if s.write_all(&msg).await.is_err() || s.read_exact(&mut buf).await.is_err() {
+                if s.write_all(&msg).await.is_err()
+                    || s.flush().await.is_err()
+                    || s.read_exact(&mut buf).await.is_err()
+                {
                     break;
                 }
                 let _ = hist.record(t.elapsed().as_nanos() as u64);
@@ -149,29 +320,28 @@ async fn pingpong(args: &Args, dur: Duration) -> anyhow::Result<()> {
         total += n;
         hist.add(h)?;
     }
-    println!(
+    Ok(format!(
         "mode=pingpong conns={} size={} ops={total} secs={elapsed:.3} rate={:.0} p50_us={:.1} p99_us={:.1}",
         args.conns,
         args.size,
         total as f64 / elapsed,
         hist.value_at_quantile(0.5) as f64 / 1000.0,
         hist.value_at_quantile(0.99) as f64 / 1000.0
-    );
-    Ok(())
+    ))
 }
 
-async fn bulk(args: &Args, dur: Duration) -> anyhow::Result<()> {
+async fn bulk<D: Dialer>(args: &Args, dur: Duration, dialer: D) -> anyhow::Result<String> {
     let stop = Arc::new(AtomicBool::new(false));
     let echoed = Arc::new(AtomicU64::new(0));
     let mut tasks = Vec::new();
     for _ in 0..args.conns {
-        let s = connect(args.addr).await?;
-        let (mut r, mut w) = s.into_split();
+        let s = dialer.dial(args.addr).await?;
+        let (mut r, mut w) = D::split(s);
         let (stop_w, size) = (stop.clone(), args.size);
         tasks.push(tokio::spawn(async move {
             let block = vec![b'b'; size];
             while !stop_w.load(Ordering::Relaxed) {
-                if w.write_all(&block).await.is_err() {
+                if w.write_all(&block).await.is_err() || w.flush().await.is_err() {
                     break;
                 }
             }
@@ -201,37 +371,39 @@ async fn bulk(args: &Args, dur: Duration) -> anyhow::Result<()> {
     for t in tasks {
         let _ = tokio::time::timeout(Duration::from_secs(10), t).await;
     }
-    println!(
+    Ok(format!(
         "mode=bulk conns={} size={} ops={} secs={elapsed:.3} rate={:.0} mib_per_s={:.1}",
         args.conns,
         args.size,
         bytes / args.size as u64,
         (bytes / args.size as u64) as f64 / elapsed,
         bytes as f64 / elapsed / (1 << 20) as f64
-    );
-    Ok(())
+    ))
 }
 
-async fn connrate(args: &Args, dur: Duration) -> anyhow::Result<()> {
+async fn connrate<D: Dialer>(args: &Args, dur: Duration, dialer: D) -> anyhow::Result<String> {
     let stop = Arc::new(AtomicBool::new(false));
     let errors = Arc::new(AtomicU64::new(0));
     let start = Instant::now();
     let mut tasks = Vec::new();
     for _ in 0..args.conns {
         let (stop, errors, addr, size) = (stop.clone(), errors.clone(), args.addr, args.size);
+        let dialer = dialer.clone();
         tasks.push(tokio::spawn(async move {
             let msg = vec![b'c'; size];
             let mut buf = vec![0u8; size];
             let mut n = 0u64;
             while !stop.load(Ordering::Relaxed) {
                 let ok = async {
-                    let mut s = connect(addr).await?;
+                    let mut s = dialer.dial(addr).await?;
                     s.write_all(&msg).await?;
+                    s.flush().await?;
                     s.read_exact(&mut buf).await?;
                     // Close from the client side first, so TIME_WAIT lands on
                     // the client's ephemeral ports (as real clients do), and
                     // linger 0 so a long run does not exhaust them.
-                    socket2::SockRef::from(&s).set_linger(Some(Duration::ZERO))?;
+                    // (With TLS, no close_notify either: a reset, as for TCP.)
+                    socket2::SockRef::from(D::tcp(&s)).set_linger(Some(Duration::ZERO))?;
                     drop(s);
                     anyhow::Ok(())
                 }
@@ -253,17 +425,16 @@ async fn connrate(args: &Args, dur: Duration) -> anyhow::Result<()> {
     for t in tasks {
         total += t.await?;
     }
-    println!(
+    Ok(format!(
         "mode=connrate conns={} size={} ops={total} secs={elapsed:.3} rate={:.0} errors={}",
         args.conns,
         args.size,
         total as f64 / elapsed,
         errors.load(Ordering::Relaxed)
-    );
-    Ok(())
+    ))
 }
 
-async fn idle(args: &Args) -> anyhow::Result<()> {
+async fn idle<D: Dialer>(args: &Args, dialer: D) -> anyhow::Result<String> {
     let pid = args.server_pid;
     let before = pid.map(rss_kib).unwrap_or(0);
     let mut held = Vec::with_capacity(args.conns);
@@ -271,8 +442,9 @@ async fn idle(args: &Args) -> anyhow::Result<()> {
     let mut buf = vec![0u8; args.size];
     let start = Instant::now();
     for _ in 0..args.conns {
-        let mut s = connect(args.addr).await?;
+        let mut s = dialer.dial(args.addr).await?;
         s.write_all(&msg).await?;
+        s.flush().await?;
         s.read_exact(&mut buf).await?;
         held.push(s);
     }
@@ -290,10 +462,10 @@ async fn idle(args: &Args) -> anyhow::Result<()> {
     } else {
         0.0
     };
-    println!(
+    let line = format!(
         "mode=idle conns={} rss_before_kib={before} rss_after_kib={after} kib_per_conn={per_conn:.2} setup_secs={setup:.3} hold_cpu_pct={hold_cpu_pct:.3}",
         args.conns
     );
     drop(held);
-    Ok(())
+    Ok(line)
 }

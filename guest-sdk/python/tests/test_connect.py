@@ -60,6 +60,10 @@ class RawTransport:
         if self.splice_error is not None:
             raise Err(self.splice_error)
 
+    def tls_info(self):
+        # A plaintext connection (test_tls.py has the TLS fake).
+        return None
+
     def __getattr__(self, name):
         if name.startswith("__"):
             raise AttributeError(name)

@@ -21,10 +21,15 @@ from twill import _export  # noqa: E402
 
 
 class RawTransport:
-    """What componentize-py hands make_connection: the imported resource."""
+    """What componentize-py hands make_connection: the imported resource (a
+    plaintext connection: ``tls_info`` is None; test_tls.py has the TLS
+    fake)."""
 
     def __init__(self):
         self.calls = []
+
+    def tls_info(self):
+        return None
 
     def __getattr__(self, name):
         if name in ("get_peer", "get_host"):

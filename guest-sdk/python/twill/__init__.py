@@ -12,7 +12,8 @@ Twill repository), shaped like Twisted:
   ``write``, ``write_sequence``, ``lose_connection``, ``abort_connection``,
   ``get_peer``, ``get_host``, the producer methods (``register_producer``,
   ``pause_producing``, ``resume_producing``), ``lose_write_connection``
-  (half-close) and ``splice``.
+  (half-close), ``splice``, and TLS: ``tls_info``, ``get_peer_certificate``
+  and ``start_tls`` (Twisted's ``ISSLTransport`` / ``ITLSTransport``).
 - :class:`Reason`: why a connection ended, with Twisted's ``check`` and
   ``get_error_message``.
 - :func:`serve`: names the factories the component exports.
@@ -50,6 +51,8 @@ transports.
 """
 
 import sys
+from dataclasses import dataclass
+from typing import Optional
 
 __all__ = [
     "Address",
@@ -59,10 +62,13 @@ __all__ = [
     "ConnectionDone",
     "ConnectionLost",
     "Factory",
+    "PeerCertificate",
     "Protocol",
     "Reason",
     "ServerFactory",
     "SpliceError",
+    "StartTLSError",
+    "TlsInfo",
     "Transport",
     "serve",
 ]
@@ -121,6 +127,61 @@ class SpliceError(Exception):
     """:meth:`Transport.splice` was refused by the host: the other transport
     is this one, either connection is already spliced or closing, or the
     other belongs to another instance or has ended. Nothing changed."""
+
+
+class StartTLSError(Exception):
+    """:meth:`Transport.start_tls` was refused by the host: the
+    connection's ``[[listen]]`` or ``[[connect]]`` entry has no ``tls``
+    table with ``start-tls = true``, or the connection is already encrypted,
+    already starting TLS, spliced or closing. Nothing changed; ``str(e)``
+    is the host's reason."""
+
+
+@dataclass(frozen=True)
+class PeerCertificate:
+    """The certificate the peer presented in the TLS handshake: what
+    Twisted's ``getPeerCertificate`` returns, reduced to what a protocol
+    checks."""
+
+    #: The subject's distinguished name, such as ``CN=alice, O=Example``.
+    subject: str
+    #: SHA-256 of the DER encoding, 64 lowercase hex digits: the
+    #: fingerprint to pin.
+    sha256: str
+    #: The certificate itself, DER-encoded, for a protocol that parses it.
+    der: bytes
+
+
+@dataclass(frozen=True)
+class TlsInfo:
+    """What a connection's TLS handshake negotiated (see
+    :meth:`Transport.tls_info`)."""
+
+    #: ``"TLSv1.3"`` or ``"TLSv1.2"``.
+    version: str
+    #: The cipher suite, as IANA names it: ``"TLS13_AES_128_GCM_SHA256"``.
+    cipher_suite: str
+    #: The server name (SNI) the client sent, or None; on a client
+    #: connection, the name the server was verified against.
+    server_name: Optional[str] = None
+    #: The protocol agreed by ALPN (``b"h2"``), or None: Twisted's
+    #: ``negotiatedProtocol``.
+    alpn_protocol: Optional[bytes] = None
+    #: The peer's :class:`PeerCertificate`, if it presented one.
+    peer_certificate: Optional[PeerCertificate] = None
+
+
+def _tls_info(i):
+    """A :class:`TlsInfo` from componentize-py's ``tls-info`` record."""
+    c = i.peer_certificate
+    alpn = i.alpn_protocol
+    return TlsInfo(
+        version=i.version,
+        cipher_suite=i.cipher_suite,
+        server_name=i.server_name,
+        alpn_protocol=None if alpn is None else bytes(alpn),
+        peer_certificate=None if c is None else PeerCertificate(c.subject, c.sha256, bytes(c.der)),
+    )
 
 
 def _host_error(e):
@@ -338,6 +399,52 @@ class Transport:
             t._mute = True
         self._partner = other
         other._partner = self
+
+    def tls_info(self):
+        """What this connection's TLS handshake negotiated, as a
+        :class:`TlsInfo`; None on a plaintext connection.
+
+        The host terminates TLS: the protocol reads and writes plaintext
+        and never holds a key. On a ``[[listen]]`` or ``[[connect]]`` with a
+        ``tls`` table the handshake is over before ``connection_made``;
+        after :meth:`start_tls`, this is None until its handshake completed
+        (the next ``data_received`` sees it)."""
+        info = self._raw.tls_info()
+        return None if info is None else _tls_info(info)
+
+    def get_peer_certificate(self):
+        """The peer's certificate, a :class:`PeerCertificate` (subject,
+        SHA-256 fingerprint, DER), if the connection is TLS and the peer
+        presented one; else None: Twisted's ``getPeerCertificate``."""
+        info = self.tls_info()
+        return None if info is None else info.peer_certificate
+
+    def start_tls(self):
+        """Start TLS on this plaintext connection: Twisted's
+        ``ITLSTransport.startTLS``, for STARTTLS protocols (SMTP, IMAP).
+
+        Output already written goes out in plaintext (so a reply such as
+        ``220 Go ahead`` written just before this call reaches the peer
+        unencrypted); then the host runs the handshake, as the server on an
+        accepted connection and as the client on a ``[[connect]]`` one, with
+        the certificates and settings of that entry's ``tls`` table (there
+        is no context factory to pass), and everything written after this
+        call goes out encrypted. Nothing is read during the handshake; a
+        failed one ends the connection (``connection_lost`` with a ``lost``
+        reason saying why).
+
+        Raises :class:`StartTLSError` (changing nothing) if the host
+        refuses: the entry has no ``tls`` table with ``start-tls = true``,
+        or the connection is already encrypted, starting TLS, spliced or
+        closing.
+        """
+        try:
+            self._raw.start_tls()
+        except Exception as e:
+            message = _host_error(e)
+            if message is None:
+                raise
+            raise StartTLSError(message) from None
 
     def _forward(self, data):
         # A read of this spliced connection that the host delivered after

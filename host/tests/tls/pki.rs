@@ -3,6 +3,8 @@
 //! b.example, one expired), a client CA with a client (alice), and a rogue
 //! CA's client (mallory). Plus rustls client configs to dial with.
 
+#![allow(dead_code)] // each test binary uses part of it
+
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
 
