@@ -343,7 +343,9 @@ impl Conn {
                         () = &mut abort => Err(Reason::Lost("shutdown deadline passed; connection reset".into())),
                     };
                     if let Err(reason) = done {
-                        self.abort();
+                        // Closed, not reset: the handshake already told
+                        // the peer why (its alert).
+                        self.open = None;
                         return Ok(Driven::End(reason));
                     }
                     continue;

@@ -192,6 +192,12 @@ impl Wire {
                 // The data first; the error (a close without
                 // close_notify) on the next read.
                 Err(_) if got > 0 => return Ok(got),
+                Err(e) if e.kind() == io::ErrorKind::UnexpectedEof => {
+                    return Err(io::Error::new(
+                        io::ErrorKind::UnexpectedEof,
+                        "the peer closed the connection without TLS close_notify: the stream may be truncated",
+                    ));
+                }
                 Err(e) => return Err(e),
             }
             match t.conn.read_tls(&mut Sock(&self.tcp)) {

@@ -239,7 +239,7 @@ async fn read_line<S: tokio::io::AsyncRead + Unpin>(s: &mut BufReader<S>) -> Str
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn certificates_are_chosen_by_sni_and_an_unknown_name_is_refused() {
+async fn starttls_guest_sees_the_sni_certificate_and_an_unknown_name_is_refused() {
     let pki = Pki::new();
     let tls = format!(
         "certs = [{{ cert = {:?}, key = {:?}, names = [\"a.example\"] }}, {{ cert = {:?}, key = {:?}, names = [\"b.example\"] }}]",
@@ -266,7 +266,7 @@ async fn certificates_are_chosen_by_sni_and_an_unknown_name_is_refused() {
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn client_certificates_are_required_verified_and_shown_to_the_guest() {
+async fn starttls_guest_sees_required_and_verified_client_certificates() {
     let pki = Pki::new();
     let tls = format!(
         "{}, client-ca = {:?}, alpn = [\"x-proto\", \"h2\"]",
@@ -307,7 +307,7 @@ async fn client_certificates_are_required_verified_and_shown_to_the_guest() {
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn start_tls_without_a_tls_table_is_refused_and_counted() {
+async fn starttls_without_a_tls_table_is_refused_and_counted() {
     let r = support::start(&support::server_config(
         &starttls_wasm(),
         &starttls_memory(),
@@ -419,6 +419,45 @@ async fn starttls_with_a_failed_handshake_ends_only_that_connection() {
     assert!(!String::from_utf8_lossy(&rest).contains("ECHO"));
     assert_eq!(r.stats[0].tls.failed(Failure::NotTls), 1);
     starttls_exchange(&pki, r.addr()).await;
+    r.shutdown().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn starttls_drops_plaintext_pipelined_after_the_command() {
+    let pki = Pki::new();
+    let tls = format!("{}, start-tls = true", server_tls(&pki));
+    let extra = format!("{}instance = \"shared\"\n", starttls_memory());
+    let r = support::start(&tls_config(&starttls_wasm(), &extra, &tls)).await;
+    // In one write, and in a second write right behind the first.
+    for split in [false, true] {
+        let mut s = BufReader::new(TcpStream::connect(r.addr()).await.unwrap());
+        if split {
+            s.get_mut().write_all(b"STARTTLS\r\n").await.unwrap();
+            s.get_mut()
+                .write_all(b"INFO\r\ninjected\r\n")
+                .await
+                .unwrap();
+        } else {
+            s.get_mut()
+                .write_all(b"STARTTLS\r\nINFO\r\ninjected\r\n")
+                .await
+                .unwrap();
+        }
+        assert_eq!(read_line(&mut s).await, "OK begin TLS");
+        let tls = tokio_rustls::TlsConnector::from(pki.client(None, &[]))
+            .connect(name("localhost"), s.into_inner())
+            .await
+            .expect("the handshake after STARTTLS");
+        let mut s = BufReader::new(tls);
+        // The first answer inside TLS is to this INFO, not to the
+        // plaintext ones.
+        let info = ask(&mut s, "INFO").await;
+        assert!(
+            info.starts_with("INFO version=TLSv1.3 "),
+            "split {split}: {info}"
+        );
+        assert_eq!(ask(&mut s, "after").await, "ECHO after");
+    }
     r.shutdown().await;
 }
 

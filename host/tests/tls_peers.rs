@@ -352,7 +352,7 @@ where
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn a_connector_refuses_expired_and_misnamed_server_certificates() {
+async fn starttls_guest_connector_refuses_expired_and_misnamed_certificates() {
     let pki = Pki::new();
     for (leaf, why) in [("expired", "expired"), ("b", "not valid for name")] {
         let port = native_server(&pki, leaf, |_| async {}).await;
@@ -375,7 +375,7 @@ async fn a_connector_refuses_expired_and_misnamed_server_certificates() {
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn a_tls_close_without_close_notify_is_a_loss() {
+async fn starttls_guest_hears_a_close_without_close_notify_as_a_loss() {
     let pki = Pki::new();
     let port = native_server(&pki, "server", |mut tls| async move {
         // Read what the client sent (unread input would make the close a

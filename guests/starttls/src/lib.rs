@@ -5,6 +5,7 @@
 //! Server (`[[listen]]` with `tls = { ..., start-tls = true }`):
 //! - `STARTTLS`: replies `OK begin TLS`, then starts TLS (the reply goes
 //!   out in plaintext, everything after encrypted); `ERR <why>` if refused.
+//!   Whatever the peer sent after `STARTTLS` in plaintext is dropped.
 //! - `INFO`: replies `INFO tls=none`, or `INFO version=… cipher=… sni=…
 //!   alpn=… subject=… sha256=…` (`-` for what is absent).
 //! - `QUIT`: closes the connection.
@@ -74,8 +75,15 @@ impl Protocol for Server {
                 "STARTTLS" => {
                     // The reply is queued first, so it goes in plaintext.
                     t.write(b"OK begin TLS\r\n");
-                    if let Err(e) = t.start_tls() {
-                        t.write(format!("ERR {}\r\n", e.0).as_bytes());
+                    match t.start_tls() {
+                        // Lines the peer sent after STARTTLS in the same
+                        // plaintext are dropped, not answered inside TLS
+                        // (the STARTTLS injection of CVE-2011-0411).
+                        Ok(()) => {
+                            self.lines = Lines::default();
+                            return;
+                        }
+                        Err(e) => t.write(format!("ERR {}\r\n", e.0).as_bytes()),
                     }
                 }
                 "INFO" => t.write(format!("{}\r\n", info_line(t)).as_bytes()),
@@ -106,6 +114,9 @@ impl Protocol for Client {
                     Ok(()) => {
                         t.write(b"INFO\r\n");
                         t.write(b"QUIT\r\n");
+                        // Nothing the server sent in plaintext after OK.
+                        self.lines = Lines::default();
+                        return;
                     }
                     Err(e) => {
                         println!("client: {e}");

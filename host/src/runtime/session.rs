@@ -512,7 +512,10 @@ pub fn data_received_batch(reads: &mut [(&mut Session, &[u8])]) -> Result<(), Gu
             same,
             "data_received_batch: the sessions must share one instance"
         );
-        let open = session.transport().is_open();
+        let open = {
+            let mut t = session.transport();
+            t.is_open() && !t.start_tls().requested()
+        };
         if let (true, Some(protocol)) = (open, session.protocol) {
             chunks.push(Chunk {
                 protocol,
