@@ -90,3 +90,101 @@ impl Transport {
         self.inner.handle.start_tls().map_err(StartTlsError)
     }
 }
+
+/// The shared test vectors (`test-vectors/tls.json`), which the Python and
+/// JavaScript SDKs' tests run too: the host's record as the SDK shows it,
+/// and start-tls's errors.
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use serde_json::Value;
+
+    fn vectors() -> Value {
+        let text = include_str!("../test-vectors/tls.json");
+        serde_json::from_str(text).unwrap()
+    }
+
+    fn opt_str(v: &Value) -> Option<String> {
+        v.as_str().map(str::to_string)
+    }
+
+    fn bytes(v: &Value) -> Option<Vec<u8>> {
+        v.as_array()
+            .map(|a| a.iter().map(|b| b.as_u64().unwrap() as u8).collect())
+    }
+
+    /// The record as the bindings would hand it over.
+    fn host_record(h: &Value) -> wit_types::TlsInfo {
+        wit_types::TlsInfo {
+            version: h["version"].as_str().unwrap().into(),
+            cipher_suite: h["cipher-suite"].as_str().unwrap().into(),
+            server_name: opt_str(&h["server-name"]),
+            alpn_protocol: bytes(&h["alpn-protocol"]),
+            peer_certificate: h["peer-certificate"].as_object().map(|c| {
+                wit_types::PeerCertificate {
+                    subject: c["subject"].as_str().unwrap().into(),
+                    sha256: c["sha256"].as_str().unwrap().into(),
+                    der: bytes(&c["der"]).unwrap(),
+                }
+            }),
+        }
+    }
+
+    #[test]
+    fn tls_info_as_the_sdk_shows_it() {
+        let v = vectors();
+        let cases = v["tls_info"].as_array().unwrap();
+        assert!(cases.len() >= 5);
+        for case in cases {
+            let name = case["name"].as_str().unwrap();
+            let (host, expect) = (&case["host"], &case["expect"]);
+            if host.is_null() {
+                assert!(expect.is_null(), "{name}");
+                continue;
+            }
+            let record = host_record(host);
+            let info = TlsInfo::from(record.clone());
+            assert_eq!(info.version, expect["version"].as_str().unwrap(), "{name}");
+            assert_eq!(
+                info.cipher_suite,
+                expect["cipher_suite"].as_str().unwrap(),
+                "{name}"
+            );
+            assert_eq!(info.server_name, opt_str(&expect["server_name"]), "{name}");
+            // The bytes unchanged; the text as the vectors decode it.
+            assert_eq!(info.alpn_protocol, record.alpn_protocol, "{name}");
+            let alpn = info
+                .alpn_protocol
+                .as_ref()
+                .map(|a| String::from_utf8_lossy(a).into_owned());
+            assert_eq!(alpn, opt_str(&expect["alpn_protocol"]), "{name}");
+            match (
+                &info.peer_certificate,
+                expect["peer_certificate"].as_object(),
+            ) {
+                (None, None) => {}
+                (Some(c), Some(e)) => {
+                    assert_eq!(c.subject, e["subject"].as_str().unwrap(), "{name}");
+                    assert_eq!(c.sha256, e["sha256"].as_str().unwrap(), "{name}");
+                    assert_eq!(Some(c.der.clone()), record.peer_certificate.map(|p| p.der));
+                }
+                (got, want) => panic!("{name}: peer certificate {got:?}, expected {want:?}"),
+            }
+        }
+    }
+
+    #[test]
+    fn start_tls_errors_carry_the_hosts_message() {
+        let v = vectors();
+        for case in v["start_tls"].as_array().unwrap() {
+            let Some(host_error) = case["host_error"].as_str() else {
+                assert!(case["expect_error"].is_null());
+                continue;
+            };
+            let e = StartTlsError(host_error.to_string());
+            let want = case["expect_error"].as_str().unwrap();
+            assert_eq!(e.0, want);
+            assert_eq!(e.to_string(), format!("cannot start TLS: {want}"));
+        }
+    }
+}
