@@ -26,21 +26,7 @@ use tokio::net::{TcpListener, TcpStream};
 use tokio_rustls::client::TlsStream;
 use twill::tls::Failure;
 
-use pki::{Pki, name};
-
-fn starttls_wasm() -> std::path::PathBuf {
-    std::env::var("TWILL_STARTTLS_WASM")
-        .map(Into::into)
-        .unwrap_or_else(|_| support::repo().join("guests/starttls/starttls.wasm"))
-}
-
-/// The memory line for a Python or JavaScript starttls guest.
-fn starttls_memory() -> String {
-    match std::env::var("TWILL_STARTTLS_WASM") {
-        Ok(_) => support::memory_line(),
-        Err(_) => String::new(),
-    }
-}
+use pki::{Pki, name, starttls_memory, starttls_wasm};
 
 /// `wasm` served on port 0 with `tls` (the inline table's body) and the
 /// plugin lines `extra`.

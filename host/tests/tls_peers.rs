@@ -22,7 +22,7 @@ use std::time::Duration;
 use tokio::io::{AsyncBufReadExt, AsyncReadExt, AsyncWriteExt};
 use tokio::net::TcpListener;
 
-use pki::Pki;
+use pki::{Pki, starttls_memory, starttls_wasm};
 
 fn python() -> (String, bool) {
     match std::env::var("TWILL_TEST_PYTHON") {
@@ -48,19 +48,6 @@ fn twisted_available() -> bool {
         eprintln!("SKIPPED: no twisted[tls] for {py} (set TWILL_TEST_PYTHON)");
     }
     ok
-}
-
-fn starttls_wasm() -> std::path::PathBuf {
-    std::env::var("TWILL_STARTTLS_WASM")
-        .map(Into::into)
-        .unwrap_or_else(|_| support::repo().join("guests/starttls/starttls.wasm"))
-}
-
-fn starttls_memory() -> String {
-    match std::env::var("TWILL_STARTTLS_WASM") {
-        Ok(_) => support::memory_line(),
-        Err(_) => String::new(),
-    }
 }
 
 fn echo_tls_config(pki: &Pki) -> String {
@@ -98,6 +85,22 @@ async fn run_to_end(config: std::path::PathBuf) -> (String, String) {
         String::from_utf8_lossy(&out.stdout).into_owned(),
         String::from_utf8_lossy(&out.stderr).into_owned(),
     )
+}
+
+/// Runs the peer script's client `mode` against 127.0.0.1:`port`, trusting
+/// the test CA, to its end.
+async fn run_client_peer(mode: &'static str, port: u16, pki: &Pki) -> std::process::Output {
+    let (py, ca) = (python().0, pki.path("ca.pem"));
+    tokio::task::spawn_blocking(move || {
+        Command::new(py)
+            .arg(peer_script())
+            .args([mode, &port.to_string()])
+            .arg(ca)
+            .output()
+            .unwrap()
+    })
+    .await
+    .unwrap()
 }
 
 /// Starts the peer script in `mode`; returns it and the port it printed.
@@ -142,17 +145,7 @@ fn rest_of(
 async fn python_ssl_client_echoes_every_chunking_with_close_notify() {
     let pki = Pki::new();
     let r = support::start(&echo_tls_config(&pki)).await;
-    let (py, port, ca) = (python().0, r.addr().port(), pki.path("ca.pem"));
-    let out = tokio::task::spawn_blocking(move || {
-        Command::new(py)
-            .arg(peer_script())
-            .args(["client", &port.to_string()])
-            .arg(ca)
-            .output()
-            .unwrap()
-    })
-    .await
-    .unwrap();
+    let out = run_client_peer("client", r.addr().port(), &pki).await;
     let stdout = String::from_utf8_lossy(&out.stdout);
     assert!(
         out.status.success(),
@@ -219,17 +212,7 @@ async fn the_seed_client_in_twisted_over_tls_against_twill() {
     }
     let pki = Pki::new();
     let r = support::start(&echo_tls_config(&pki)).await;
-    let (py, port, ca) = (python().0, r.addr().port(), pki.path("ca.pem"));
-    let out = tokio::task::spawn_blocking(move || {
-        Command::new(py)
-            .arg(peer_script())
-            .args(["twisted-client", &port.to_string()])
-            .arg(ca)
-            .output()
-            .unwrap()
-    })
-    .await
-    .unwrap();
+    let out = run_client_peer("twisted-client", r.addr().port(), &pki).await;
     let stdout = String::from_utf8_lossy(&out.stdout);
     assert!(stdout.contains("Server said: hello world"), "{stdout}");
     assert!(stdout.contains("Connection lost - goodbye"), "{stdout}");

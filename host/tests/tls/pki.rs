@@ -1,7 +1,9 @@
 //! Throwaway certificates for the TLS tests, made with rcgen in a scratch
 //! directory: a server CA and leaves under it (localhost, a.example,
 //! b.example, one expired), a client CA with a client (alice), and a rogue
-//! CA's client (mallory). Plus rustls client configs to dial with.
+//! CA's client (mallory). Plus rustls client configs to dial with, and
+//! the starttls guest under test (`TWILL_STARTTLS_WASM`, for the Python
+//! and JavaScript versions).
 
 #![allow(dead_code)] // each test binary uses part of it
 
@@ -140,4 +142,21 @@ fn chain(path: &Path) -> Vec<CertificateDer<'static>> {
 /// A server name.
 pub fn name(s: &str) -> ServerName<'static> {
     ServerName::try_from(s.to_string()).unwrap()
+}
+
+/// The starttls guest: `TWILL_STARTTLS_WASM` if set (the Python and
+/// JavaScript versions, from scripts/test-polyglot.sh), else the Rust one.
+pub fn starttls_wasm() -> PathBuf {
+    std::env::var("TWILL_STARTTLS_WASM")
+        .map(Into::into)
+        .unwrap_or_else(|_| super::support::repo().join("guests/starttls/starttls.wasm"))
+}
+
+/// The memory line for a Python or JavaScript starttls guest
+/// (`TWILL_TEST_MEMORY`); none for the Rust one.
+pub fn starttls_memory() -> String {
+    match std::env::var("TWILL_STARTTLS_WASM") {
+        Ok(_) => super::support::memory_line(),
+        Err(_) => String::new(),
+    }
 }
