@@ -38,6 +38,27 @@ struct Tls {
     conn: rustls::Connection,
     info: TlsInfo,
     close_sent: bool,
+    /// Ciphertext read from the socket that rustls has not taken yet
+    /// (empty, and unallocated, but for a read that filled its buffer).
+    pending: Vec<u8>,
+}
+
+impl Tls {
+    /// Keeps `rest`, ciphertext already taken off the socket, for the next
+    /// read.
+    fn stash(&mut self, rest: &[u8]) {
+        self.pending.extend_from_slice(rest);
+    }
+}
+
+/// The largest socket read of ciphertext.
+const MAX_READ: usize = 64 << 10;
+/// The smallest (a read for a nearly full buffer still takes a record).
+const MIN_READ: usize = 17 << 10;
+
+thread_local! {
+    /// Where ciphertext is read before rustls takes it.
+    static CIPHERTEXT: std::cell::RefCell<Vec<u8>> = std::cell::RefCell::new(vec![0; MAX_READ]);
 }
 
 /// The socket as `std::io` sees it, for rustls: non-blocking, and clearing
@@ -93,6 +114,7 @@ impl Wire {
                 conn,
                 info,
                 close_sent: false,
+                pending: Vec::new(),
             }))
             .is_ok()
     }
@@ -126,9 +148,10 @@ impl Wire {
         };
         let (readable, wants_write) = {
             let mut t = lock(tls);
-            let readable = t.conn.process_new_packets().map_or(true, |s| {
-                s.plaintext_bytes_to_read() > 0 || s.peer_has_closed()
-            });
+            let readable = !t.pending.is_empty()
+                || t.conn.process_new_packets().map_or(true, |s| {
+                    s.plaintext_bytes_to_read() > 0 || s.peer_has_closed()
+                });
             (readable, t.conn.wants_write())
         };
         if interest.is_readable() && readable {
@@ -176,14 +199,30 @@ impl Wire {
     }
 
     /// Decrypts into `buf` until it is full or the socket has no more.
+    ///
+    /// The socket is read in large reads (up to the room left in `buf`,
+    /// through a per-thread buffer) and the ciphertext handed to rustls from
+    /// memory: rustls itself reads 4 KiB at a time, which would cost four
+    /// `recv` calls per 16 KiB record. Ciphertext left over when `buf` is
+    /// full waits in `pending` for the next read.
     fn read_tls(&self, t: &mut Tls, buf: &mut [u8]) -> io::Result<usize> {
+        CIPHERTEXT.with(|c| self.read_tls_via(t, buf, &mut c.borrow_mut()))
+    }
+
+    fn read_tls_via(&self, t: &mut Tls, buf: &mut [u8], scratch: &mut [u8]) -> io::Result<usize> {
         let mut got = 0;
+        // Ciphertext read into `scratch` and not yet given to rustls.
+        let (mut start, mut end) = (0, 0);
         loop {
             match t.conn.reader().read(&mut buf[got..]) {
-                Ok(0) => return Ok(got),
+                Ok(0) => {
+                    t.stash(&scratch[start..end]);
+                    return Ok(got);
+                }
                 Ok(n) => {
                     got += n;
                     if got == buf.len() {
+                        t.stash(&scratch[start..end]);
                         return Ok(got);
                     }
                     continue;
@@ -191,7 +230,10 @@ impl Wire {
                 Err(e) if e.kind() == io::ErrorKind::WouldBlock => {}
                 // The data first; the error (a close without
                 // close_notify) on the next read.
-                Err(_) if got > 0 => return Ok(got),
+                Err(_) if got > 0 => {
+                    t.stash(&scratch[start..end]);
+                    return Ok(got);
+                }
                 Err(e) if e.kind() == io::ErrorKind::UnexpectedEof => {
                     return Err(io::Error::new(
                         io::ErrorKind::UnexpectedEof,
@@ -200,12 +242,39 @@ impl Wire {
                 }
                 Err(e) => return Err(e),
             }
-            match t.conn.read_tls(&mut Sock(&self.tcp)) {
-                // At TCP's EOF the reader says next whether close_notify
-                // came first.
-                Ok(_) => {}
-                Err(_) if got > 0 => return Ok(got),
-                Err(e) => return Err(e),
+            // More ciphertext for rustls: what an earlier read left, what
+            // this one read, or a new read from the socket.
+            let fed = if !t.pending.is_empty() {
+                let mut rest = &t.pending[..];
+                let r = t.conn.read_tls(&mut rest);
+                let used = t.pending.len() - rest.len();
+                t.pending.drain(..used);
+                r
+            } else if start < end {
+                let mut rest = &scratch[start..end];
+                let r = t.conn.read_tls(&mut rest);
+                start = end - rest.len();
+                r
+            } else {
+                let room = (buf.len() - got).clamp(MIN_READ, scratch.len());
+                match self.tcp.try_read(&mut scratch[..room]) {
+                    // TCP's EOF, told to rustls: the reader says next
+                    // whether close_notify came first.
+                    Ok(0) => t.conn.read_tls(&mut io::empty()),
+                    Ok(n) => {
+                        (start, end) = (0, n);
+                        continue;
+                    }
+                    Err(_) if got > 0 => return Ok(got),
+                    Err(e) => return Err(e),
+                }
+            };
+            if let Err(e) = fed {
+                if got > 0 {
+                    t.stash(&scratch[start..end]);
+                    return Ok(got);
+                }
+                return Err(e);
             }
             if let Err(e) = t.conn.process_new_packets() {
                 // Tell the peer (the alert), best effort.
