@@ -34,7 +34,7 @@ use crate::runtime::limits::MAX_QUEUED;
 use crate::runtime::state::{Closing, TransportState, WriteSide};
 use crate::runtime::{GuestFault, Session};
 use crate::shutdown::Shutdown;
-use crate::tls::{ClientSide, ServerSide, Swappable, TlsStats};
+use crate::tls::{ClientSide, ServerSide, Side, Swappable, TlsStats};
 use crate::wire::Wire;
 
 pub use crate::runtime::limits::READ_CHUNK;
@@ -239,7 +239,7 @@ impl Conn {
             t = session.transport();
         }
         Ok(Look {
-            pending: t.sendable() + usize::from(self.stream.wants_write()),
+            pending: self.pending(&t),
             closing: t.closing(),
             queued: t.handoff().queued(),
             paused: t.reading_paused(),
@@ -249,6 +249,13 @@ impl Conn {
             fed: t.is_fed(),
             start_tls: t.start_tls().requested(),
         })
+    }
+
+    /// Output still to go out now: what the transport may send (before a
+    /// `start-tls` handshake, only the plaintext queued before it), plus
+    /// one for TLS records waiting for the socket.
+    fn pending(&self, t: &TransportState) -> usize {
+        t.sendable() + usize::from(self.stream.wants_write())
     }
 
     /// Pauses or resumes a registered producer as output crosses the marks.
@@ -324,10 +331,7 @@ impl Conn {
                 // Resuming may write more (or close): read the state again.
                 self.producer(session)?;
                 let t = session.transport();
-                (pending, closing) = (
-                    t.sendable() + usize::from(self.stream.wants_write()),
-                    t.closing(),
-                );
+                (pending, closing) = (self.pending(&t), t.closing());
             }
             if closing == Closing::Abort {
                 self.abort();
@@ -505,25 +509,18 @@ impl Conn {
     /// socket, and puts TLS on it; counted. A failure is the connection's
     /// end, with why.
     async fn start_tls(&mut self, session: &mut Session) -> Result<(), Reason> {
+        let stats = self.tls_stats.as_deref();
         let result = match &self.start_tls {
             Some(StartTls::Server(side)) => {
                 let side = side.get();
-                crate::tls::handshake::accept(self.stream.tcp(), &side)
-                    .await
-                    .map(|c| (c, None))
+                self.stream.handshake(Side::Server(&side), stats).await
             }
-            Some(StartTls::Client(side)) => crate::tls::handshake::connect(self.stream.tcp(), side)
-                .await
-                .map(|c| (c, Some(side.server_name.to_str().into_owned()))),
+            Some(StartTls::Client(side)) => self.stream.handshake(Side::Client(side), stats).await,
             // `start-tls` is refused without one of these.
             None => return Err(Reason::Lost("start-tls without TLS settings".into())),
         };
-        if let Some(stats) = &self.tls_stats {
-            stats.count(&result);
-        }
         match result {
-            Ok((conn, name)) => {
-                self.stream.start_tls(conn, name);
+            Ok(()) => {
                 session.transport().start_tls().done();
                 tracing::debug!(plugin = %session.plugin().name, "start-tls: handshake complete");
                 Ok(())

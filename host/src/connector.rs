@@ -25,7 +25,7 @@ use crate::runtime::GuestFault;
 use crate::runtime::bindings::Reason;
 use crate::shared::Instances;
 use crate::shutdown::Shutdown;
-use crate::tls::TlsStats;
+use crate::tls::{Side, TlsStats};
 use crate::wire::Wire;
 
 /// How a connector ended.
@@ -161,19 +161,12 @@ async fn attempt(
             let _ = wire.tcp().set_nodelay(true);
             match cfg.tls.as_ref().filter(|t| !t.start_tls) {
                 Some(side) => {
-                    let handshake = crate::tls::handshake::connect(wire.tcp(), side);
+                    let handshake = wire.handshake(Side::Client(side), Some(tls_stats));
                     let r = tokio::select! {
                         r = handshake => r,
                         () = shutdown.recv() => return end(ConnectorEnd::Cancelled),
                     };
-                    tls_stats.count(&r);
-                    match r {
-                        Ok(conn) => {
-                            wire.start_tls(conn, Some(side.server_name.to_str().into_owned()));
-                            Ok(wire)
-                        }
-                        Err(e) => Err(format!("{target}: {e}")),
-                    }
+                    r.map(|()| wire).map_err(|e| format!("{target}: {e}"))
                 }
                 None => Ok(wire),
             }

@@ -23,7 +23,7 @@ use crate::runtime::pool::InstancePermit;
 use crate::shared::Instances;
 use crate::shared::threads::LiveGuard;
 use crate::shutdown::{Shutdown, ShutdownSignal, TaskGuard};
-use crate::tls::{ServerSide, Swappable, TlsStats};
+use crate::tls::{ServerSide, Side, Swappable, TlsStats};
 use crate::wire::Wire;
 
 /// Why a listener could not start.
@@ -340,20 +340,14 @@ impl ServerConnection {
         // connections only.
         let side = tls.as_ref().map(|t| t.get());
         if let Some(side) = side.as_ref().filter(|s| !s.start_tls) {
-            let handshake = crate::tls::handshake::accept(wire.tcp(), side);
+            let handshake = wire.handshake(Side::Server(side), Some(&stats.tls));
             let result = tokio::select! {
                 r = handshake => r,
                 () = shutdown.recv() => return,
             };
-            stats.tls.count(&result);
-            match result {
-                Ok(conn) => {
-                    wire.start_tls(conn, None);
-                }
-                Err(e) => {
-                    tracing::info!(plugin = %name, %peer, failure = e.failure.label(), error = %e, "TLS handshake failed; connection closed");
-                    return;
-                }
+            if let Err(e) = result {
+                tracing::info!(plugin = %name, %peer, failure = e.failure.label(), error = %e, "TLS handshake failed; connection closed");
+                return;
             }
         }
         let options = Options {

@@ -9,7 +9,7 @@
 //! [`crate::tls::side::SEND_BUFFER`]) for when it is writable again, which
 //! [`Wire::wants_write`] tells the driver. TLS is put on once, either
 //! right after accept or connect, or later by the guest's `start-tls`
-//! ([`Wire::start_tls`]); it never comes off.
+//! ([`Wire::handshake`]); it never comes off.
 //!
 //! Closing: [`Wire::finish_write`] sends TLS's `close_notify` before the
 //! FIN. A peer that closes TCP without `close_notify` makes the read fail
@@ -24,7 +24,7 @@ use std::time::Duration;
 use tokio::io::{Interest, Ready};
 use tokio::net::TcpStream;
 
-use crate::tls::TlsInfo;
+use crate::tls::{HandshakeError, Side, TlsInfo, TlsStats};
 
 /// A connection's socket.
 #[derive(Debug)]
@@ -103,20 +103,30 @@ impl Wire {
         &self.tcp
     }
 
-    /// Puts TLS on: from now on reads and writes go through `conn`, whose
-    /// handshake is complete. `server_name`: a client connection's
-    /// verified name, for [`TlsInfo`]. Returns false (changing nothing)
-    /// if TLS is already on.
-    pub fn start_tls(&self, conn: rustls::Connection, server_name: Option<String>) -> bool {
+    /// Runs a TLS handshake on the socket as `side` says (under its
+    /// deadline), counts the outcome in `stats`, and puts TLS on: from now
+    /// on reads and writes go through rustls. A failed handshake changes
+    /// nothing here; the connection is the caller's to end.
+    pub async fn handshake(
+        &self,
+        side: Side<'_>,
+        stats: Option<&TlsStats>,
+    ) -> Result<(), HandshakeError> {
+        let result = crate::tls::handshake::run(&self.tcp, side).await;
+        if let Some(stats) = stats {
+            stats.count(&result);
+        }
+        let (conn, server_name) = result?;
         let info = TlsInfo::of(&conn, server_name);
-        self.tls
-            .set(Mutex::new(Tls {
-                conn,
-                info,
-                close_sent: false,
-                pending: Vec::new(),
-            }))
-            .is_ok()
+        let tls = Mutex::new(Tls {
+            conn,
+            info,
+            close_sent: false,
+            pending: Vec::new(),
+        });
+        // Put on once: `start-tls` is refused on an encrypted connection.
+        let _ = self.tls.set(tls);
+        Ok(())
     }
 
     /// Whether TLS is on.
@@ -292,7 +302,8 @@ impl Wire {
     }
 
     /// Writes as much of `iov` as the socket (with TLS: rustls's send
-    /// buffer) takes without blocking; `WouldBlock` if nothing.
+    /// buffer) takes without blocking; `WouldBlock` if nothing. With TLS,
+    /// [`Wire::flush`] first makes room.
     pub fn write_vectored(&self, iov: &[IoSlice<'_>]) -> io::Result<usize> {
         let Some(tls) = self.tls.get() else {
             // One `send` for one slice: a shorter kernel path than `writev`.
@@ -302,8 +313,9 @@ impl Wire {
                 self.tcp.try_write_vectored(iov)
             };
         };
+        // Records already waiting keep their place: rustls queues these
+        // after them (callers flush first, to make room).
         let mut t = lock(tls);
-        self.flush_tls(&mut t)?;
         let n = t.conn.writer().write_vectored(iov)?;
         self.flush_tls(&mut t)?;
         if n == 0 {

@@ -192,6 +192,25 @@ fn alpn(c: &mut Checker<'_>, t: &Table<'_, '_>) -> Vec<Vec<u8>> {
     out
 }
 
+/// The keys both `tls` tables have: `alpn`, `handshake-timeout` and
+/// `start-tls`, with their defaults.
+struct Common {
+    alpn: Vec<Vec<u8>>,
+    handshake_timeout: std::time::Duration,
+    start_tls: bool,
+}
+
+fn common(c: &mut Checker<'_>, t: &Table<'_, '_>) -> Common {
+    let alpn = alpn(c, t);
+    let handshake_timeout = c.duration(t, "handshake-timeout", MIN_HANDSHAKE_TIMEOUT);
+    let start_tls = c.bool(t, "start-tls");
+    Common {
+        alpn,
+        handshake_timeout: handshake_timeout.unwrap_or(DEFAULT_HANDSHAKE_TIMEOUT),
+        start_tls: start_tls.unwrap_or(false),
+    }
+}
+
 /// `[[listen]] tls`, if present and valid.
 pub(super) fn parse_listen_tls(
     c: &mut Checker<'_>,
@@ -278,9 +297,7 @@ pub(super) fn parse_listen_tls(
             false
         }
     };
-    let alpn = alpn(c, &t);
-    let handshake_timeout = c.duration(&t, "handshake-timeout", MIN_HANDSHAKE_TIMEOUT);
-    let start_tls = c.bool(&t, "start-tls");
+    let common = common(c, &t);
     if c.error_count() > before {
         return None;
     }
@@ -289,9 +306,9 @@ pub(super) fn parse_listen_tls(
         named,
         client_ca,
         client_auth_optional,
-        alpn,
-        handshake_timeout: handshake_timeout.unwrap_or(DEFAULT_HANDSHAKE_TIMEOUT),
-        start_tls: start_tls.unwrap_or(false),
+        alpn: common.alpn,
+        handshake_timeout: common.handshake_timeout,
+        start_tls: common.start_tls,
     };
     match ServerSide::build(settings) {
         Ok(side) => Some(Arc::new(side)),
@@ -348,9 +365,7 @@ pub(super) fn parse_connect_tls(
             .ok(),
     };
     let identity = certified(c, &t, base, &[], "").map(|p| (p.chain, p.key));
-    let alpn = alpn(c, &t);
-    let handshake_timeout = c.duration(&t, "handshake-timeout", MIN_HANDSHAKE_TIMEOUT);
-    let start_tls = c.bool(&t, "start-tls");
+    let common = common(c, &t);
     if c.error_count() > before {
         return None;
     }
@@ -358,9 +373,9 @@ pub(super) fn parse_connect_tls(
         roots: roots?,
         identity,
         server_name: server_name?,
-        alpn,
-        handshake_timeout: handshake_timeout.unwrap_or(DEFAULT_HANDSHAKE_TIMEOUT),
-        start_tls: start_tls.unwrap_or(false),
+        alpn: common.alpn,
+        handshake_timeout: common.handshake_timeout,
+        start_tls: common.start_tls,
     };
     match ClientSide::build(settings) {
         Ok(side) => Some(Arc::new(side)),

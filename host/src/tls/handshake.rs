@@ -99,40 +99,51 @@ impl TlsStats {
     }
 }
 
-/// Runs the server side of a handshake on `tcp`.
-pub async fn accept(
-    tcp: &TcpStream,
-    side: &ServerSide,
-) -> Result<rustls::Connection, HandshakeError> {
-    let acceptor = tokio_rustls::TlsAcceptor::from(side.config.clone());
-    let run = acceptor.accept(Borrowed(tcp));
-    match tokio::time::timeout(side.handshake_timeout, run).await {
-        Err(_) => Err(timeout(side.handshake_timeout)),
-        Ok(Err(e)) => Err(classify(&e, true)),
-        Ok(Ok(stream)) => {
-            let (_, mut conn) = stream.into_inner();
-            conn.set_buffer_limit(Some(SEND_BUFFER));
-            Ok(rustls::Connection::Server(conn))
-        }
-    }
+/// Which side of a handshake the host takes, with that side's settings.
+#[derive(Debug, Clone, Copy)]
+pub enum Side<'a> {
+    /// The server: an accepted connection.
+    Server(&'a ServerSide),
+    /// The client: a `[[connect]]` connection.
+    Client(&'a ClientSide),
 }
 
-/// Runs the client side of a handshake on `tcp`.
-pub async fn connect(
+/// Runs a handshake on `tcp` as `side` says, under its deadline. Returns
+/// the connection and, on the client side, the name the server was
+/// verified against (rustls keeps no copy a caller can read).
+pub async fn run(
     tcp: &TcpStream,
-    side: &ClientSide,
-) -> Result<rustls::Connection, HandshakeError> {
-    let connector = tokio_rustls::TlsConnector::from(side.config.clone());
-    let run = connector.connect(side.server_name.clone(), Borrowed(tcp));
-    match tokio::time::timeout(side.handshake_timeout, run).await {
-        Err(_) => Err(timeout(side.handshake_timeout)),
-        Ok(Err(e)) => Err(classify(&e, false)),
-        Ok(Ok(stream)) => {
-            let (_, mut conn) = stream.into_inner();
-            conn.set_buffer_limit(Some(SEND_BUFFER));
-            Ok(rustls::Connection::Client(conn))
+    side: Side<'_>,
+) -> Result<(rustls::Connection, Option<String>), HandshakeError> {
+    let within = match side {
+        Side::Server(s) => s.handshake_timeout,
+        Side::Client(c) => c.handshake_timeout,
+    };
+    let done = tokio::time::timeout(within, async {
+        match side {
+            Side::Server(s) => {
+                let stream = tokio_rustls::TlsAcceptor::from(s.config.clone())
+                    .accept(Borrowed(tcp))
+                    .await
+                    .map_err(|e| classify(&e, true))?;
+                Ok((rustls::Connection::Server(stream.into_inner().1), None))
+            }
+            Side::Client(c) => {
+                let stream = tokio_rustls::TlsConnector::from(c.config.clone())
+                    .connect(c.server_name.clone(), Borrowed(tcp))
+                    .await
+                    .map_err(|e| classify(&e, false))?;
+                let name = c.server_name.to_str().into_owned();
+                Ok((
+                    rustls::Connection::Client(stream.into_inner().1),
+                    Some(name),
+                ))
+            }
         }
-    }
+    });
+    let (mut conn, name) = done.await.map_err(|_| timeout(within))??;
+    conn.set_buffer_limit(Some(SEND_BUFFER));
+    Ok((conn, name))
 }
 
 fn timeout(after: std::time::Duration) -> HandshakeError {

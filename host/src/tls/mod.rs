@@ -26,7 +26,7 @@ use std::sync::{Arc, OnceLock};
 use rustls::crypto::CryptoProvider;
 use rustls_pki_types::CertificateDer;
 
-pub use handshake::{Failure, HandshakeError, TlsStats};
+pub use handshake::{Failure, HandshakeError, Side, TlsStats};
 pub use side::{ClientSide, ServerSide, Swappable};
 
 /// The crypto provider every TLS config in the host uses: ring, chosen by
