@@ -43,14 +43,6 @@ struct Tls {
     pending: Vec<u8>,
 }
 
-impl Tls {
-    /// Keeps `rest`, ciphertext already taken off the socket, for the next
-    /// read.
-    fn stash(&mut self, rest: &[u8]) {
-        self.pending.extend_from_slice(rest);
-    }
-}
-
 /// The largest socket read of ciphertext.
 const MAX_READ: usize = 64 << 10;
 /// The smallest (a read for a nearly full buffer still takes a record).
@@ -223,34 +215,27 @@ impl Wire {
         let mut got = 0;
         // Ciphertext read into `scratch` and not yet given to rustls.
         let (mut start, mut end) = (0, 0);
-        loop {
+        let result = loop {
             match t.conn.reader().read(&mut buf[got..]) {
-                Ok(0) => {
-                    t.stash(&scratch[start..end]);
-                    return Ok(got);
-                }
+                Ok(0) => break Ok(got),
                 Ok(n) => {
                     got += n;
                     if got == buf.len() {
-                        t.stash(&scratch[start..end]);
-                        return Ok(got);
+                        break Ok(got);
                     }
                     continue;
                 }
                 Err(e) if e.kind() == io::ErrorKind::WouldBlock => {}
                 // The data first; the error (a close without
                 // close_notify) on the next read.
-                Err(_) if got > 0 => {
-                    t.stash(&scratch[start..end]);
-                    return Ok(got);
-                }
+                Err(_) if got > 0 => break Ok(got),
                 Err(e) if e.kind() == io::ErrorKind::UnexpectedEof => {
-                    return Err(io::Error::new(
+                    break Err(io::Error::new(
                         io::ErrorKind::UnexpectedEof,
                         "the peer closed the connection without TLS close_notify: the stream may be truncated",
                     ));
                 }
-                Err(e) => return Err(e),
+                Err(e) => break Err(e),
             }
             // More ciphertext for rustls: what an earlier read left, what
             // this one read, or a new read from the socket.
@@ -275,30 +260,30 @@ impl Wire {
                         (start, end) = (0, n);
                         continue;
                     }
-                    Err(_) if got > 0 => return Ok(got),
-                    Err(e) => return Err(e),
+                    Err(e) => Err(e),
                 }
             };
             if let Err(e) = fed {
-                if got > 0 {
-                    t.stash(&scratch[start..end]);
-                    return Ok(got);
-                }
-                return Err(e);
+                break if got > 0 { Ok(got) } else { Err(e) };
             }
             if let Err(e) = t.conn.process_new_packets() {
                 // Tell the peer (the alert), best effort.
                 let _ = t.conn.write_tls(&mut Sock(&self.tcp));
-                return Err(io::Error::new(
+                break Err(io::Error::new(
                     io::ErrorKind::InvalidData,
                     format!("TLS error: {e}"),
                 ));
             }
             // Post-handshake messages (tickets, key updates) to answer.
-            if t.conn.wants_write() {
-                self.flush_tls(t)?;
+            if t.conn.wants_write()
+                && let Err(e) = self.flush_tls(t)
+            {
+                break Err(e);
             }
-        }
+        };
+        // Ciphertext already taken off the socket waits for the next read.
+        t.pending.extend_from_slice(&scratch[start..end]);
+        result
     }
 
     /// Writes as much of `iov` as the socket (with TLS: rustls's send
