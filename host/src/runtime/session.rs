@@ -512,10 +512,7 @@ pub fn data_received_batch(reads: &mut [(&mut Session, &[u8])]) -> Result<(), Gu
             same,
             "data_received_batch: the sessions must share one instance"
         );
-        let open = {
-            let mut t = session.transport();
-            t.is_open() && !t.start_tls().requested()
-        };
+        let open = session.transport().takes_reads();
         if let (true, Some(protocol)) = (open, session.protocol) {
             chunks.push(Chunk {
                 protocol,

@@ -412,6 +412,13 @@ impl TransportState {
         self.closing == Closing::Open && !self.lost && !self.pumping
     }
 
+    /// Whether reads are delivered: open, and no `start-tls` waiting for
+    /// its handshake (what a peer pipelined after STARTTLS, read as
+    /// plaintext, must not pass for encrypted input).
+    pub fn takes_reads(&self) -> bool {
+        self.is_open() && !self.start_tls.requested()
+    }
+
     /// Whether writes are accepted: open, and the write side not closed
     /// (Twisted ignores writes once the connection is closing).
     pub fn takes_writes(&self) -> bool {

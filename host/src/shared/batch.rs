@@ -207,14 +207,7 @@ impl Queue {
                 let range = offset..offset + r.len;
                 offset += r.len;
                 end += 1;
-                // Closed, or plaintext read before a `start-tls` took
-                // effect: not delivered (what a peer pipelines after
-                // STARTTLS must not pass for encrypted input).
-                let skip = {
-                    let mut t = lock(&r.cell);
-                    !t.is_open() || t.start_tls().requested()
-                };
-                if skip {
+                if !lock(&r.cell).takes_reads() {
                     joined.get_or_insert_with(|| data[first..range.start].to_vec());
                     continue;
                 }
