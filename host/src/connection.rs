@@ -34,7 +34,7 @@ use crate::runtime::limits::MAX_QUEUED;
 use crate::runtime::state::{Closing, TransportState, WriteSide};
 use crate::runtime::{GuestFault, Session};
 use crate::shutdown::Shutdown;
-use crate::tls::{ClientSide, ServerSide, Side, Swappable, TlsStats};
+use crate::tls::{ClientSide, ServerSide, Side, TlsStats};
 use crate::wire::Wire;
 
 pub use crate::runtime::limits::READ_CHUNK;
@@ -59,7 +59,7 @@ pub enum End {
 #[derive(Debug, Clone)]
 pub enum StartTls {
     /// An accepted connection: its listener's `tls` (with `start-tls`).
-    Server(Arc<Swappable<ServerSide>>),
+    Server(Arc<ServerSide>),
     /// A `[[connect]]` connection: its entry's `tls`.
     Client(Arc<ClientSide>),
 }
@@ -511,10 +511,7 @@ impl Conn {
     async fn start_tls(&mut self, session: &mut Session) -> Result<(), Reason> {
         let stats = self.tls_stats.as_deref();
         let result = match &self.start_tls {
-            Some(StartTls::Server(side)) => {
-                let side = side.get();
-                self.stream.handshake(Side::Server(&side), stats).await
-            }
+            Some(StartTls::Server(side)) => self.stream.handshake(Side::Server(side), stats).await,
             Some(StartTls::Client(side)) => self.stream.handshake(Side::Client(side), stats).await,
             // `start-tls` is refused without one of these.
             None => return Err(Reason::Lost("start-tls without TLS settings".into())),

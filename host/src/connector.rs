@@ -11,6 +11,7 @@
 
 use std::net::SocketAddr;
 use std::sync::Arc;
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::Duration;
 
 use tokio::net::TcpStream;
@@ -25,8 +26,22 @@ use crate::runtime::GuestFault;
 use crate::runtime::bindings::Reason;
 use crate::shared::Instances;
 use crate::shutdown::Shutdown;
+use crate::stats::Traffic;
 use crate::tls::{Side, TlsStats};
 use crate::wire::Wire;
+
+/// One `[[connect]]` entry's counters.
+#[derive(Debug, Default)]
+pub struct ConnectorStats {
+    /// Connection attempts (the first and every retry).
+    pub attempts: AtomicU64,
+    /// Attempts that failed (the factory heard `client-connection-failed`).
+    pub failures: AtomicU64,
+    /// Its TLS handshakes.
+    pub tls: Arc<TlsStats>,
+    /// Bytes received and sent on its connections.
+    pub traffic: Arc<Traffic>,
+}
 
 /// How a connector ended.
 #[derive(Debug)]
@@ -42,23 +57,26 @@ pub enum ConnectorEnd {
 }
 
 /// Runs one `[[connect]]` entry to its end: one attempt, or with
-/// `reconnect` attempts until `max-retries` is passed or shutdown.
-/// TLS handshakes are counted in `tls_stats`.
+/// `reconnect` attempts until `max-retries` is passed, shutdown, or
+/// `retired` (a reload removed the entry: the connection it has goes on to
+/// its end, and it makes no more). Counted in `stats`.
 pub async fn run(
     cfg: ConnectConfig,
     instances: Instances,
     shutdown: Shutdown,
-    tls_stats: Arc<TlsStats>,
+    retired: Shutdown,
+    stats: Arc<ConnectorStats>,
 ) -> ConnectorEnd {
     let Some(policy) = cfg.reconnect.clone() else {
-        return attempt(&cfg, &instances, &shutdown, &tls_stats).await.0;
+        return attempt(&cfg, &instances, &shutdown, &stats).await.0;
     };
     let name = instances.plugin().name.clone();
     let target = format!("{}:{}", cfg.host, cfg.port);
     let mut backoff = Backoff::new(policy, StdRng::from_os_rng());
     loop {
-        let (end, made) = attempt(&cfg, &instances, &shutdown, &tls_stats).await;
-        if matches!(end, ConnectorEnd::Cancelled) || shutdown.is_shutdown() {
+        let (end, made) = attempt(&cfg, &instances, &shutdown, &stats).await;
+        if matches!(end, ConnectorEnd::Cancelled) || shutdown.is_shutdown() || retired.is_shutdown()
+        {
             return end;
         }
         if made {
@@ -72,6 +90,7 @@ pub async fn run(
         tokio::select! {
             () = tokio::time::sleep(delay) => {}
             () = shutdown.recv() => return ConnectorEnd::Cancelled,
+            () = retired.recv() => return ConnectorEnd::Cancelled,
         }
     }
 }
@@ -131,9 +150,11 @@ async fn attempt(
     cfg: &ConnectConfig,
     instances: &Instances,
     shutdown: &Shutdown,
-    tls_stats: &Arc<TlsStats>,
+    stats: &ConnectorStats,
 ) -> (ConnectorEnd, bool) {
     let end = |e| (e, false);
+    let tls_stats = &stats.tls;
+    stats.attempts.fetch_add(1, Ordering::Relaxed);
     let name = instances.plugin().name.clone();
     let target = format!("{}:{}", cfg.host, cfg.port);
     let mut session = match instances.session() {
@@ -157,7 +178,7 @@ async fn attempt(
     };
     let result = match result {
         Ok(stream) => {
-            let wire = Arc::new(Wire::new(stream));
+            let wire = Arc::new(Wire::counted(stream, stats.traffic.clone()));
             let _ = wire.tcp().set_nodelay(true);
             match cfg.tls.as_ref().filter(|t| !t.start_tls) {
                 Some(side) => {
@@ -176,6 +197,7 @@ async fn attempt(
     let stream = match result {
         Ok(s) => s,
         Err(msg) => {
+            stats.failures.fetch_add(1, Ordering::Relaxed);
             tracing::info!(plugin = %name, %target, error = %msg, "connection failed");
             if let Err(fault) = session.client_connection_failed(&Reason::Failed(msg.clone())) {
                 tracing::warn!(plugin = %name, %target, %fault, "guest faulted in client-connection-failed");

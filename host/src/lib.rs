@@ -80,6 +80,7 @@ pub mod connection;
 pub mod connector;
 pub mod grants;
 pub mod listener;
+pub mod metrics;
 pub mod outbound;
 pub mod reactor;
 pub mod runtime;
@@ -87,8 +88,10 @@ pub mod shared;
 pub mod shutdown;
 pub mod sink;
 pub mod splice;
+pub mod stats;
 pub mod testing;
 pub mod tls;
+pub mod watch;
 pub mod wire;
 
 pub use config::Config;

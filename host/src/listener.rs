@@ -6,24 +6,32 @@
 //! task: the TLS handshake if the listener has `tls` (before any guest
 //! runs: a failed handshake costs no instance), a fresh instance,
 //! `build-protocol`, then [`crate::connection::run`].
+//!
+//! What it serves (its plugin's instances, `max-connections`,
+//! `idle-timeout`, `tls`) is a [`Target`] that a config reload replaces
+//! while the socket stays bound ([`ListenerHandle::retarget`]): each
+//! connection is served by the target current when it was accepted, to
+//! its end. A reload that drops the listener stops its accept loop
+//! ([`ListenerHandle::close`]); its connections drain.
 
 use std::io;
 use std::net::SocketAddr;
 use std::sync::Arc;
-use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
 use std::time::Duration;
 
 use tokio::net::{TcpListener, TcpSocket, TcpStream};
-use tokio::sync::Semaphore;
+use tokio::sync::watch;
 
 use crate::config::ListenConfig;
 use crate::connection::{self, End, Options, StartTls};
-use crate::runtime::Plugin;
+use crate::runtime::GuestFault;
 use crate::runtime::pool::InstancePermit;
 use crate::shared::Instances;
 use crate::shared::threads::LiveGuard;
 use crate::shutdown::{Shutdown, ShutdownSignal, TaskGuard};
-use crate::tls::{ServerSide, Side, Swappable, TlsStats};
+use crate::stats::Traffic;
+use crate::tls::{ServerSide, Side, TlsStats};
 use crate::wire::Wire;
 
 /// Why a listener could not start.
@@ -48,9 +56,14 @@ fn bind_hint(e: &io::Error) -> &'static str {
     }
 }
 
-/// Counters for one listener, readable while it runs.
+/// Counters for one listener, readable while it runs; they keep counting
+/// across reloads that keep the listener.
 #[derive(Debug, Default)]
 pub struct ListenerStats {
+    /// Connections open now (counted against `max-connections`).
+    pub active: AtomicUsize,
+    /// Bytes received and sent on its connections.
+    pub traffic: Arc<Traffic>,
     /// Connections accepted and handed to a protocol.
     pub accepted: AtomicU64,
     /// Connections closed at once because the listener was at
@@ -65,148 +78,288 @@ pub struct ListenerStats {
     /// Connections closed at once because the plugin was at its
     /// `max-instances`.
     pub rejected_at_capacity: AtomicU64,
+    /// Connections closed at once because their shared instance is waiting
+    /// out a crash-loop backoff.
+    pub refused_backoff: AtomicU64,
     /// TLS handshakes, completed and failed by kind, and refused
     /// `start-tls` calls.
     pub tls: Arc<TlsStats>,
+}
+
+/// What a listener serves: replaced as a whole by a reload that keeps its
+/// socket.
+#[derive(Debug, Clone)]
+pub struct Target {
+    /// The plugin's instances.
+    pub instances: Instances,
+    /// `max-connections`.
+    pub max_connections: usize,
+    /// `idle-timeout`.
+    pub idle_timeout: Option<Duration>,
+    /// `tls`.
+    pub tls: Option<Arc<ServerSide>>,
+}
+
+impl Target {
+    /// What `cfg` says to serve with `instances`.
+    pub fn new(cfg: &ListenConfig, instances: Instances) -> Target {
+        Target {
+            instances,
+            max_connections: cfg.max_connections,
+            idle_timeout: cfg.idle_timeout,
+            tls: cfg.tls.clone(),
+        }
+    }
+
+    /// The shared pool whose first thread accepts for this target, if any
+    /// (a target on another pool moves the accept loop there).
+    fn home(&self) -> Option<usize> {
+        (self.instances.pool())
+            .filter(|p| p.thread(0).is_some())
+            .map(|p| Arc::as_ptr(p) as usize)
+    }
 }
 
 /// A bound listener, ready to serve.
 #[derive(Debug)]
 pub struct Listener {
     listener: TcpListener,
-    instances: Instances,
-    limit: Arc<Semaphore>,
+    handle: ListenerHandle,
+}
+
+/// What the reactor keeps of a listener it started: to replace what it
+/// serves, to close it, to read its counters.
+#[derive(Debug, Clone)]
+pub struct ListenerHandle {
+    addr: SocketAddr,
+    target: Arc<watch::Sender<Arc<Target>>>,
     stats: Arc<ListenerStats>,
-    idle_timeout: Option<Duration>,
-    /// `tls`: swappable, so that a reload can replace the certificates of
-    /// a listener that keeps its socket.
-    tls: Option<Arc<Swappable<ServerSide>>>,
+    /// Fired when a reload removes the listener.
+    closed: ShutdownSignal,
+}
+
+impl ListenerHandle {
+    /// The bound address.
+    pub fn local_addr(&self) -> SocketAddr {
+        self.addr
+    }
+
+    /// Its counters.
+    pub fn stats(&self) -> &Arc<ListenerStats> {
+        &self.stats
+    }
+
+    /// What it serves now.
+    pub fn target(&self) -> Arc<Target> {
+        self.target.borrow().clone()
+    }
+
+    /// Serves `target` to the connections accepted from now on; those
+    /// already open keep theirs.
+    pub fn retarget(&self, target: Target) {
+        self.target.send_replace(Arc::new(target));
+    }
+
+    /// Stops accepting and closes the socket; open connections go on to
+    /// their end.
+    pub fn close(&self) {
+        self.closed.fire();
+    }
+}
+
+/// Binds and listens on the address of `cfg`.
+pub fn bind(cfg: &ListenConfig) -> Result<TcpListener, BindError> {
+    let addr = SocketAddr::new(cfg.interface, cfg.port);
+    let err = |source| BindError {
+        addr,
+        plugin: cfg.plugin.clone(),
+        source,
+    };
+    let socket = if addr.is_ipv4() {
+        TcpSocket::new_v4()
+    } else {
+        TcpSocket::new_v6()
+    }
+    .map_err(err)?;
+    socket.set_reuseaddr(true).map_err(err)?;
+    socket.bind(addr).map_err(err)?;
+    socket.listen(cfg.backlog).map_err(err)
 }
 
 impl Listener {
-    /// Binds the configured address. Binding happens before anything is
-    /// served, so a bad address fails the whole start.
-    pub fn bind(cfg: &ListenConfig, instances: Instances) -> Result<Listener, BindError> {
-        let addr = SocketAddr::new(cfg.interface, cfg.port);
-        let err = |source| BindError {
-            addr,
-            plugin: cfg.plugin.clone(),
-            source,
-        };
-        let socket = if addr.is_ipv4() {
-            TcpSocket::new_v4()
-        } else {
-            TcpSocket::new_v6()
-        }
-        .map_err(err)?;
-        socket.set_reuseaddr(true).map_err(err)?;
-        socket.bind(addr).map_err(err)?;
-        let listener = socket.listen(cfg.backlog).map_err(err)?;
-        Ok(Listener {
-            listener,
-            instances,
-            limit: Arc::new(Semaphore::new(cfg.max_connections)),
-            stats: Arc::default(),
-            idle_timeout: cfg.idle_timeout,
-            tls: cfg.tls.clone().map(|t| Arc::new(Swappable::new(t))),
-        })
+    /// Binds the configured address and will serve `target`. Binding
+    /// happens before anything is served, so a bad address fails the whole
+    /// start (or the reload).
+    pub fn bind(cfg: &ListenConfig, target: Target) -> Result<Listener, BindError> {
+        Ok(Listener::new(bind(cfg)?, target))
     }
 
-    /// The listener's TLS settings, for a reload to replace.
-    pub fn tls(&self) -> Option<&Arc<Swappable<ServerSide>>> {
-        self.tls.as_ref()
+    /// A listener on a bound socket (from [`bind()`]) that will serve
+    /// `target`.
+    pub fn new(listener: TcpListener, target: Target) -> Listener {
+        let addr = listener
+            .local_addr()
+            .expect("a bound socket has an address");
+        Listener {
+            listener,
+            handle: ListenerHandle {
+                addr,
+                target: Arc::new(watch::Sender::new(Arc::new(target))),
+                stats: Arc::default(),
+                closed: ShutdownSignal::default(),
+            },
+        }
+    }
+
+    /// The handle the reactor keeps.
+    pub fn handle(&self) -> ListenerHandle {
+        self.handle.clone()
     }
 
     /// The bound address (useful with port 0).
     pub fn local_addr(&self) -> SocketAddr {
-        self.listener
-            .local_addr()
-            .expect("bound listener has an address")
+        self.handle.addr
     }
 
     /// This listener's counters.
     pub fn stats(&self) -> Arc<ListenerStats> {
-        self.stats.clone()
+        self.handle.stats.clone()
     }
 
-    /// Accepts until shutdown. Each connection runs in its own task holding
-    /// a clone of `guard`, so the reactor can wait for them to finish.
+    /// Accepts until shutdown, or until [`ListenerHandle::close`]. Each
+    /// connection runs in its own task holding a clone of `guard`, so the
+    /// reactor can wait for them to finish.
     ///
     /// For a plugin with shared instances, the first instance's thread
     /// (see [`crate::shared::threads`]) accepts, and a
     /// connection stays there unless that instance has more live
     /// connections than another: then it moves to the least busy one's
     /// thread. So connections spread evenly, and a connection's socket,
-    /// timers and callbacks stay on its instance's thread.
+    /// timers and callbacks stay on its instance's thread. When a reload
+    /// gives the listener another pool (or none), the accept loop moves
+    /// with it.
     pub async fn serve(self, notify: ShutdownSignal, guard: TaskGuard) {
-        let addr = self.local_addr();
-        let plugin_name = self.instances.plugin().name.clone();
-        tracing::info!(plugin = %plugin_name, %addr, "listening");
-        let first = self.instances.pool().and_then(|p| p.thread(0)).cloned();
-        let acceptor = Acceptor {
-            plugin: self.instances.plugin().clone(),
-            instances: self.instances,
-            idle_timeout: self.idle_timeout,
-            tls: self.tls.clone(),
-            stats: self.stats.clone(),
-            limit: self.limit.clone(),
-            notify,
-            guard,
-            addr,
-        };
-        match first {
-            Some(first) => {
-                let listener = match self.listener.into_std() {
-                    Ok(l) => l,
+        let Listener { listener, handle } = self;
+        let addr = handle.addr;
+        tracing::info!(plugin = %handle.target().instances.plugin().name, %addr, "listening");
+        let mut listener = Some(listener);
+        let mut std_listener = None;
+        loop {
+            let target = handle.target.subscribe();
+            let home = target.borrow().home();
+            let acceptor = Acceptor {
+                target,
+                stats: handle.stats.clone(),
+                notify: notify.clone(),
+                closed: handle.closed.clone(),
+                guard: guard.clone(),
+                addr,
+            };
+            let first = target_thread(&acceptor);
+            let next = match (first, listener.take(), std_listener.take()) {
+                (None, Some(l), _) => acceptor.accept_loop(l, None).await,
+                (None, None, Some(l)) => match TcpListener::from_std(l) {
+                    Ok(l) => acceptor.accept_loop(l, None).await,
                     Err(e) => {
-                        tracing::error!(plugin = %plugin_name, %addr, error = %e, "cannot hand the listening socket to the shared instances' threads");
-                        return;
+                        tracing::error!(%addr, error = %e, "cannot register the listening socket");
+                        None
                     }
-                };
-                // The first instance's thread accepts for all of them.
-                let accepting = first.spawn(async move {
-                    match TcpListener::from_std(listener) {
-                        Ok(l) => acceptor.accept_loop(l, Some(0)).await,
-                        Err(e) => {
-                            tracing::error!(plugin = %acceptor.plugin.name, addr = %acceptor.addr, error = %e, "cannot register the listening socket")
+                },
+                (Some(first), l, s) => {
+                    let l = match (l.map(TcpListener::into_std), s) {
+                        (Some(Ok(l)), _) | (None, Some(l)) => l,
+                        (Some(Err(e)), _) => {
+                            tracing::error!(%addr, error = %e, "cannot hand the listening socket to the shared instances' threads");
+                            break;
                         }
-                    }
-                });
-                let _ = accepting.await;
+                        (None, None) => break,
+                    };
+                    // The first instance's thread accepts for all of them.
+                    let accepting = first.spawn(async move {
+                        match TcpListener::from_std(l) {
+                            Ok(l) => acceptor.accept_loop(l, Some(0)).await,
+                            Err(e) => {
+                                tracing::error!(addr = %acceptor.addr, error = %e, "cannot register the listening socket");
+                                None
+                            }
+                        }
+                    });
+                    accepting.await.ok().flatten()
+                }
+                (None, None, None) => break,
+            };
+            // The loop returns its socket when the target moved to another
+            // thread; otherwise it is done.
+            match next {
+                Some(l) => {
+                    tracing::debug!(%addr, ?home, "the accept loop follows its new target");
+                    std_listener = Some(l);
+                }
+                None => break,
             }
-            None => acceptor.accept_loop(self.listener, None).await,
         }
-        tracing::info!(plugin = %plugin_name, %addr, "stopped listening");
+        tracing::info!(%addr, "stopped listening");
     }
+}
+
+/// The thread of the first instance of the pool the target's plugin has,
+/// if it has one with threads.
+fn target_thread(acceptor: &Acceptor) -> Option<tokio::runtime::Handle> {
+    let target = acceptor.target.borrow();
+    target.instances.pool().and_then(|p| p.thread(0)).cloned()
 }
 
 /// What a listener's accept loop needs, so that it can run on a shared
 /// instance's thread.
 struct Acceptor {
-    plugin: Arc<Plugin>,
-    instances: Instances,
-    idle_timeout: Option<Duration>,
-    tls: Option<Arc<Swappable<ServerSide>>>,
+    target: watch::Receiver<Arc<Target>>,
     stats: Arc<ListenerStats>,
-    limit: Arc<Semaphore>,
     notify: ShutdownSignal,
+    closed: ShutdownSignal,
     guard: TaskGuard,
     addr: SocketAddr,
 }
 
+/// A connection counted in [`ListenerStats::active`] until dropped.
+struct Active(Arc<ListenerStats>);
+
+impl Drop for Active {
+    fn drop(&mut self) {
+        self.0.active.fetch_sub(1, Ordering::Relaxed);
+    }
+}
+
 impl Acceptor {
-    /// Accepts on `listener` until shutdown. `thread`: the shared instance
-    /// whose thread this loop runs on, if any; a connection assigned to
-    /// another instance moves to that instance's thread.
-    async fn accept_loop(&self, listener: TcpListener, thread: Option<usize>) {
+    /// Accepts on `listener` until shutdown or the listener is closed
+    /// (then returns none), or until a reload moves the target to another
+    /// pool's thread (then returns the socket, to go on accepting there).
+    /// `thread`: the shared instance whose thread this loop runs on, if
+    /// any; a connection assigned to another instance moves to that
+    /// instance's thread.
+    async fn accept_loop(
+        mut self,
+        listener: TcpListener,
+        thread: Option<usize>,
+    ) -> Option<std::net::TcpListener> {
         let shutdown = self.notify.subscribe();
-        let (plugin_name, addr) = (&self.plugin.name, self.addr);
+        let closed = self.closed.subscribe();
+        let addr = self.addr;
+        let home = self.target.borrow_and_update().home();
         let mut backoff = Duration::from_millis(5);
         loop {
             let accepted = tokio::select! {
                 r = listener.accept() => r,
-                () = shutdown.recv() => break,
+                () = shutdown.recv() => return None,
+                () = closed.recv() => return None,
+                Ok(()) = self.target.changed() => {
+                    if self.target.borrow_and_update().home() != home {
+                        return listener.into_std().ok();
+                    }
+                    continue;
+                }
             };
+            let target = self.target.borrow().clone();
+            let plugin_name = &target.instances.plugin().name;
             let (stream, peer) = match accepted {
                 Ok(x) => {
                     backoff = Duration::from_millis(5);
@@ -216,7 +369,7 @@ impl Acceptor {
                     tracing::warn!(plugin = %plugin_name, %addr, error = %e, backoff_ms = backoff.as_millis() as u64, "accept failed: out of resources; backing off");
                     tokio::select! {
                         () = tokio::time::sleep(backoff) => {}
-                        () = shutdown.recv() => break,
+                        () = shutdown.recv() => return None,
                     }
                     backoff = (backoff * 2).min(Duration::from_secs(1));
                     continue;
@@ -226,18 +379,20 @@ impl Acceptor {
                     continue;
                 }
             };
-            let Ok(permit) = self.limit.clone().try_acquire_owned() else {
+            if self.stats.active.fetch_add(1, Ordering::Relaxed) >= target.max_connections {
+                self.stats.active.fetch_sub(1, Ordering::Relaxed);
                 self.stats
                     .rejected_over_limit
                     .fetch_add(1, Ordering::Relaxed);
                 tracing::warn!(plugin = %plugin_name, %peer, "max-connections reached; closing new connection");
                 drop(stream);
                 continue;
-            };
+            }
+            let active = Active(self.stats.clone());
             // An instance of its own is reserved now, so that a plugin at
             // its cap refuses here, with a count, rather than failing deep
             // in instantiation.
-            let reserved = if let Instances::PerConnection { plugin, .. } = &self.instances {
+            let reserved = if let Instances::PerConnection { plugin, .. } = &target.instances {
                 match plugin.reserve_instance() {
                     Ok(p) => Some(p),
                     Err(e) => {
@@ -258,35 +413,35 @@ impl Acceptor {
                 None
             };
             let _ = stream.set_nodelay(true);
+            let pool = target.instances.pool().cloned();
             let task = ServerConnection {
-                instances: self.instances.clone(),
-                idle_timeout: self.idle_timeout,
-                tls: self.tls.clone(),
+                target,
                 stats: self.stats.clone(),
                 peer,
                 reserved,
             };
             let conn_shutdown = self.notify.subscribe();
             let conn_guard = self.guard.clone();
-            let pool = self.instances.pool();
-            let live = thread.zip(pool).map(|(here, pool)| pool.assign(here));
+            let live = thread
+                .zip(pool.as_ref())
+                .map(|(here, pool)| pool.assign(here));
             let instance = live.as_ref().map(LiveGuard::instance);
             if instance == thread {
                 tokio::spawn(async move {
                     task.run(stream, instance, &conn_shutdown).await;
-                    drop((live, permit, conn_guard));
+                    drop((live, active, conn_guard));
                 });
                 continue;
             }
             // Another instance is less busy: the socket moves to its
             // thread's reactor.
-            let Some(thread) = instance.zip(pool).and_then(|(i, p)| p.thread(i)) else {
+            let Some(thread) = instance.zip(pool).and_then(|(i, p)| p.thread(i).cloned()) else {
                 continue;
             };
             let stream = match stream.into_std() {
                 Ok(s) => s,
                 Err(e) => {
-                    tracing::warn!(plugin = %plugin_name, %peer, error = %e, "cannot move the connection to its instance's thread; closing it");
+                    tracing::warn!(plugin = %task.target.instances.plugin().name, %peer, error = %e, "cannot move the connection to its instance's thread; closing it");
                     continue;
                 }
             };
@@ -294,10 +449,10 @@ impl Acceptor {
                 match TcpStream::from_std(stream) {
                     Ok(stream) => task.run(stream, instance, &conn_shutdown).await,
                     Err(e) => {
-                        tracing::debug!(plugin = %task.instances.plugin().name, peer = %task.peer, error = %e, "cannot register the connection")
+                        tracing::debug!(plugin = %task.target.instances.plugin().name, peer = %task.peer, error = %e, "cannot register the connection")
                     }
                 }
-                drop((live, permit, conn_guard));
+                drop((live, active, conn_guard));
             });
         }
     }
@@ -312,9 +467,8 @@ fn is_resource_exhaustion(e: &io::Error) -> bool {
 }
 
 struct ServerConnection {
-    instances: Instances,
-    idle_timeout: Option<Duration>,
-    tls: Option<Arc<Swappable<ServerSide>>>,
+    /// What its listener served when it was accepted.
+    target: Arc<Target>,
     stats: Arc<ListenerStats>,
     peer: SocketAddr,
     /// The place reserved under the plugin's `max-instances`.
@@ -327,19 +481,16 @@ impl ServerConnection {
     /// fresh instance or the next shared one.
     async fn run(self, stream: TcpStream, instance: Option<usize>, shutdown: &Shutdown) {
         let Self {
-            instances,
-            idle_timeout,
-            tls,
+            target,
             stats,
             peer,
             reserved,
         } = self;
+        let instances = &target.instances;
         let name = &instances.plugin().name;
-        let wire = Arc::new(Wire::new(stream));
-        // The settings current now: a reload swaps them for later
-        // connections only.
-        let side = tls.as_ref().map(|t| t.get());
-        if let Some(side) = side.as_ref().filter(|s| !s.start_tls) {
+        let wire = Arc::new(Wire::counted(stream, stats.traffic.clone()));
+        let side = target.tls.as_ref();
+        if let Some(side) = side.filter(|s| !s.start_tls) {
             let handshake = wire.handshake(Side::Server(side), Some(&stats.tls));
             let result = tokio::select! {
                 r = handshake => r,
@@ -351,13 +502,13 @@ impl ServerConnection {
             }
         }
         let options = Options {
-            idle_timeout,
+            idle_timeout: target.idle_timeout,
             tls_stats: Some(stats.tls.clone()),
-            start_tls: tls
-                .filter(|_| side.as_ref().is_some_and(|s| s.start_tls))
-                .map(StartTls::Server),
+            start_tls: side
+                .filter(|s| s.start_tls)
+                .map(|s| StartTls::Server(s.clone())),
         };
-        let session = match (&instances, instance, reserved) {
+        let session = match (instances, instance, reserved) {
             (Instances::Shared(pool), Some(i), _) => pool.session_on(i),
             (Instances::Shared(pool), None, _) => pool.next_session(),
             (Instances::PerConnection { plugin, .. }, _, reserved) => match reserved {
@@ -369,6 +520,12 @@ impl ServerConnection {
         };
         let mut session = match session {
             Ok(s) => s,
+            Err(GuestFault::Backoff(wait)) => {
+                // Said once per delay, by the pool; counted here.
+                stats.refused_backoff.fetch_add(1, Ordering::Relaxed);
+                tracing::debug!(plugin = %name, %peer, ?wait, "shared instance in crash-loop backoff; closing connection");
+                return;
+            }
             Err(e) => {
                 stats.instantiation_failed.fetch_add(1, Ordering::Relaxed);
                 tracing::error!(plugin = %name, %peer, error = %e, "cannot instantiate guest; closing connection");

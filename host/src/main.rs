@@ -3,6 +3,9 @@
 //! Exit codes: 0 clean end; 1 runtime failure (such as a shutdown deadline
 //! passed); 2 bad configuration, a component that does not fit, or a
 //! listener that cannot bind; 130 forced by a second signal.
+//!
+//! Signals (`twill run`): SIGINT or SIGTERM stop gracefully, a second one
+//! forces the end; SIGHUP reloads the config (`docs/operations.md`).
 
 use std::path::PathBuf;
 use std::process::ExitCode;
@@ -10,6 +13,7 @@ use std::process::ExitCode;
 use clap::{Parser, Subcommand};
 use mimalloc::MiMalloc;
 use tracing_subscriber::EnvFilter;
+use twill::reactor::Control;
 use twill::{Config, Reactor, RunEnd, Runtime};
 
 /// Every connection allocates and frees its Store, instance and buffers;
@@ -29,13 +33,28 @@ struct Cli {
     /// Only warnings and errors.
     #[arg(short, long, global = true, conflicts_with = "verbose")]
     quiet: bool,
+    /// Log as text for people, or as JSON for log shippers (one object per
+    /// line, with the structured fields; guest output too).
+    #[arg(long, value_enum, default_value_t = LogFormat::Text, global = true)]
+    log_format: LogFormat,
     #[command(subcommand)]
     command: Command,
+}
+
+/// `--log-format`.
+#[derive(clap::ValueEnum, Clone, Copy, Debug, PartialEq, Eq)]
+enum LogFormat {
+    /// Human-readable lines.
+    Text,
+    /// One JSON object per line.
+    Json,
 }
 
 const EXAMPLES: &str = "\
 Examples:
   twill run                      serve ./plugins.toml until Ctrl-C
+  twill run --watch              ... and reload when it or a component changes
+  kill -HUP PID                  reload a running twill's config
   twill run examples/echo.toml   serve another config
   twill check plugins.toml       validate the config and its components, bind nothing
   RUST_LOG=twill=debug twill run log every connection";
@@ -44,10 +63,15 @@ Examples:
 enum Command {
     /// Start every listener and connector in CONFIG; run until SIGINT or
     /// SIGTERM (or, with no listeners, until every connector finished).
+    /// SIGHUP reloads CONFIG without dropping a connection.
     Run {
         /// The config file.
         #[arg(default_value = "plugins.toml")]
         config: PathBuf,
+        /// Reload when CONFIG or a component it names changes (for
+        /// development).
+        #[arg(long)]
+        watch: bool,
     },
     /// Parse CONFIG, load and type-check every component against its use,
     /// and bind nothing. Exits 0 if all is well, 2 otherwise.
@@ -73,12 +97,21 @@ fn init_tracing(cli: &Cli) {
         };
         EnvFilter::new(spec)
     });
-    tracing_subscriber::fmt()
+    let fmt = tracing_subscriber::fmt()
         .with_env_filter(filter)
         // Never blocks a reactor thread on a stalled stderr.
-        .with_writer(twill::sink::StderrLog)
-        .with_target(false)
-        .init();
+        .with_writer(twill::sink::StderrLog);
+    match cli.log_format {
+        LogFormat::Text => fmt.with_target(false).init(),
+        LogFormat::Json => {
+            twill::sink::set_guest_output_as_logs(true);
+            fmt.json()
+                .flatten_event(true)
+                .with_current_span(false)
+                .with_span_list(false)
+                .init()
+        }
+    }
 }
 
 /// Parses and validates the config file, printing every error.
@@ -123,7 +156,7 @@ fn main() -> ExitCode {
 fn twill_main() -> ExitCode {
     let cli = Cli::parse();
     init_tracing(&cli);
-    let (Command::Check { config: path } | Command::Run { config: path }) = &cli.command;
+    let (Command::Check { config: path } | Command::Run { config: path, .. }) = &cli.command;
     let config = match load_config(path) {
         Ok(c) => c,
         Err(code) => return code,
@@ -179,16 +212,28 @@ fn twill_main() -> ExitCode {
                 Err(code) => code,
             }
         }
-        Command::Run { .. } => rt.block_on(run(config)),
+        Command::Run { watch, .. } => rt.block_on(run(config, watch)),
     }
 }
 
-async fn run(config: Config) -> ExitCode {
+async fn run(config: Config, watch: bool) -> ExitCode {
+    use tokio::signal::unix::{SignalKind, signal};
+    // Installed first: SIGHUP's default action would end the process while
+    // the components load.
+    let (Ok(mut term), Ok(mut int), Ok(mut hup)) = (
+        signal(SignalKind::terminate()),
+        signal(SignalKind::interrupt()),
+        signal(SignalKind::hangup()),
+    ) else {
+        eprintln!("twill: cannot install signal handlers");
+        return ExitCode::from(1);
+    };
     let runtime = match load_components(&config) {
         Ok(r) => r,
         Err(code) => return code,
     };
     let config_path = config.path.clone();
+    let watched = watch.then(|| config.clone());
     let reactor = match Reactor::bind(config, runtime) {
         Ok(r) => r,
         Err(e) => {
@@ -196,34 +241,35 @@ async fn run(config: Config) -> ExitCode {
             return ExitCode::from(2);
         }
     };
-    let (stop_tx, stop_rx) = tokio::sync::mpsc::channel(2);
+    let (control, control_rx) = tokio::sync::mpsc::channel(4);
+    if let Some(config) = watched
+        && let Err(e) = twill::watch::spawn(&config, control.clone())
+    {
+        eprintln!("twill: cannot watch {}: {e}", config_path.display());
+        return ExitCode::from(1);
+    }
     tokio::spawn(async move {
-        use tokio::signal::unix::{SignalKind, signal};
-        let (Ok(mut term), Ok(mut int), Ok(mut hup)) = (
-            signal(SignalKind::terminate()),
-            signal(SignalKind::interrupt()),
-            signal(SignalKind::hangup()),
-        ) else {
-            tracing::error!("cannot install signal handlers");
-            return;
-        };
         loop {
-            tokio::select! {
-                _ = term.recv() => tracing::info!("SIGTERM received"),
-                _ = int.recv() => tracing::info!("SIGINT received"),
-                _ = hup.recv() => {
-                    // SIGHUP's default action would kill the process and cut
-                    // every connection's output short; it will mean reload.
-                    tracing::warn!("SIGHUP received: reloading is not supported yet; ignored");
-                    continue;
+            let msg = tokio::select! {
+                _ = term.recv() => {
+                    tracing::info!("SIGTERM received");
+                    Control::Stop
                 }
-            }
-            if stop_tx.send(()).await.is_err() {
+                _ = int.recv() => {
+                    tracing::info!("SIGINT received");
+                    Control::Stop
+                }
+                _ = hup.recv() => {
+                    tracing::info!("SIGHUP received: reloading the config");
+                    Control::Reload(None)
+                }
+            };
+            if control.send(msg).await.is_err() {
                 return;
             }
         }
     });
-    match reactor.run(stop_rx).await {
+    match reactor.run(control_rx).await {
         RunEnd::Clean => ExitCode::SUCCESS,
         RunEnd::DeadlineExceeded => ExitCode::from(1),
         RunEnd::Forced => ExitCode::from(130),

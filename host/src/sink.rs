@@ -229,6 +229,22 @@ impl<'a> tracing_subscriber::fmt::MakeWriter<'a> for StderrLog {
     }
 }
 
+/// Whether guest output goes out as log records (`--log-format json`)
+/// rather than as `[plugin] line` on the host's stdout and stderr.
+static GUEST_OUTPUT_AS_LOGS: std::sync::atomic::AtomicBool =
+    std::sync::atomic::AtomicBool::new(false);
+
+/// Sends guest output through the log (for `--log-format json`: each line
+/// one JSON record with its plugin and stream).
+pub fn set_guest_output_as_logs(on: bool) {
+    GUEST_OUTPUT_AS_LOGS.store(on, std::sync::atomic::Ordering::Relaxed);
+}
+
+/// See [`set_guest_output_as_logs`].
+pub fn guest_output_as_logs() -> bool {
+    GUEST_OUTPUT_AS_LOGS.load(std::sync::atomic::Ordering::Relaxed)
+}
+
 /// Escapes what a terminal or a log reader would act on, so that bytes a
 /// guest prints cannot forge or hide host log lines: C0 controls but tab
 /// (`\r`, escape sequences, NUL), DEL, C1 controls, the Unicode bidi and

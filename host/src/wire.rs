@@ -18,12 +18,13 @@
 
 use std::io::{self, IoSlice, Read as _, Write as _};
 use std::net::SocketAddr;
-use std::sync::{Mutex, MutexGuard, OnceLock};
+use std::sync::{Arc, Mutex, MutexGuard, OnceLock};
 use std::time::Duration;
 
 use tokio::io::{Interest, Ready};
 use tokio::net::TcpStream;
 
+use crate::stats::Traffic;
 use crate::tls::{HandshakeError, Side, TlsInfo, TlsStats};
 
 /// A connection's socket.
@@ -31,6 +32,9 @@ use crate::tls::{HandshakeError, Side, TlsInfo, TlsStats};
 pub struct Wire {
     tcp: TcpStream,
     tls: OnceLock<Mutex<Tls>>,
+    /// Where the bytes it carries are counted (a listener's or connector's
+    /// [`Traffic`]), if anywhere.
+    traffic: Option<Arc<Traffic>>,
 }
 
 #[derive(Debug)]
@@ -87,6 +91,17 @@ impl Wire {
         Wire {
             tcp,
             tls: OnceLock::new(),
+            traffic: None,
+        }
+    }
+
+    /// A plaintext connection on `tcp` whose bytes are counted in
+    /// `traffic` (the protocol's bytes: after TLS decryption, before
+    /// encryption).
+    pub fn counted(tcp: TcpStream, traffic: Arc<Traffic>) -> Wire {
+        Wire {
+            traffic: Some(traffic),
+            ..Wire::new(tcp)
         }
     }
 
@@ -177,6 +192,14 @@ impl Wire {
     /// The read runs inside `try_io`, so readiness is cleared only if no
     /// new readiness event arrived since the read began.
     pub fn read(&self, buf: &mut [u8]) -> io::Result<usize> {
+        let r = self.read_uncounted(buf);
+        if let (Ok(n), Some(t)) = (&r, &self.traffic) {
+            t.received.add(*n as u64);
+        }
+        r
+    }
+
+    fn read_uncounted(&self, buf: &mut [u8]) -> io::Result<usize> {
         if let Some(tls) = self.tls.get() {
             return self.read_tls(&mut lock(tls), buf);
         }
@@ -290,6 +313,14 @@ impl Wire {
     /// buffer) takes without blocking; `WouldBlock` if nothing. With TLS,
     /// [`Wire::flush`] first makes room.
     pub fn write_vectored(&self, iov: &[IoSlice<'_>]) -> io::Result<usize> {
+        let r = self.write_uncounted(iov);
+        if let (Ok(n), Some(t)) = (&r, &self.traffic) {
+            t.sent.add(*n as u64);
+        }
+        r
+    }
+
+    fn write_uncounted(&self, iov: &[IoSlice<'_>]) -> io::Result<usize> {
         let Some(tls) = self.tls.get() else {
             // One `send` for one slice: a shorter kernel path than `writev`.
             return if iov.len() == 1 {

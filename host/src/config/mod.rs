@@ -169,6 +169,9 @@ pub struct HostSettings {
     pub threads: Option<usize>,
     /// The most unsent output held across all connections, in bytes.
     pub max_queued_output: usize,
+    /// `metrics`: the address `/metrics` (Prometheus), `/healthz` and
+    /// `/readyz` are served on; none by default.
+    pub metrics: Option<std::net::SocketAddr>,
 }
 
 impl Default for HostSettings {
@@ -178,6 +181,7 @@ impl Default for HostSettings {
             max_instances: None,
             threads: None,
             max_queued_output: DEFAULT_MAX_QUEUED_OUTPUT,
+            metrics: None,
         }
     }
 }

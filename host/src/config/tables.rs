@@ -6,7 +6,7 @@
 
 use std::collections::BTreeMap;
 use std::fs::Metadata;
-use std::net::IpAddr;
+use std::net::{IpAddr, SocketAddr};
 use std::path::Path;
 use std::time::Duration;
 
@@ -22,6 +22,7 @@ const HOST_KEYS: &[&str] = &[
     "max-instances",
     "threads",
     "max-queued-output",
+    "metrics",
 ];
 const PLUGIN_KEYS: &[&str] = &[
     "component",
@@ -153,6 +154,27 @@ fn parse_host(c: &mut Checker<'_>, t: &Table<'_, '_>) -> HostSettings {
         max_instances: c.int(t, "max-instances", 1..=MAX_INSTANCES),
         threads: c.int(t, "threads", 1..=MAX_THREADS),
         max_queued_output: max_queued_output.unwrap_or(DEFAULT_MAX_QUEUED_OUTPUT),
+        metrics: parse_metrics(c, t),
+    }
+}
+
+/// `[host] metrics = "ADDR:PORT"`: where `/metrics`, `/healthz` and
+/// `/readyz` are served.
+fn parse_metrics(c: &mut Checker<'_>, t: &Table<'_, '_>) -> Option<SocketAddr> {
+    let (s, span) = c.string(t, "metrics")?;
+    match s.parse::<SocketAddr>() {
+        Ok(a) => Some(a),
+        Err(_) => {
+            c.error(
+                Some(span),
+                &t.field("metrics"),
+                format!(
+                    "{} is not an address and port: write e.g. \"127.0.0.1:9464\" (an IPv6 address in brackets: \"[::1]:9464\")",
+                    quote(s)
+                ),
+            );
+            None
+        }
     }
 }
 

@@ -4,7 +4,8 @@
 //! where a session's instance lives: its own, or a shared one.
 
 use std::sync::Arc;
-use std::time::Duration;
+use std::sync::atomic::Ordering;
+use std::time::{Duration, Instant};
 
 use wasmtime::Store;
 
@@ -15,6 +16,7 @@ use super::bindings::{
 };
 use super::state::{Caller, ConnState};
 use crate::shutdown::ShutdownSignal;
+use crate::stats::{FaultKind, PluginStats};
 
 /// Why a guest call failed. The connection is aborted either way; the
 /// instance is not called again.
@@ -45,6 +47,10 @@ pub enum GuestFault {
     /// The plugin already has `max-instances` live instances.
     #[error("the plugin is at its max-instances ({0} live instances)")]
     AtCapacity(usize),
+    /// A shared instance that keeps faulting is waiting this long before
+    /// it is made again (the crate's `shared::backoff`).
+    #[error("the shared instance is restarting after repeated faults (next attempt in {0:?})")]
+    Backoff(Duration),
 }
 
 /// One instance of a plugin's component: its Store and its exports.
@@ -58,6 +64,15 @@ pub(crate) struct Guest {
     pub(super) outbound: Option<outbound_factory::Guest>,
     pub(super) half_close: Option<half_close::Guest>,
     pub(super) poisoned: bool,
+    /// Its plugin's counters: each call's duration, traps by kind, and
+    /// this instance among the live ones until it is dropped.
+    pub(super) stats: Arc<PluginStats>,
+}
+
+impl Drop for Guest {
+    fn drop(&mut self) {
+        self.stats.instances_live.fetch_sub(1, Ordering::Relaxed);
+    }
 }
 
 /// An instance that serves many connections (`instance = "shared"`).
@@ -108,6 +123,7 @@ impl SharedGuest {
     /// fires its fault signal, which aborts every connection on it.
     pub fn data_received_batch(&self, chunks: &[Chunk], data: &[u8]) -> Result<(), GuestFault> {
         let mut g = super::state::lock(&self.guest);
+        g.stats.batch_sizes.observe(chunks.len() as f64);
         let callbacks = u32::try_from(chunks.len()).unwrap_or(u32::MAX);
         let r = g.call(self.cpu, callbacks, Caller::Batch, |g| {
             match g.batch.clone() {
@@ -278,11 +294,15 @@ impl Guest {
         let cpu = cpu * callbacks;
         arm(&mut self.store, callbacks);
         self.store.data_mut().current = Some(caller);
+        let started = Instant::now();
         let r = f(self);
+        self.stats.calls.observe_duration(started.elapsed());
         self.store.data_mut().current = None;
         r.map_err(|e| {
             self.poisoned = true;
-            fault(&self.store, cpu, e)
+            let fault = fault(&self.store, cpu, e);
+            self.stats.trapped(fault.kind(&self.store));
+            fault
         })
     }
 }
@@ -379,6 +399,21 @@ pub(super) fn arm(store: &mut Store<ConnState>, callbacks: u32) {
 }
 
 /// Classifies a failed guest call.
+impl GuestFault {
+    /// What kind of failure it was, for the trap counters; `store` tells
+    /// a refused memory growth apart from a plain panic.
+    fn kind(&self, store: &Store<ConnState>) -> FaultKind {
+        match self {
+            GuestFault::CpuLimit(_) => FaultKind::Cpu,
+            GuestFault::MemoryAtStart { .. } => FaultKind::Memory,
+            _ if store.data().limits.refused_memory.is_some() => FaultKind::Memory,
+            GuestFault::Trap(m) if m.contains("output limit") => FaultKind::Output,
+            GuestFault::Trap(m) if m.contains("unreachable") => FaultKind::Panic,
+            _ => FaultKind::Trap,
+        }
+    }
+}
+
 pub(super) fn fault(store: &Store<ConnState>, cpu: Duration, e: wasmtime::Error) -> GuestFault {
     if store.data().cpu.exceeded {
         GuestFault::CpuLimit(cpu)

@@ -69,14 +69,15 @@ pub mod wasi;
 
 use std::collections::HashMap;
 use std::path::Path;
-use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::{Arc, Mutex};
 
 use anyhow::Context as _;
 use wasmtime::component::{Component, Linker};
 use wasmtime::{Config as EngineConfig, Engine};
 
-use crate::config::{Config, HostSettings};
+use crate::config::{Config, HostSettings, PluginConfig};
+use crate::stats::PluginStats;
 use bindings::{
     batch as wit_batch, client_factory, half_close, outbound_factory, protocol, reactor_calls,
     server_factory,
@@ -125,6 +126,46 @@ pub struct Runtime {
     budget: Arc<OutputBudget>,
     /// The pool's size: instance slots.
     pool: u32,
+    /// The `[host]` settings and the largest plugin memory the engine was
+    /// sized for ([`Runtime::load`]): what a reload cannot change.
+    sized_for: Option<(HostSettings, usize)>,
+    /// Instance slots the plugins' caps are shared out of.
+    usable: u32,
+    /// Each plugin's counters, by name, kept across reloads.
+    stats: Mutex<HashMap<String, Arc<PluginStats>>>,
+}
+
+/// What a reload will put in place ([`Runtime::prepare_reload`]).
+#[derive(Debug)]
+pub struct Prepared {
+    /// Every plugin of the new config.
+    pub plugins: HashMap<String, Arc<Plugin>>,
+    /// The plugins reused unchanged.
+    pub reused: Vec<String>,
+    /// Each plugin's share of the pool, to set when the reload commits.
+    pub caps: HashMap<String, usize>,
+}
+
+/// What a plugin was loaded from: its settings (less their line) and its
+/// component's SHA-256. A reload reuses a plugin whose source is unchanged.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Source {
+    settings: PluginConfig,
+    digest: [u8; 32],
+}
+
+impl Source {
+    fn new(p: &PluginConfig, bytes: &[u8]) -> Source {
+        let mut digest = [0; 32];
+        digest.copy_from_slice(ring::digest::digest(&ring::digest::SHA256, bytes).as_ref());
+        Source {
+            settings: PluginConfig {
+                line: 0,
+                ..p.clone()
+            },
+            digest,
+        }
+    }
 }
 
 impl std::fmt::Debug for Runtime {
@@ -222,6 +263,9 @@ impl Runtime {
             ticker,
             budget: OutputBudget::new(settings.max_queued_output),
             pool,
+            sized_for: None,
+            usable: pool,
+            stats: Mutex::default(),
         })
     }
 
@@ -250,15 +294,134 @@ impl Runtime {
                 "the instance pool ({pool} slots, {reserved} of address space for memories of up to {memory}) cannot be set up: {e:#}; lower [host] max-instances or the plugins' memory, or lift the address-space limit (ulimit -v)"
             ))
         })?;
+        rt.sized_for = Some((config.host.clone(), max_memory));
         tracing::info!(
             slots = pool,
             %reserved,
             "instance pool: {pool} slots, each with room for memories of up to {memory}"
         );
-        let mut errors = Vec::new();
         let maps_before = pool::count_maps();
         let mut maps_per_live = pool::MIN_MAPS_PER_LIVE;
+        let plugins = rt.load_plugins(config, &HashMap::new(), &mut maps_per_live)?;
+        let usable = pool::check_maps(config, pool, maps_before, maps_per_live).map_err(at)?;
+        rt.usable = usable;
+        let caps = pool::plugin_caps(config, usable).map_err(at)?;
+        for (name, cap) in caps {
+            if let Some(p) = plugins.get(&name) {
+                p.cap.set_max(cap);
+            }
+        }
+        rt.plugins = plugins;
+        Ok(rt)
+    }
+
+    /// Loads and checks what a reload of `config` needs, changing nothing
+    /// that runs: each plugin of `current` whose component (by content)
+    /// and settings are unchanged is reused as is; the others are loaded
+    /// (compiled components come from the compile cache) and checked as
+    /// `twill check` does. Settings that size the process (the `[host]`
+    /// keys other than `shutdown-timeout`, and a plugin `memory` past the
+    /// pool's) cannot change without a restart. Returns every problem.
+    pub fn prepare_reload(
+        &self,
+        config: &Config,
+        current: &HashMap<String, Arc<Plugin>>,
+    ) -> Result<Prepared, Vec<anyhow::Error>> {
+        let mut errors = self.restart_only_changes(config);
+        let mut maps = 0;
+        let plugins = match self.load_plugins(config, current, &mut maps) {
+            Ok(p) => p,
+            Err(e) => {
+                errors.extend(e);
+                return Err(errors);
+            }
+        };
+        if !errors.is_empty() {
+            return Err(errors);
+        }
+        let at = |m: String| vec![anyhow::anyhow!("{}: {m}", config.at("host.max-instances"))];
+        let caps = pool::plugin_caps(config, self.usable).map_err(at)?;
+        let reused = (plugins.iter())
+            .filter(|(name, p)| current.get(*name).is_some_and(|c| Arc::ptr_eq(c, p)))
+            .map(|(name, _)| name.clone())
+            .collect();
+        Ok(Prepared {
+            plugins,
+            reused,
+            caps,
+        })
+    }
+
+    /// The `[host]` settings (and plugin memory) that `config` changes
+    /// but only a restart can: each as an error at its key.
+    fn restart_only_changes(&self, config: &Config) -> Vec<anyhow::Error> {
+        let Some((was, max_memory)) = &self.sized_for else {
+            return Vec::new();
+        };
+        let now = &config.host;
+        let mut errors = Vec::new();
+        let mut changed = |key: &str, before: String, after: String| {
+            errors.push(anyhow::anyhow!(
+                "{}: changed from {before} to {after}, which takes a restart (a reload keeps the process's threads, instance pool and metrics address); the running configuration is unchanged",
+                config.at(key)
+            ));
+        };
+        let show = |v: Option<String>| v.unwrap_or_else(|| "unset".into());
+        if now.threads != was.threads {
+            changed(
+                "host.threads",
+                show(was.threads.map(|n| n.to_string())),
+                show(now.threads.map(|n| n.to_string())),
+            );
+        }
+        if now.max_instances != was.max_instances {
+            changed(
+                "host.max-instances",
+                show(was.max_instances.map(|n| n.to_string())),
+                show(now.max_instances.map(|n| n.to_string())),
+            );
+        }
+        if now.max_queued_output != was.max_queued_output {
+            changed(
+                "host.max-queued-output",
+                was.max_queued_output.to_string(),
+                now.max_queued_output.to_string(),
+            );
+        }
+        if now.metrics != was.metrics {
+            changed(
+                "host.metrics",
+                show(was.metrics.map(|a| a.to_string())),
+                show(now.metrics.map(|a| a.to_string())),
+            );
+        }
+        for (name, p) in &config.plugins {
+            if p.limits.memory > *max_memory {
+                errors.push(anyhow::anyhow!(
+                    "{}: {} is more than the instance pool was sized for at start ({}), which takes a restart; the running configuration is unchanged",
+                    config.at(&format!("plugins.{name}.memory")),
+                    pool::human(p.limits.memory as u64),
+                    pool::human(*max_memory as u64)
+                ));
+            }
+        }
+        errors
+    }
+
+    /// Loads every plugin of `config` (reusing those of `current` whose
+    /// component and settings are unchanged), starting two trial instances
+    /// of each new one and checking it exports what its listeners and
+    /// connectors need. `maps_per_live` grows to the most memory maps a
+    /// trial instance added.
+    fn load_plugins(
+        &self,
+        config: &Config,
+        current: &HashMap<String, Arc<Plugin>>,
+        maps_per_live: &mut u64,
+    ) -> Result<HashMap<String, Arc<Plugin>>, Vec<anyhow::Error>> {
+        let mut errors = Vec::new();
         let mut trials = Vec::new();
+        let mut plugins = HashMap::new();
         for (name, p) in &config.plugins {
             let err = |message: String| LoadError {
                 file: config.path.display().to_string(),
@@ -267,6 +430,21 @@ impl Runtime {
                 component: p.component.display().to_string(),
                 message,
             };
+            let bytes = match std::fs::read(&p.component) {
+                Ok(b) => b,
+                Err(e) => {
+                    errors.push(err(format!("cannot read {}: {e}", p.component.display())).into());
+                    continue;
+                }
+            };
+            let source = Source::new(p, &bytes);
+            if let Some(same) = current
+                .get(name)
+                .filter(|c| c.source.as_ref() == Some(&source))
+            {
+                plugins.insert(name.clone(), same.clone());
+                continue;
+            }
             let options = PluginOptions {
                 limits: p.limits.clone(),
                 clock: p.clock,
@@ -275,55 +453,60 @@ impl Runtime {
                 time: clock::Clock::Real,
                 connect: p.connect.clone(),
                 env: p.env.clone(),
+                stats: self.plugin_stats(name),
             };
-            match rt.load_plugin(name, &p.component, options) {
-                Ok(plugin) => {
-                    match trial(&plugin, &mut trials) {
-                        Ok(maps) => maps_per_live = maps_per_live.max(maps),
-                        Err(m) => errors.push(err(m).into()),
-                    }
-                    if matches!(p.sharing, Sharing::Shared(_)) && !plugin.has_batch() {
-                        tracing::info!(plugin = %name, "the component does not export `{BATCH}`: its shared instances get one data-received call per read");
-                    }
-                    let needs_server = config.listen.iter().any(|l| &l.plugin == name);
-                    let needs_client = config.connect.iter().any(|c| &c.plugin == name);
-                    if needs_server && plugin.server.is_none() {
-                        errors.push(
-                            err(missing_export(
-                                &plugin.exports,
-                                SERVER_FACTORY,
-                                "[[listen]]",
-                            ))
-                            .into(),
-                        );
-                    }
-                    if needs_client && plugin.client.is_none() {
-                        errors.push(
-                            err(missing_export(
-                                &plugin.exports,
-                                CLIENT_FACTORY,
-                                "[[connect]]",
-                            ))
-                            .into(),
-                        );
-                    }
-                    rt.plugins.insert(name.clone(), Arc::new(plugin));
+            let mut plugin = match self.load_bytes(name, &bytes, options) {
+                Ok(plugin) => plugin,
+                Err(e) => {
+                    errors.push(err(format!("{e:#}")).into());
+                    continue;
                 }
-                Err(e) => errors.push(err(format!("{e:#}")).into()),
+            };
+            plugin.source = Some(source);
+            match trial(&plugin, &mut trials) {
+                Ok(maps) => *maps_per_live = (*maps_per_live).max(maps),
+                Err(m) => errors.push(err(m).into()),
             }
+            if matches!(p.sharing, Sharing::Shared(_)) && !plugin.has_batch() {
+                tracing::info!(plugin = %name, "the component does not export `{BATCH}`: its shared instances get one data-received call per read");
+            }
+            let needs_server = config.listen.iter().any(|l| &l.plugin == name);
+            let needs_client = config.connect.iter().any(|c| &c.plugin == name);
+            if needs_server && plugin.server.is_none() {
+                errors.push(
+                    err(missing_export(
+                        &plugin.exports,
+                        SERVER_FACTORY,
+                        "[[listen]]",
+                    ))
+                    .into(),
+                );
+            }
+            if needs_client && plugin.client.is_none() {
+                errors.push(
+                    err(missing_export(
+                        &plugin.exports,
+                        CLIENT_FACTORY,
+                        "[[connect]]",
+                    ))
+                    .into(),
+                );
+            }
+            plugins.insert(name.clone(), Arc::new(plugin));
         }
         drop(trials);
-        if !errors.is_empty() {
-            return Err(errors);
+        if errors.is_empty() {
+            Ok(plugins)
+        } else {
+            Err(errors)
         }
-        let usable = pool::check_maps(config, pool, maps_before, maps_per_live).map_err(at)?;
-        let caps = pool::plugin_caps(config, usable).map_err(at)?;
-        for (name, cap) in caps {
-            if let Some(p) = rt.plugins.get(&name) {
-                p.cap.set_max(cap);
-            }
-        }
-        Ok(rt)
+    }
+
+    /// The counters of the plugin called `name`: the same ones for as long
+    /// as the process runs, whatever reloads replace its component.
+    pub fn plugin_stats(&self, name: &str) -> Arc<PluginStats> {
+        let mut stats = self.stats.lock().unwrap_or_else(|e| e.into_inner());
+        stats.entry(name.to_string()).or_default().clone()
     }
 
     /// Compiles (or fetches from the cache) and pre-instantiates one
@@ -334,6 +517,19 @@ impl Runtime {
         path: &Path,
         options: PluginOptions,
     ) -> anyhow::Result<Plugin> {
+        let bytes =
+            std::fs::read(path).with_context(|| format!("cannot read {}", path.display()))?;
+        self.load_bytes(name, &bytes, options)
+    }
+
+    /// Compiles (or fetches from the cache) and pre-instantiates a
+    /// component from its bytes.
+    fn load_bytes(
+        &self,
+        name: &str,
+        bytes: &[u8],
+        options: PluginOptions,
+    ) -> anyhow::Result<Plugin> {
         let PluginOptions {
             limits,
             clock,
@@ -342,9 +538,8 @@ impl Runtime {
             time,
             connect,
             env,
+            stats,
         } = options;
-        let bytes =
-            std::fs::read(path).with_context(|| format!("cannot read {}", path.display()))?;
         match bytes.get(0..8) {
             Some([0, b'a', b's', b'm', 1, 0, 0, 0]) => anyhow::bail!(
                 "this is a core wasm module, not a component: build for wasm32-wasip2, or wrap it with `wasm-tools component new`"
@@ -354,7 +549,7 @@ impl Runtime {
                 "not a WebAssembly component (no `\\0asm` header with the component layer)"
             ),
         }
-        let component = Component::new(&self.engine, &bytes)
+        let component = Component::new(&self.engine, bytes)
             .map_err(wasm_err)
             .context("invalid component")?;
         let pre = self
@@ -395,6 +590,8 @@ impl Runtime {
             sharing,
             budget: self.budget.clone(),
             cap: InstanceCap::new(self.pool as usize),
+            stats,
+            source: None,
         })
     }
 

@@ -40,6 +40,18 @@ impl Sink {
         match self {
             Sink::Host { plugin, stream } => {
                 let line = line.strip_suffix(b"\n").unwrap_or(line);
+                if crate::sink::guest_output_as_logs() {
+                    // `--log-format json`: one log record, attributed.
+                    let mut text = Vec::with_capacity(line.len());
+                    crate::sink::escape_into(&mut text, line);
+                    let text = String::from_utf8_lossy(&text);
+                    let stream = match stream {
+                        Stream::Stdout => "stdout",
+                        Stream::Stderr => "stderr",
+                    };
+                    tracing::info!(target: "twill::guest", plugin = %plugin, stream, "{text}");
+                    return;
+                }
                 let mut msg = Vec::with_capacity(plugin.len() + line.len() + 4);
                 msg.push(b'[');
                 msg.extend_from_slice(plugin.as_bytes());

@@ -4,6 +4,7 @@
 //! states; sessions on them are made in [`super::session`].
 
 use std::sync::Arc;
+use std::sync::atomic::Ordering;
 use std::time::Duration;
 
 use wasmtime::component::InstancePre;
@@ -11,6 +12,7 @@ use wasmtime::{Engine, Store, UpdateDeadline};
 use wasmtime_wasi::{HostMonotonicClock, HostWallClock, WasiCtxBuilder};
 
 use crate::shutdown::ShutdownSignal;
+use crate::stats::PluginStats;
 
 use super::bindings::{
     batch as wit_batch, client_factory, half_close, outbound_factory, protocol, reactor_calls,
@@ -57,6 +59,11 @@ pub struct Plugin {
     /// The cap on live instances of its own (with an instance per
     /// connection).
     pub(super) cap: Arc<InstanceCap>,
+    /// Its calls, traps and instances, counted for `/metrics`.
+    pub(super) stats: Arc<PluginStats>,
+    /// What it was loaded from, when it came from a config (a reload
+    /// reuses it if that is unchanged).
+    pub(super) source: Option<super::Source>,
 }
 
 /// Makes the connection a request asks for, on `guest`'s instance, and
@@ -87,6 +94,9 @@ pub struct PluginOptions {
     pub connect: crate::grants::Grants,
     /// Its guest's environment.
     pub env: Vec<(String, String)>,
+    /// Where its calls, traps and instances are counted (the reactor
+    /// keeps one per plugin name across reloads).
+    pub stats: Arc<PluginStats>,
 }
 
 impl std::fmt::Debug for Plugin {
@@ -247,10 +257,13 @@ impl Plugin {
         let cpu = self.limits.cpu;
         let instance = self.pre.instantiate(&mut store).map_err(|e| {
             match store.data().limits.refused_memory {
-                Some(needed) if needed > self.limits.memory => GuestFault::MemoryAtStart {
-                    needed,
-                    limit: self.limits.memory,
-                },
+                Some(needed) if needed > self.limits.memory => {
+                    self.stats.trapped(crate::stats::FaultKind::Memory);
+                    GuestFault::MemoryAtStart {
+                        needed,
+                        limit: self.limits.memory,
+                    }
+                }
                 _ => fault(&store, cpu, e),
             }
         })?;
@@ -292,7 +305,10 @@ impl Plugin {
         })();
         let (api, batch, server, client, reactor_calls, outbound, half_close) =
             loaded.map_err(|e| fault(&store, cpu, e))?;
+        self.stats.instances_created.inc();
+        self.stats.instances_live.fetch_add(1, Ordering::Relaxed);
         Ok(Guest {
+            stats: self.stats.clone(),
             store,
             api,
             batch,
@@ -311,6 +327,11 @@ impl Plugin {
         self.cap
             .reserve()
             .ok_or_else(|| GuestFault::AtCapacity(self.cap.max()))
+    }
+
+    /// Its calls, traps and instances.
+    pub fn stats(&self) -> &Arc<PluginStats> {
+        &self.stats
     }
 
     /// The cap on this plugin's live instances of its own.

@@ -13,9 +13,11 @@
 //! |---|---|
 //! | this file | [`Instances`], [`SharedPool`]: slots, round robin, live counts |
 //! | [`threads`] | the thread each shared instance lives on, and the guard counting a live connection |
+//! | [`backoff`] | a crash-looping shared instance's restart delays |
 //! | [`batch`] | batched delivery: a shared instance's queue of reads, one guest call for the reads of a moment |
 //! | `timers` | a shared instance's timer task: its delayed calls, fired on its thread |
 
+pub mod backoff;
 pub mod batch;
 pub mod threads;
 mod timers;
@@ -112,6 +114,19 @@ impl Instances {
         Ok(Session::shared(plugin, guest, None))
     }
 
+    /// Whether both are the same instances (the same pool, or the same
+    /// plugin's instances per connection).
+    pub fn same_as(&self, other: &Instances) -> bool {
+        match (self, other) {
+            (Instances::Shared(a), Instances::Shared(b)) => Arc::ptr_eq(a, b),
+            (
+                Instances::PerConnection { plugin: a, .. },
+                Instances::PerConnection { plugin: b, .. },
+            ) => Arc::ptr_eq(a, b),
+            _ => false,
+        }
+    }
+
     /// The shared pool, if the plugin has one.
     pub fn pool(&self) -> Option<&Arc<SharedPool>> {
         match self {
@@ -158,6 +173,8 @@ struct Slot {
     current: Mutex<Option<Current>>,
     /// Live listener connections on it.
     live: AtomicUsize,
+    /// When the next instance may be made, after faults.
+    backoff: Mutex<backoff::Backoff>,
 }
 
 impl std::fmt::Debug for SharedPool {
@@ -167,6 +184,15 @@ impl std::fmt::Debug for SharedPool {
             .field("instances", &self.slots.len())
             .field("threads", &self.threads.len())
             .finish_non_exhaustive()
+    }
+}
+
+impl Drop for SharedPool {
+    /// The last connection (or the reactor) let go: its threads stop.
+    fn drop(&mut self) {
+        for t in &self.threads {
+            t.stop();
+        }
     }
 }
 
@@ -239,6 +265,18 @@ impl SharedPool {
     /// then stops the instances' threads (their runtimes cancel what is
     /// left on them). The reactor calls this once its connections ended.
     pub fn stop(&self) {
+        self.retire();
+        for t in &self.threads {
+            t.stop();
+        }
+    }
+
+    /// A reload replaced the plugin: calls every live instance's
+    /// `stop-factory` (as Twisted's `doStop` when a factory stops
+    /// listening). Its connections go on to their end; the instances and
+    /// their threads go once the last of them ends and the pool is
+    /// dropped.
+    pub fn retire(&self) {
         for slot in &self.slots {
             let current = lock(&slot.current).clone();
             if let Some((guest, _)) = current
@@ -247,9 +285,6 @@ impl SharedPool {
             {
                 tracing::warn!(plugin = %self.plugin.name, %fault, "shared guest faulted in stop-factory");
             }
-        }
-        for t in &self.threads {
-            t.stop();
         }
     }
 
@@ -299,16 +334,42 @@ impl SharedPool {
         Ok(Session::shared(&self.plugin, guest, None))
     }
 
-    /// Instance `i` and its batch queue, made (again) if it does not exist
-    /// or faulted.
-    fn instance(&self, i: usize) -> Result<Current, GuestFault> {
-        let mut current = lock(&self.slots[i].current);
-        if let Some((guest, queue)) = &*current
-            && !guest.is_faulted()
-        {
-            return Ok((guest.clone(), queue.clone()));
+    /// Slot `i`'s instance faulted: its backoff decides when the next is
+    /// made; a delay is counted and said once.
+    fn faulted(&self, i: usize) {
+        let delay = lock(&self.slots[i].backoff).faulted(std::time::Instant::now());
+        if !delay.is_zero() {
+            self.plugin.stats().restarts_delayed.inc();
+            tracing::warn!(plugin = %self.plugin.name, instance = i, delay_ms = delay.as_millis() as u64, "a shared instance faulted again soon after it was made: the next one is made in {delay:?}; connections meanwhile are refused");
         }
-        let guest = self.plugin.new_shared_guest(self.dialer.clone(), None)?;
+    }
+
+    /// Instance `i` and its batch queue, made (again) if it does not exist
+    /// or faulted; [`GuestFault::Backoff`] while a crash-looping slot waits
+    /// ([`backoff`]).
+    fn instance(&self, i: usize) -> Result<Current, GuestFault> {
+        let slot = &self.slots[i];
+        let mut current = lock(&slot.current);
+        if let Some((guest, queue)) = &*current {
+            if !guest.is_faulted() {
+                return Ok((guest.clone(), queue.clone()));
+            }
+            *current = None;
+            self.faulted(i);
+        }
+        if let Some(wait) = lock(&slot.backoff).wait(std::time::Instant::now()) {
+            return Err(GuestFault::Backoff(wait));
+        }
+        lock(&slot.backoff).made(std::time::Instant::now());
+        let guest = match self.plugin.new_shared_guest(self.dialer.clone(), None) {
+            Ok(g) => g,
+            Err(fault) => {
+                // One that cannot even start (its start-factory traps)
+                // crash-loops too.
+                self.faulted(i);
+                return Err(fault);
+            }
+        };
         if self.plugin.has_reactor_calls()
             && let Ok(rt) = tokio::runtime::Handle::try_current()
         {

@@ -27,7 +27,7 @@ use rustls::crypto::CryptoProvider;
 use rustls_pki_types::CertificateDer;
 
 pub use handshake::{Failure, HandshakeError, Side, TlsStats};
-pub use side::{ClientSide, ServerSide, Swappable};
+pub use side::{ClientSide, ServerSide};
 
 /// The crypto provider every TLS config in the host uses: ring, chosen by
 /// measurement over aws-lc-rs (BENCHMARKS.md, "TLS": less server CPU per

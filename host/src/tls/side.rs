@@ -1,10 +1,10 @@
 //! One `[[listen]]` or `[[connect]]` entry's TLS: the rustls config built
 //! from its `tls` table, the handshake deadline and whether the guest may
-//! `start-tls`. A listener holds it in a [`Swappable`], so a config reload
-//! can put re-read certificates in place without touching the socket;
-//! each handshake takes the settings current when it starts.
+//! `start-tls`. A listener's settings are part of what a config reload
+//! replaces under its bound socket ([`crate::swap::Swappable`]); each
+//! handshake takes the settings current when its connection was accepted.
 
-use std::sync::{Arc, RwLock};
+use std::sync::Arc;
 use std::time::Duration;
 
 use rustls::RootCertStore;
@@ -214,28 +214,5 @@ impl ClientSide {
             start_tls: s.start_tls,
             summary,
         })
-    }
-}
-
-/// A value replaced as a whole while readers hold the old one: what a
-/// listener keeps its TLS settings in, so that a reload can swap
-/// certificates under a bound socket.
-#[derive(Debug)]
-pub struct Swappable<T>(RwLock<Arc<T>>);
-
-impl<T> Swappable<T> {
-    /// Holds `value`.
-    pub fn new(value: Arc<T>) -> Swappable<T> {
-        Swappable(RwLock::new(value))
-    }
-
-    /// The current value.
-    pub fn get(&self) -> Arc<T> {
-        self.0.read().unwrap_or_else(|e| e.into_inner()).clone()
-    }
-
-    /// Puts `value` in place for everything that reads after this.
-    pub fn replace(&self, value: Arc<T>) {
-        *self.0.write().unwrap_or_else(|e| e.into_inner()) = value;
     }
 }

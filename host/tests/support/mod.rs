@@ -124,7 +124,11 @@ pub fn server_config(wasm: &Path, extra_plugin: &str) -> String {
 /// An in-process reactor.
 pub struct Running {
     pub addrs: Vec<SocketAddr>,
-    pub stop: mpsc::Sender<()>,
+    pub stop: mpsc::Sender<twill::reactor::Control>,
+    /// The config file it runs (rewrite it, then [`Running::reload`]).
+    pub path: PathBuf,
+    /// The metrics endpoint, with `[host] metrics`.
+    pub metrics: Option<SocketAddr>,
     pub task: JoinHandle<RunEnd>,
     pub stats: Vec<std::sync::Arc<twill::listener::ListenerStats>>,
     /// The plugin called `p`, if the config has one.
@@ -140,9 +144,26 @@ impl Running {
         self.addrs[0]
     }
 
+    /// Rewrites its config file with `text` and reloads it.
+    pub async fn reload(
+        &self,
+        text: &str,
+    ) -> Result<twill::reactor::ReloadReport, twill::reactor::ReloadError> {
+        std::fs::write(&self.path, text).unwrap();
+        let (tx, rx) = tokio::sync::oneshot::channel();
+        self.stop
+            .send(twill::reactor::Control::Reload(Some(tx)))
+            .await
+            .unwrap();
+        tokio::time::timeout(Duration::from_secs(60), rx)
+            .await
+            .expect("reload answers")
+            .unwrap()
+    }
+
     /// Stops it and returns how the run ended.
     pub async fn shutdown(self) -> RunEnd {
-        self.stop.send(()).await.unwrap();
+        self.stop.send(twill::reactor::Control::Stop).await.unwrap();
         tokio::time::timeout(Duration::from_secs(20), self.task)
             .await
             .expect("reactor stops")
@@ -163,6 +184,7 @@ pub async fn start(config_text: &str) -> Running {
     logs();
     let path = write_config(config_text);
     let config = Config::load(&path).unwrap_or_else(|e| panic!("config: {e}"));
+    let path = config.path.clone();
     let runtime = Runtime::load(&config).unwrap_or_else(|e| panic!("runtime: {e:?}"));
     let plugin = runtime.plugin("p");
     let reactor = Reactor::bind(config, runtime).unwrap();
@@ -170,9 +192,12 @@ pub async fn start(config_text: &str) -> Running {
     let outbound = reactor.outbound_stats("p").cloned();
     let addrs = reactor.listen_addrs();
     let stats = reactor.stats();
+    let metrics = reactor.metrics_addr();
     let (stop, rx) = mpsc::channel(2);
     let task = tokio::spawn(reactor.run(rx));
     Running {
+        path,
+        metrics,
         addrs,
         stop,
         task,
