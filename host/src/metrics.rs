@@ -129,6 +129,9 @@ impl Metrics {
 
 type Labels<'a> = Vec<(&'static str, &'a str)>;
 
+/// Reads one of a listener's counters.
+type ListenerCount = fn(&crate::listener::ListenerStats) -> u64;
+
 /// One family: its name, help and type, then each series with its labels.
 fn family<'v, V>(
     enc: &mut DescriptorEncoder<'_>,
@@ -253,7 +256,7 @@ impl Collector for Metrics {
             each(|s| s.accepted.load(Ordering::Relaxed)),
             counter,
         )?;
-        let refused: [(&str, fn(&crate::listener::ListenerStats) -> u64); 5] = [
+        let refused: [(&str, ListenerCount); 5] = [
             ("max_connections", |s| {
                 s.rejected_over_limit.load(Ordering::Relaxed)
             }),

@@ -42,6 +42,8 @@ pub struct ReloadReport {
     pub listeners: (usize, usize, usize),
     /// Connectors kept, started, stopped.
     pub connectors: (usize, usize, usize),
+    /// Every listener's address now, in config order.
+    pub listening: Vec<std::net::SocketAddr>,
 }
 
 impl std::fmt::Display for ReloadReport {
@@ -210,6 +212,7 @@ impl Reactor {
         }
         self.config = config;
         self.publish();
+        report.listening = self.listen_addrs();
         Ok(report)
     }
 }
