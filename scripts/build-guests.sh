@@ -25,6 +25,7 @@ GUESTS=(
   "guests/portforward:guests/portforward/portforward.wasm"
   "guests/router:guests/router/router.wasm"
   "guests/starttls:guests/starttls/starttls.wasm"
+  "guests/tagecho:guests/tagecho/tagecho.wasm"
 )
 
 mode=${TWILL_GUEST_TOOLCHAIN:-auto}
