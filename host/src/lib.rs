@@ -12,8 +12,12 @@
 //! | module | owns |
 //! |---|---|
 //! | [`config`] | `plugins.toml`: the schema and its defaults, every error at once with file:line:col: key (a parse function per table over a small checker) |
-//! | [`reactor`] | start-up, each plugin's [`shared::Instances`], the shutdown broadcast, "done when idle" |
-//! | [`listener`] | the accept loops: connection cap, EMFILE back-off, spreading connections over shared instances |
+//! | [`reactor`] | start-up, each plugin's [`shared::Instances`], the run loop ([`reactor::Control`]), the shutdown, "done when idle" |
+//! | [`reactor::reload`] | a live reload: validate and load first, then keep, start and drain listeners, plugins and connectors |
+//! | [`watch`] | `twill run --watch`: reload when the config or a component changes |
+//! | [`metrics`] | `[host] metrics`: `/metrics` (prometheus-client), `/healthz`, `/readyz` over hyper |
+//! | [`stats`] | the counters the data path bumps: sharded per thread; a plugin's calls, traps and instances |
+//! | [`listener`] | the accept loops: connection cap, EMFILE back-off, spreading connections over shared instances; the [`listener::Target`] a reload replaces |
 //! | [`connector`] | client connections: resolve, connect with timeout, client-factory callbacks; `reconnect` (Twisted's `ReconnectingClientFactory`) |
 //! | [`connection`] | the per-socket driver: reads, writes, closes, backpressure, `idle-timeout`, an own instance's delayed calls |
 //! | [`outbound`] | guest-opened connections (`reactor.connect-tcp`): grants checked before and after resolving, connect under the guest's timeout, run on the asking instance; counters |
@@ -23,6 +27,7 @@
 //! | [`tls`] | TLS terminated in the host: the crypto provider, loading and checking certificates, SNI, handshakes under a deadline and their counters, the swappable settings |
 //! | [`shared`] | a shared plugin's pool: its instances, their threads, live counts, batch queues and counters |
 //! | [`shared::threads`] | the thread each shared instance and its connections live on |
+//! | [`shared::backoff`] | a crash-looping shared instance's restart delays |
 //! | [`shared::batch`] | batched delivery: several connections' reads in one guest call on a shared instance |
 //! | `shared::timers` | a shared instance's timer task: its delayed calls, fired on its thread |
 //! | [`shutdown`] | the shutdown signal (and a shared instance's fault signal), task tracking |
