@@ -277,3 +277,39 @@ async fn a_crash_looping_shared_instance_backs_off_and_other_plugins_serve_on() 
     assert!(stats.restarts_delayed.get() >= 1);
     r.shutdown().await;
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn traps_are_counted_by_kind() {
+    let config = format!(
+        "[plugins.p]\ncomponent = {:?}\ncpu = \"100ms\"\nmax-output = \"1MiB\"\n\n[[listen]]\nport = 0\nplugin = \"p\"\n",
+        support::testkit_wasm().display().to_string()
+    );
+    let r = support::start(&config).await;
+    for command in ["panic\n", "loop\n", "alloc\n", "flood\n", "panic\n"] {
+        exchange(r.addr(), command).await;
+    }
+    let stats = r.plugin.as_ref().unwrap().stats().clone();
+    use twill::stats::FaultKind;
+    let counts: Vec<_> = FaultKind::ALL
+        .iter()
+        .map(|k| (k.label(), stats.traps_of(*k)))
+        .collect();
+    assert_eq!(
+        counts,
+        [
+            ("panic", 2),
+            ("cpu", 1),
+            ("memory", 1),
+            ("output", 1),
+            ("trap", 0)
+        ]
+    );
+    // Each connection's own instance was made and is gone again.
+    assert_eq!(
+        stats
+            .instances_live
+            .load(std::sync::atomic::Ordering::Relaxed),
+        0
+    );
+    r.shutdown().await;
+}

@@ -146,7 +146,9 @@ async fn a_component_built_before_tls_is_served_over_tls() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn plaintext_to_a_tls_port_costs_only_its_connection() {
     let pki = Pki::new();
-    let r = support::start(&tls_config(&support::echo_wasm(), "", &server_tls(&pki))).await;
+    let metrics = "[host]\nmetrics = \"127.0.0.1:0\"\n\n";
+    let config = tls_config(&support::echo_wasm(), "", &server_tls(&pki));
+    let r = support::start(&format!("{metrics}{config}")).await;
     let mut s = TcpStream::connect(r.addr()).await.unwrap();
     s.write_all(b"GET / HTTP/1.0\r\n\r\n").await.unwrap();
     let mut got = Vec::new();
@@ -165,6 +167,18 @@ async fn plaintext_to_a_tls_port_costs_only_its_connection() {
         .await
         .unwrap();
     echo_exact(s, b"still here", 3).await;
+    // Both outcomes are on /metrics, by listener and result.
+    let mut m = TcpStream::connect(r.metrics.unwrap()).await.unwrap();
+    m.write_all(b"GET /metrics HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n")
+        .await
+        .unwrap();
+    let mut text = String::new();
+    m.read_to_string(&mut text).await.unwrap();
+    let at = format!("listener=\"{}\",plugin=\"p\"", r.addr());
+    for (result, n) in [("ok", 1), ("not_tls", 1), ("timeout", 0)] {
+        let line = format!("twill_tls_handshakes_total{{{at},result=\"{result}\"}} {n}\n");
+        assert!(text.contains(&line), "no {line:?} in {text}");
+    }
     r.shutdown().await;
 }
 
