@@ -291,9 +291,11 @@ impl Listener {
             // The loop returns its socket when the target moved to another
             // thread; otherwise it is done.
             match next {
-                Some(l) => {
+                Some((l, previous)) => {
                     tracing::debug!(%addr, ?home, "the accept loop follows its new target");
                     std_listener = Some(l);
+                    // The loop has left its thread: the pool it ran on may go.
+                    drop(previous);
                 }
                 None => break,
             }
@@ -332,7 +334,10 @@ impl Drop for Active {
 impl Acceptor {
     /// Accepts on `listener` until shutdown or the listener is closed
     /// (then returns none), or until a reload moves the target to another
-    /// pool's thread (then returns the socket, to go on accepting there).
+    /// pool's thread (then returns the socket, to go on accepting there,
+    /// and the target it started with). The loop holds that target while
+    /// it runs: a pool's threads stop when the pool is dropped, and the
+    /// pool it runs on must outlive it.
     /// `thread`: the shared instance whose thread this loop runs on, if
     /// any; a connection assigned to another instance moves to that
     /// instance's thread.
@@ -340,11 +345,12 @@ impl Acceptor {
         mut self,
         listener: TcpListener,
         thread: Option<usize>,
-    ) -> Option<std::net::TcpListener> {
+    ) -> Option<(std::net::TcpListener, Arc<Target>)> {
         let shutdown = self.notify.subscribe();
         let closed = self.closed.subscribe();
         let addr = self.addr;
-        let home = self.target.borrow_and_update().home();
+        let started_with = self.target.borrow_and_update().clone();
+        let home = started_with.home();
         let mut backoff = Duration::from_millis(5);
         loop {
             let accepted = tokio::select! {
@@ -353,7 +359,7 @@ impl Acceptor {
                 () = closed.recv() => return None,
                 Ok(()) = self.target.changed() => {
                     if self.target.borrow_and_update().home() != home {
-                        return listener.into_std().ok();
+                        return Some((listener.into_std().ok()?, started_with));
                     }
                     continue;
                 }

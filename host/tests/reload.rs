@@ -132,6 +132,28 @@ async fn a_reload_serves_new_connections_with_the_new_component_and_refuses_none
     r.shutdown().await;
 }
 
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_accept_loop_follows_a_plugin_between_shared_and_per_connection_instances() {
+    let shared = config_b().replace(
+        "cpu = \"2s\"\n",
+        "cpu = \"2s\"\ninstance = \"shared\"\nshared-instances = 2\n",
+    );
+    let r = support::start(&config_a()).await;
+    let addr = r.addr();
+    for (config, want) in [
+        (&shared, "B"),
+        (&config_a(), "A"),
+        (&shared, "B"),
+        (&shared.replace("2s", "3s"), "B"),
+    ] {
+        r.reload(config).await.unwrap();
+        for _ in 0..3 {
+            assert_eq!(variant(addr).await, want);
+        }
+    }
+    r.shutdown().await;
+}
+
 /// The live `twill-p-N` threads of this process (shared instances').
 fn instance_threads() -> usize {
     std::fs::read_dir("/proc/self/task")

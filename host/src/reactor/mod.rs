@@ -358,6 +358,9 @@ impl Reactor {
         let end = if stopped {
             self.shut_down(&mut control).await
         } else {
+            // Every connector ended: wait for the connections their guests
+            // opened (they hold guards too).
+            self.controller.wait().await;
             RunEnd::Clean
         };
         // The shared instances' threads go with the reactor.
