@@ -194,6 +194,9 @@ fn twill_main() -> ExitCode {
                             );
                         }
                     }
+                    if let Some(addr) = config.host.metrics {
+                        println!("  metrics: http://{addr}/metrics, /healthz, /readyz");
+                    }
                     for (i, l) in config.listen.iter().enumerate() {
                         if let Some(tls) = &l.tls {
                             println!("  listen[{i}] (port {}): TLS: {}", l.port, tls.summary);

@@ -1,7 +1,11 @@
 //! The load generator: four modes against any TCP echo server.
 //!
 //! - `pingpong`: N connections, each a closed loop of S-byte messages, for D
-//!   seconds. Reports round trips per second and latency percentiles.
+//!   seconds. Reports round trips per second and latency percentiles. With
+//!   `--rate R`, paced instead: R round trips per second in all, each
+//!   connection sending on its own schedule (phases spread), one message in
+//!   flight at most, a tick missed while waiting skipped (so `rate` shows
+//!   what was achieved; `offered=R` is added).
 //! - `bulk`: N connections each stream S-byte writes while reading the echo
 //!   back, for D seconds. Reports echoed bytes per second.
 //! - `connrate`: N workers each loop connect, one S-byte echo, close, for D
@@ -93,6 +97,11 @@ struct Args {
     /// The server's pid, for the idle mode's RSS figures.
     #[arg(long)]
     server_pid: Option<u32>,
+    /// Pingpong: round trips per second to offer in all (paced; the ticks a
+    /// connection misses while it waits for a slow reply are skipped). 0: a
+    /// closed loop.
+    #[arg(long, default_value_t = 0.0)]
+    rate: f64,
     /// Idle mode: seconds to keep holding the connections after reporting.
     #[arg(long, default_value_t = 0.0)]
     hold: f64,
@@ -287,16 +296,31 @@ async fn pingpong<D: Dialer>(args: &Args, dur: Duration, dialer: D) -> anyhow::R
         streams.push(dialer.dial(args.addr).await?);
     }
     let start = Instant::now();
+    // Paced (--rate): each connection's period, its phase spread over it.
+    let period = (args.rate > 0.0).then(|| Duration::from_secs_f64(args.conns as f64 / args.rate));
+    let t0 = tokio::time::Instant::now();
     let mut tasks = Vec::new();
-    for mut s in streams {
+    for (i, mut s) in streams.into_iter().enumerate() {
         let stop = stop.clone();
         let size = args.size;
+        let mut pace = period.map(|p| {
+            let phase = p.mul_f64(i as f64 / args.conns as f64);
+            let mut iv = tokio::time::interval_at(t0 + phase, p);
+            iv.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Skip);
+            iv
+        });
         tasks.push(tokio::spawn(async move {
             let msg = vec![b'p'; size];
             let mut buf = vec![0u8; size];
             let mut hist = hdrhistogram::Histogram::<u64>::new(3).unwrap();
             let mut n = 0u64;
             while !stop.load(Ordering::Relaxed) {
+                if let Some(iv) = pace.as_mut() {
+                    iv.tick().await;
+                    if stop.load(Ordering::Relaxed) {
+                        break;
+                    }
+                }
                 let t = Instant::now();
                 if s.write_all(&msg).await.is_err()
                     || s.flush().await.is_err()
@@ -320,8 +344,13 @@ async fn pingpong<D: Dialer>(args: &Args, dur: Duration, dialer: D) -> anyhow::R
         total += n;
         hist.add(h)?;
     }
+    let offered = if period.is_some() {
+        format!(" offered={:.0}", args.rate)
+    } else {
+        String::new()
+    };
     Ok(format!(
-        "mode=pingpong conns={} size={} ops={total} secs={elapsed:.3} rate={:.0} p50_us={:.1} p99_us={:.1}",
+        "mode=pingpong conns={} size={} ops={total} secs={elapsed:.3} rate={:.0} p50_us={:.1} p99_us={:.1}{offered}",
         args.conns,
         args.size,
         total as f64 / elapsed,
