@@ -244,18 +244,25 @@ impl Listener {
         tracing::info!(plugin = %handle.target().instances.plugin().name, %addr, "listening");
         let mut listener = Some(listener);
         let mut std_listener = None;
+        // Where connections for a target without shared threads run.
+        let reactor = tokio::runtime::Handle::current();
         loop {
             let target = handle.target.subscribe();
-            let home = target.borrow().home();
+            // The target this loop starts with: its pool's first thread
+            // is where the loop runs (and the loop holds it, so that the
+            // pool outlives the loop).
+            let home = target.borrow().clone();
+            let first = home.instances.pool().and_then(|p| p.thread(0)).cloned();
             let acceptor = Acceptor {
                 target,
+                home,
+                reactor: reactor.clone(),
                 stats: handle.stats.clone(),
                 notify: notify.clone(),
                 closed: handle.closed.clone(),
                 guard: guard.clone(),
                 addr,
             };
-            let first = target_thread(&acceptor);
             let next = match (first, listener.take(), std_listener.take()) {
                 (None, Some(l), _) => acceptor.accept_loop(l, None).await,
                 (None, None, Some(l)) => match TcpListener::from_std(l) {
@@ -292,7 +299,7 @@ impl Listener {
             // thread; otherwise it is done.
             match next {
                 Some((l, previous)) => {
-                    tracing::debug!(%addr, ?home, "the accept loop follows its new target");
+                    tracing::debug!(%addr, "the accept loop follows its new target");
                     std_listener = Some(l);
                     // The loop has left its thread: the pool it ran on may go.
                     drop(previous);
@@ -304,17 +311,16 @@ impl Listener {
     }
 }
 
-/// The thread of the first instance of the pool the target's plugin has,
-/// if it has one with threads.
-fn target_thread(acceptor: &Acceptor) -> Option<tokio::runtime::Handle> {
-    let target = acceptor.target.borrow();
-    target.instances.pool().and_then(|p| p.thread(0)).cloned()
-}
-
 /// What a listener's accept loop needs, so that it can run on a shared
 /// instance's thread.
 struct Acceptor {
     target: watch::Receiver<Arc<Target>>,
+    /// The target the loop started with, whose pool's first thread it runs
+    /// on (if it has one).
+    home: Arc<Target>,
+    /// The reactor's runtime: where a connection for a target without
+    /// shared threads runs.
+    reactor: tokio::runtime::Handle,
     stats: Arc<ListenerStats>,
     notify: ShutdownSignal,
     closed: ShutdownSignal,
@@ -337,7 +343,9 @@ impl Acceptor {
     /// pool's thread (then returns the socket, to go on accepting there,
     /// and the target it started with). The loop holds that target while
     /// it runs: a pool's threads stop when the pool is dropped, and the
-    /// pool it runs on must outlive it.
+    /// pool it runs on must outlive it. A connection is always served on
+    /// its own target's runtime: one accepted just as a reload moved the
+    /// target elsewhere goes there, never onto this loop's thread.
     /// `thread`: the shared instance whose thread this loop runs on, if
     /// any; a connection assigned to another instance moves to that
     /// instance's thread.
@@ -349,22 +357,22 @@ impl Acceptor {
         let shutdown = self.notify.subscribe();
         let closed = self.closed.subscribe();
         let addr = self.addr;
-        let started_with = self.target.borrow_and_update().clone();
-        let home = started_with.home();
+        let home = self.home.home();
         let mut backoff = Duration::from_millis(5);
         loop {
+            // A reload may have moved the target while this loop was on
+            // its way here.
+            if self.target.borrow().home() != home {
+                return Some((listener.into_std().ok()?, self.home));
+            }
             let accepted = tokio::select! {
                 r = listener.accept() => r,
                 () = shutdown.recv() => return None,
                 () = closed.recv() => return None,
-                Ok(()) = self.target.changed() => {
-                    if self.target.borrow_and_update().home() != home {
-                        return Some((listener.into_std().ok()?, started_with));
-                    }
-                    continue;
-                }
+                Ok(()) = self.target.changed() => continue,
             };
-            let target = self.target.borrow().clone();
+            let target = self.target.borrow_and_update().clone();
+            let on_home = target.home() == home;
             let plugin_name = &target.instances.plugin().name;
             let (stream, peer) = match accepted {
                 Ok(x) => {
@@ -428,20 +436,27 @@ impl Acceptor {
             };
             let conn_shutdown = self.notify.subscribe();
             let conn_guard = self.guard.clone();
-            let live = thread
-                .zip(pool.as_ref())
-                .map(|(here, pool)| pool.assign(here));
+            // With threads, the pool places the connection: here if this
+            // loop runs on its instance's thread, else the least busy.
+            let here = thread.filter(|_| on_home).unwrap_or(usize::MAX);
+            let live = (pool.as_ref())
+                .filter(|p| p.thread(0).is_some())
+                .map(|p| p.assign(here));
             let instance = live.as_ref().map(LiveGuard::instance);
-            if instance == thread {
+            if on_home && instance == thread {
                 tokio::spawn(async move {
                     task.run(stream, instance, &conn_shutdown).await;
                     drop((live, active, conn_guard));
                 });
                 continue;
             }
-            // Another instance is less busy: the socket moves to its
-            // thread's reactor.
-            let Some(thread) = instance.zip(pool).and_then(|(i, p)| p.thread(i).cloned()) else {
+            // Another instance is less busy, or the target moved: the
+            // socket moves to the runtime it is served on.
+            let runtime = match instance.zip(pool) {
+                Some((i, p)) => p.thread(i).cloned(),
+                None => Some(self.reactor.clone()),
+            };
+            let Some(thread) = runtime else {
                 continue;
             };
             let stream = match stream.into_std() {

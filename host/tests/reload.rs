@@ -154,6 +154,56 @@ async fn the_accept_loop_follows_a_plugin_between_shared_and_per_connection_inst
     r.shutdown().await;
 }
 
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn reloads_in_quick_succession_strand_no_connection_on_a_retired_pool() {
+    let shared = |cpu: &str| {
+        config_b().replace(
+            "cpu = \"2s\"\n",
+            &format!("cpu = \"{cpu}\"\ninstance = \"shared\"\nshared-instances = 2\n"),
+        )
+    };
+    let r = support::start(&shared("2s")).await;
+    let addr = r.addr();
+    let stop = Arc::new(AtomicBool::new(false));
+    let failed = Arc::new(AtomicUsize::new(0));
+    let mut workers = Vec::new();
+    for _ in 0..8 {
+        let (stop, failed) = (stop.clone(), failed.clone());
+        workers.push(tokio::spawn(async move {
+            let mut made = 0;
+            while !stop.load(Ordering::Relaxed) {
+                let ok = tokio::time::timeout(Duration::from_secs(5), async {
+                    let mut c = TcpStream::connect(addr).await.ok()?;
+                    c.write_all(b"echo hi\n").await.ok()?;
+                    let mut got = [0; 3];
+                    c.read_exact(&mut got).await.ok()?;
+                    (&got == b"hi\n").then_some(())
+                })
+                .await;
+                made += 1;
+                if !matches!(ok, Ok(Some(()))) {
+                    failed.fetch_add(1, Ordering::Relaxed);
+                }
+            }
+            made
+        }));
+    }
+    for i in 0..30 {
+        let cpu = if i % 2 == 0 { "3s" } else { "2s" };
+        r.reload(&shared(cpu)).await.unwrap();
+        tokio::time::sleep(Duration::from_millis(i % 3 * 10)).await;
+    }
+    stop.store(true, Ordering::Relaxed);
+    let mut made = 0;
+    for w in workers {
+        made += w.await.unwrap();
+    }
+    let failed = failed.load(Ordering::Relaxed);
+    assert!(made > 100, "only {made} connections");
+    assert_eq!(failed, 0, "{failed} of {made} connections were stranded");
+    r.shutdown().await;
+}
+
 /// The live `twill-p-N` threads of this process (shared instances').
 fn instance_threads() -> usize {
     std::fs::read_dir("/proc/self/task")
