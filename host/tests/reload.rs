@@ -315,6 +315,17 @@ async fn a_reload_that_fails_in_any_way_changes_nothing() {
         ),
         (
             format!(
+                "{host}{}",
+                plugin(
+                    "p",
+                    &support::repo().join("host/tests/configs/other-world.wasm"),
+                    ""
+                ) + &listen("p", "")
+            ),
+            "does not export `twill:protocol/protocol@0.1.0`",
+        ),
+        (
+            format!(
                 "{good}[[listen]]\nport = 0\nplugin = \"p\"\n[listen.tls]\ncert = \"nope.pem\"\nkey = \"nope.key\"\n"
             ),
             "nope.pem",
