@@ -136,6 +136,8 @@ pub struct ListenerHandle {
     stats: Arc<ListenerStats>,
     /// Fired when a reload removes the listener.
     closed: ShutdownSignal,
+    /// Set once the accept loop has ended and the socket is closed.
+    stopped: Arc<watch::Sender<bool>>,
 }
 
 impl ListenerHandle {
@@ -161,9 +163,12 @@ impl ListenerHandle {
     }
 
     /// Stops accepting and closes the socket; open connections go on to
-    /// their end.
-    pub fn close(&self) {
+    /// their end. Returns once the socket is closed (a connection attempt
+    /// is then refused), or after `limit`.
+    pub async fn close(&self, limit: Duration) {
         self.closed.fire();
+        let mut stopped = self.stopped.subscribe();
+        let _ = tokio::time::timeout(limit, stopped.wait_for(|s| *s)).await;
     }
 }
 
@@ -207,6 +212,7 @@ impl Listener {
                 target: Arc::new(watch::Sender::new(Arc::new(target))),
                 stats: Arc::default(),
                 closed: ShutdownSignal::default(),
+                stopped: Arc::new(watch::Sender::new(false)),
             },
         }
     }
@@ -308,6 +314,7 @@ impl Listener {
             }
         }
         tracing::info!(%addr, "stopped listening");
+        handle.stopped.send_replace(true);
     }
 }
 

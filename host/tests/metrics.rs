@@ -70,14 +70,9 @@ fn sample(v: &Value, name: &str, labels: &[(&str, &str)]) -> Option<f64> {
     })
 }
 
-/// One HTTP/1.1 GET over a raw socket: the status code.
+/// The status code of a GET.
 async fn get(addr: SocketAddr, path: &str) -> u16 {
-    let mut s = TcpStream::connect(addr).await.unwrap();
-    s.write_all(format!("GET {path} HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n").as_bytes())
-        .await
-        .unwrap();
-    let mut resp = String::new();
-    s.read_to_string(&mut resp).await.unwrap();
+    let resp = support::http_get(addr, path).await;
     resp.split(' ').nth(1).unwrap().parse().unwrap()
 }
 

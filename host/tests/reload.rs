@@ -278,17 +278,6 @@ async fn an_unchanged_shared_plugin_keeps_its_instance_and_a_replaced_one_drains
     r.shutdown().await;
 }
 
-/// Fetches `path` from the metrics endpoint (HTTP/1.1, raw): the body.
-async fn http_get(addr: SocketAddr, path: &str) -> String {
-    let mut s = TcpStream::connect(addr).await.unwrap();
-    s.write_all(format!("GET {path} HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n").as_bytes())
-        .await
-        .unwrap();
-    let mut resp = String::new();
-    s.read_to_string(&mut resp).await.unwrap();
-    resp
-}
-
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_reload_that_fails_in_any_way_changes_nothing() {
     let host = "[host]\nmetrics = \"127.0.0.1:0\"\n\n";
@@ -353,7 +342,7 @@ async fn a_reload_that_fails_in_any_way_changes_nothing() {
         // Still served, by the same component, on the same socket.
         assert_eq!(variant(addr).await, "A");
     }
-    let metrics = http_get(r.metrics.unwrap(), "/metrics").await;
+    let metrics = support::http_get(r.metrics.unwrap(), "/metrics").await;
     assert!(
         metrics.contains(&format!("twill_reloads_total{{result=\"failed\"}} {n}")),
         "{metrics}"

@@ -168,12 +168,7 @@ async fn plaintext_to_a_tls_port_costs_only_its_connection() {
         .unwrap();
     echo_exact(s, b"still here", 3).await;
     // Both outcomes are on /metrics, by listener and result.
-    let mut m = TcpStream::connect(r.metrics.unwrap()).await.unwrap();
-    m.write_all(b"GET /metrics HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n")
-        .await
-        .unwrap();
-    let mut text = String::new();
-    m.read_to_string(&mut text).await.unwrap();
+    let text = support::http_get(r.metrics.unwrap(), "/metrics").await;
     let at = format!("listener=\"{}\",plugin=\"p\"", r.addr());
     for (result, n) in [("ok", 1), ("not_tls", 1), ("timeout", 0)] {
         let line = format!("twill_tls_handshakes_total{{{at},result=\"{result}\"}} {n}\n");

@@ -163,7 +163,9 @@ impl Reactor {
         }
         for (key, handle) in &self.listeners {
             if !kept_keys.contains(key) {
-                handle.close();
+                // Closed when the reload reports done; an accept loop
+                // waiting on a guest call gets a moment.
+                handle.close(std::time::Duration::from_secs(1)).await;
                 report.listeners.2 += 1;
             }
         }

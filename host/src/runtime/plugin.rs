@@ -11,6 +11,7 @@ use wasmtime::component::InstancePre;
 use wasmtime::{Engine, Store, UpdateDeadline};
 use wasmtime_wasi::{HostMonotonicClock, HostWallClock, WasiCtxBuilder};
 
+use crate::config::PluginConfig;
 use crate::shutdown::ShutdownSignal;
 use crate::stats::PluginStats;
 
@@ -63,7 +64,29 @@ pub struct Plugin {
     pub(super) stats: Arc<PluginStats>,
     /// What it was loaded from, when it came from a config (a reload
     /// reuses it if that is unchanged).
-    pub(super) source: Option<super::Source>,
+    pub(super) source: Option<Source>,
+}
+
+/// What a plugin was loaded from: its settings (less their line) and its
+/// component's SHA-256. A reload reuses a plugin whose source is unchanged.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Source {
+    settings: PluginConfig,
+    digest: [u8; 32],
+}
+
+impl Source {
+    pub(super) fn new(p: &PluginConfig, bytes: &[u8]) -> Source {
+        let mut digest = [0; 32];
+        digest.copy_from_slice(ring::digest::digest(&ring::digest::SHA256, bytes).as_ref());
+        Source {
+            settings: PluginConfig {
+                line: 0,
+                ..p.clone()
+            },
+            digest,
+        }
+    }
 }
 
 /// Makes the connection a request asks for, on `guest`'s instance, and

@@ -171,6 +171,17 @@ impl Running {
     }
 }
 
+/// One HTTP/1.1 GET over a raw socket (to the metrics endpoint): the whole
+/// response, status line first.
+pub async fn http_get(addr: SocketAddr, path: &str) -> String {
+    let mut s = TcpStream::connect(addr).await.unwrap();
+    let request = format!("GET {path} HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n");
+    s.write_all(request.as_bytes()).await.unwrap();
+    let mut resp = String::new();
+    s.read_to_string(&mut resp).await.unwrap();
+    resp
+}
+
 /// Routes the library's logs to the test's captured output.
 pub fn logs() {
     let _ = tracing_subscriber::fmt()
