@@ -3,9 +3,9 @@
 //! It binds, accepts, caps live connections per listener (a connection over
 //! the cap is closed at once and counted), backs off when the process is out
 //! of file descriptors instead of spinning, and hands each socket to its own
-//! task: the TLS handshake if the listener has `tls` (before any guest
-//! runs: a failed handshake costs no instance), a fresh instance,
-//! `build-protocol`, then [`crate::connection::run`].
+//! task (`start`): the TLS handshake if the listener has `tls` (before
+//! any guest runs: a failed handshake costs no instance), a fresh
+//! instance, `build-protocol`, then [`crate::connection::run`].
 //!
 //! What it serves (its plugin's instances, `max-connections`,
 //! `idle-timeout`, `tls`) is a [`Target`] that a config reload replaces
@@ -24,15 +24,15 @@ use tokio::net::{TcpListener, TcpSocket, TcpStream};
 use tokio::sync::watch;
 
 use crate::config::ListenConfig;
-use crate::connection::{self, End, Options, StartTls};
-use crate::runtime::GuestFault;
-use crate::runtime::pool::InstancePermit;
 use crate::shared::Instances;
 use crate::shared::threads::LiveGuard;
-use crate::shutdown::{Shutdown, ShutdownSignal, TaskGuard};
+mod start;
+
+use start::ServerConnection;
+
+use crate::shutdown::{ShutdownSignal, TaskGuard};
 use crate::stats::Traffic;
-use crate::tls::{ServerSide, Side, TlsStats};
-use crate::wire::Wire;
+use crate::tls::{ServerSide, TlsStats};
 
 /// Why a listener could not start.
 #[derive(Debug, thiserror::Error)]
@@ -492,98 +492,4 @@ fn is_resource_exhaustion(e: &io::Error) -> bool {
         e.raw_os_error(),
         Some(libc::EMFILE | libc::ENFILE | libc::ENOBUFS | libc::ENOMEM)
     )
-}
-
-struct ServerConnection {
-    /// What its listener served when it was accepted.
-    target: Arc<Target>,
-    stats: Arc<ListenerStats>,
-    peer: SocketAddr,
-    /// The place reserved under the plugin's `max-instances`.
-    reserved: Option<InstancePermit>,
-}
-
-impl ServerConnection {
-    /// Serves the connection to its end: on shared instance `instance` if
-    /// given (this task then runs on that instance's thread), else on a
-    /// fresh instance or the next shared one.
-    async fn run(self, stream: TcpStream, instance: Option<usize>, shutdown: &Shutdown) {
-        let Self {
-            target,
-            stats,
-            peer,
-            reserved,
-        } = self;
-        let instances = &target.instances;
-        let name = &instances.plugin().name;
-        let wire = Arc::new(Wire::counted(stream, stats.traffic.clone()));
-        let side = target.tls.as_ref();
-        if let Some(side) = side.filter(|s| !s.start_tls) {
-            let handshake = wire.handshake(Side::Server(side), Some(&stats.tls));
-            let result = tokio::select! {
-                r = handshake => r,
-                () = shutdown.recv() => return,
-            };
-            if let Err(e) = result {
-                tracing::info!(plugin = %name, %peer, failure = e.failure.label(), error = %e, "TLS handshake failed; connection closed");
-                return;
-            }
-        }
-        let options = Options {
-            idle_timeout: target.idle_timeout,
-            tls_stats: Some(stats.tls.clone()),
-            start_tls: side
-                .filter(|s| s.start_tls)
-                .map(|s| StartTls::Server(s.clone())),
-        };
-        let session = match (instances, instance, reserved) {
-            (Instances::Shared(pool), Some(i), _) => pool.session_on(i),
-            (Instances::Shared(pool), None, _) => pool.next_session(),
-            (Instances::PerConnection { plugin, .. }, _, reserved) => match reserved {
-                Some(permit) => instances.own_session(permit),
-                None => plugin
-                    .reserve_instance()
-                    .and_then(|p| instances.own_session(p)),
-            },
-        };
-        let mut session = match session {
-            Ok(s) => s,
-            Err(GuestFault::Backoff(wait)) => {
-                // Said once per delay, by the pool; counted here.
-                stats.refused_backoff.fetch_add(1, Ordering::Relaxed);
-                tracing::debug!(plugin = %name, %peer, ?wait, "shared instance in crash-loop backoff; closing connection");
-                return;
-            }
-            Err(e) => {
-                stats.instantiation_failed.fetch_add(1, Ordering::Relaxed);
-                tracing::error!(plugin = %name, %peer, error = %e, "cannot instantiate guest; closing connection");
-                return;
-            }
-        };
-        match session.build_server_protocol(peer) {
-            Ok(true) => {}
-            Ok(false) => {
-                stats.refused_by_factory.fetch_add(1, Ordering::Relaxed);
-                tracing::info!(plugin = %name, %peer, "factory refused the connection");
-                return;
-            }
-            Err(fault) => {
-                stats.faulted.fetch_add(1, Ordering::Relaxed);
-                tracing::warn!(plugin = %name, %peer, %fault, "guest faulted in build-protocol; connection aborted");
-                wire.abort();
-                return;
-            }
-        }
-        stats.accepted.fetch_add(1, Ordering::Relaxed);
-        tracing::debug!(plugin = %name, %peer, "connection made");
-        match connection::run(wire, &mut session, shutdown, &options).await {
-            End::Closed(reason) => {
-                tracing::debug!(plugin = %name, %peer, ?reason, "connection lost")
-            }
-            End::Fault(fault) => {
-                stats.faulted.fetch_add(1, Ordering::Relaxed);
-                tracing::warn!(plugin = %name, %peer, %fault, "guest faulted; connection aborted");
-            }
-        }
-    }
 }
