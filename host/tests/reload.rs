@@ -4,8 +4,8 @@
 //! instances; replaced shared pools hear `stop-factory` and drain;
 //! listeners and connectors follow the new config; limits apply to new
 //! connections; a reload that fails in any way changes nothing. Then the
-//! same through a real `twill run`: SIGHUP, `--watch`, and
-//! `--log-format json`.
+//! same through a real `twill run`: SIGHUP, `--watch` (the config, and a
+//! component replaced by rename), and `--log-format json`.
 //!
 //! The two variants: the echo component answers `echo hi` with `echo hi`,
 //! the testkit with `hi`.
@@ -501,6 +501,32 @@ fn watch_reloads_when_the_config_changes() {
     wait_log(&child, "watching the config", 1);
     std::fs::write(&path, config_b()).unwrap();
     wait_log(&child, "config reloaded", 1);
+    assert_eq!(variant_blocking(addr), "B");
+    support::signal(&child.child, libc::SIGTERM);
+    assert!(support::wait_exit(&mut child.child, Duration::from_secs(20)).success());
+}
+
+#[test]
+fn watch_reloads_when_a_component_file_is_replaced() {
+    let dir = support::scratch();
+    let wasm = dir.join("p.wasm");
+    std::fs::copy(support::echo_wasm(), &wasm).unwrap();
+    let path = dir.join("plugins.toml");
+    std::fs::write(
+        &path,
+        plugin("p", &wasm, &support::memory_line()) + &listen("p", ""),
+    )
+    .unwrap();
+    let mut child = support::spawn_cmd(support::twill().arg("run").arg("--watch").arg(&path), 1);
+    let addr = child.addrs[0];
+    assert_eq!(variant_blocking(addr), "A");
+    wait_log(&child, "watching the config", 1);
+    // As a build tool does: write elsewhere, then rename over it.
+    let staged = dir.join("p.wasm.tmp");
+    std::fs::copy(support::testkit_wasm(), &staged).unwrap();
+    std::fs::rename(&staged, &wasm).unwrap();
+    let log = wait_log(&child, "config reloaded", 1);
+    assert!(log.contains("loaded [p]"), "{log}");
     assert_eq!(variant_blocking(addr), "B");
     support::signal(&child.child, libc::SIGTERM);
     assert!(support::wait_exit(&mut child.child, Duration::from_secs(20)).success());
