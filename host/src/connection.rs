@@ -143,6 +143,14 @@ pub async fn run(
             })
         }
     };
+    // A shared instance that faulted while the loop was ending (a peer's
+    // FIN seen before the fault signal) still aborts the connection: never
+    // a clean close after a fault.
+    let faulted = (session.fault_listener()).is_some_and(|f| f.is_shutdown());
+    let reason = match reason {
+        Ok(_) if faulted => Err(GuestFault::Poisoned),
+        other => other,
+    };
     match reason {
         Ok(reason) => {
             if let Err(f) = session.connection_lost(&reason) {

@@ -308,3 +308,32 @@ async fn traps_are_counted_by_kind() {
     );
     r.shutdown().await;
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_connection_whose_shared_instance_faults_is_counted_as_faulted_even_after_its_fin() {
+    let r = support::start(&testkit_config("")).await;
+    for i in 1..=6u64 {
+        // "panic" then FIN at once: the loop may see the FIN before the
+        // instance's fault signal.
+        let mut c = TcpStream::connect(r.addr()).await.unwrap();
+        c.write_all(b"panic\n").await.unwrap();
+        c.shutdown().await.unwrap();
+        let mut got = Vec::new();
+        // (The peer may still see a FIN before the reset: see
+        // docs/operations.md, the crash-loop section's known limit.)
+        let _ = tokio::time::timeout(Duration::from_secs(10), c.read_to_end(&mut got)).await;
+        let faulted = || {
+            r.stats[0]
+                .faulted
+                .load(std::sync::atomic::Ordering::Relaxed)
+        };
+        let deadline = std::time::Instant::now() + Duration::from_secs(5);
+        while faulted() < i && std::time::Instant::now() < deadline {
+            tokio::time::sleep(Duration::from_millis(5)).await;
+        }
+        assert_eq!(faulted(), i, "round {i}");
+        // Past the crash-loop backoff's delay (100 ms doubling).
+        tokio::time::sleep(Duration::from_millis(50 + (100 << (i - 1)))).await;
+    }
+    r.shutdown().await;
+}

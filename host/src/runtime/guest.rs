@@ -80,6 +80,8 @@ pub struct SharedGuest {
     pub(super) guest: std::sync::Mutex<Guest>,
     /// Fired when the instance faults: every connection on it is aborted.
     pub(super) fault: ShutdownSignal,
+    /// When it faulted (the crash-loop backoff counts from then).
+    pub(super) faulted_at: std::sync::OnceLock<Instant>,
     /// Its plugin's name and CPU limit per callback.
     pub(super) plugin: Arc<str>,
     pub(super) cpu: Duration,
@@ -109,6 +111,11 @@ impl SharedGuest {
     /// Its plugin's name.
     pub fn plugin(&self) -> &str {
         &self.plugin
+    }
+
+    /// When the instance faulted, if it did.
+    pub fn faulted_at(&self) -> Option<Instant> {
+        self.faulted_at.get().copied()
     }
 
     /// Whether the instance faulted (its connections are being aborted;
@@ -227,6 +234,7 @@ impl SharedGuest {
         if matches!(fault, GuestFault::Poisoned) || self.fault.is_fired() {
             return;
         }
+        let _ = self.faulted_at.set(Instant::now());
         self.fault.fire();
         let connections = super::state::lock(&self.guest)
             .store

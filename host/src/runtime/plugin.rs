@@ -397,6 +397,7 @@ impl Plugin {
             SharedGuest {
                 guest: std::sync::Mutex::new(guest),
                 fault: ShutdownSignal::default(),
+                faulted_at: std::sync::OnceLock::new(),
                 plugin: self.name.clone(),
                 cpu: self.limits.cpu,
                 wake,

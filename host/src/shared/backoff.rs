@@ -42,8 +42,9 @@ impl Backoff {
         self.until = None;
     }
 
-    /// The current instance was found faulted at `now`: returns how long
-    /// the slot waits before it makes the next (zero: at once).
+    /// The current instance faulted at `now` (found out later, at the
+    /// next connection: the delay still counts from the fault): returns
+    /// how long the slot waits before it makes the next (zero: at once).
     pub fn faulted(&mut self, now: Instant) -> Duration {
         let lived = self
             .made

@@ -334,10 +334,11 @@ impl SharedPool {
         Ok(Session::shared(&self.plugin, guest, None))
     }
 
-    /// Slot `i`'s instance faulted: its backoff decides when the next is
-    /// made; a delay is counted and said once.
-    fn faulted(&self, i: usize) {
-        let delay = lock(&self.slots[i].backoff).faulted(std::time::Instant::now());
+    /// Slot `i`'s instance faulted `at` (now if not known): its backoff
+    /// decides when the next is made; a delay is counted and said once.
+    fn faulted(&self, i: usize, at: Option<std::time::Instant>) {
+        let at = at.unwrap_or_else(std::time::Instant::now);
+        let delay = lock(&self.slots[i].backoff).faulted(at);
         if !delay.is_zero() {
             self.plugin.stats().restarts_delayed.inc();
             tracing::warn!(plugin = %self.plugin.name, instance = i, delay_ms = delay.as_millis() as u64, "a shared instance faulted again soon after it was made: the next one is made in {delay:?}; connections meanwhile are refused");
@@ -354,8 +355,9 @@ impl SharedPool {
             if !guest.is_faulted() {
                 return Ok((guest.clone(), queue.clone()));
             }
+            let at = guest.faulted_at();
             *current = None;
-            self.faulted(i);
+            self.faulted(i, at);
         }
         if let Some(wait) = lock(&slot.backoff).wait(std::time::Instant::now()) {
             return Err(GuestFault::Backoff(wait));
@@ -366,7 +368,7 @@ impl SharedPool {
             Err(fault) => {
                 // One that cannot even start (its start-factory traps)
                 // crash-loops too.
-                self.faulted(i);
+                self.faulted(i, None);
                 return Err(fault);
             }
         };
