@@ -55,6 +55,21 @@ pub struct Health {
     pub last_reload_ok: AtomicU64,
 }
 
+impl Health {
+    /// Counts a reload's outcome.
+    pub fn reloaded(&self, ok: bool) {
+        if ok {
+            self.reloads_ok.inc();
+            let now = std::time::SystemTime::now()
+                .duration_since(std::time::UNIX_EPOCH)
+                .map_or(0, |d| d.as_secs());
+            self.last_reload_ok.store(now, Ordering::Relaxed);
+        } else {
+            self.reloads_failed.inc();
+        }
+    }
+}
+
 /// What the reactor serves now, as the collector reads it.
 #[derive(Debug, Default)]
 pub struct View {

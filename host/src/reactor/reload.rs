@@ -23,7 +23,6 @@
 
 use std::collections::HashMap;
 use std::sync::Arc;
-use std::sync::atomic::Ordering;
 
 use crate::config::Config;
 use crate::listener::{Listener, Target};
@@ -216,20 +215,5 @@ impl Reactor {
         self.publish();
         report.listening = self.listen_addrs();
         Ok(report)
-    }
-}
-
-impl crate::metrics::Health {
-    /// Counts a reload's outcome.
-    fn reloaded(&self, ok: bool) {
-        if ok {
-            self.reloads_ok.inc();
-            let now = std::time::SystemTime::now()
-                .duration_since(std::time::UNIX_EPOCH)
-                .map_or(0, |d| d.as_secs());
-            self.last_reload_ok.store(now, Ordering::Relaxed);
-        } else {
-            self.reloads_failed.inc();
-        }
     }
 }
