@@ -15,6 +15,9 @@
 //! - [`export!`]: names the factories the component exports.
 //! - [`reactor`]: time: `seconds`, `call_later`, `LoopingCall` and a
 //!   `TimeoutMixin` ([`reactor::Timeout`]).
+//! - [`basic`]: framing, as Twisted's `twisted.protocols.basic`:
+//!   [`basic::LineReceiver`], the `Int32`/`Int16`/`Int8StringReceiver`s and
+//!   [`basic::NetstringReceiver`].
 //! - TLS, terminated by the host: [`Transport::tls_info`] (what the
 //!   handshake negotiated, the peer's certificate) and
 //!   [`Transport::start_tls`] (STARTTLS protocols).
@@ -67,6 +70,7 @@
 use std::cell::RefCell;
 use std::fmt;
 
+pub mod basic;
 mod outbound;
 pub mod reactor;
 mod tls;
@@ -78,7 +82,7 @@ pub mod __bindings {
     #![allow(missing_docs, unsafe_code, unsafe_op_in_unsafe_fn)]
     wit_bindgen::generate!({
         world: "peer",
-        path: "../wit",
+        path: "wit",
         pub_export_macro: true,
         export_macro_name: "__export_peer",
         default_bindings_module: "::twill_guest::__bindings",
@@ -242,6 +246,15 @@ impl Transport {
     pub fn abort_connection(&self) {
         self.inner.closing.set(true);
         self.inner.abort_connection();
+    }
+
+    /// Whether this protocol closed the connection
+    /// ([`lose_connection`](Self::lose_connection) or
+    /// [`abort_connection`](Self::abort_connection)): Twisted's
+    /// `transport.disconnecting`. No more data is delivered after that; the
+    /// framing helpers in [`basic`] stop at it.
+    pub fn disconnecting(&self) -> bool {
+        self.inner.closing.get()
     }
 
     /// The remote address: Twisted's `getPeer`.

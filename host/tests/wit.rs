@@ -57,3 +57,38 @@ fn every_wit_item_is_documented() {
     assert_eq!(packages, 1, "exactly one package line across wit/");
     assert!(items > 25, "found {items} items");
 }
+
+/// The three SDK packages each carry a copy of wit/ (to be packaged on
+/// their own); every copy is byte-identical to it.
+#[test]
+fn sdk_copies_of_the_contract_match_wit() {
+    let repo = support::repo();
+    let mut names: Vec<_> = std::fs::read_dir(repo.join("wit"))
+        .unwrap()
+        .map(|e| e.unwrap().file_name())
+        .collect();
+    names.sort();
+    for copy in [
+        "guest-sdk/wit",
+        "guest-sdk/python/twill/wit",
+        "guest-sdk/js/wit",
+    ] {
+        let mut theirs: Vec<_> = std::fs::read_dir(repo.join(copy))
+            .unwrap_or_else(|e| panic!("{copy}: {e}; run scripts/sync-wit.sh"))
+            .map(|e| e.unwrap().file_name())
+            .collect();
+        theirs.sort();
+        assert_eq!(
+            theirs, names,
+            "{copy} lists other files than wit/; run scripts/sync-wit.sh"
+        );
+        for name in &names {
+            let a = std::fs::read(repo.join("wit").join(name)).unwrap();
+            let b = std::fs::read(repo.join(copy).join(name)).unwrap();
+            assert!(
+                a == b,
+                "{copy}/{name:?} differs from wit/; run scripts/sync-wit.sh"
+            );
+        }
+    }
+}
