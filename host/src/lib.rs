@@ -48,6 +48,7 @@
 //! | [`runtime::pool`] | the instance pool's size (address space, `vm.max_map_count`) and each plugin's cap |
 //! | [`runtime::output`] | guest stdout/stderr, attributed to the plugin, control characters escaped |
 //! | [`sink`] | the host's stdout and stderr: bounded queues and writer threads, so output never blocks the reactor |
+//! | [`new`] | `twill new LANG NAME`: guest projects from the templates in `host/templates/` |
 //! | [`testing`] | the StringTransport-style test transport for guest authors |
 //!
 //! Dependencies point one way: `listener`/`connector` → `shared` →
@@ -86,6 +87,7 @@ pub mod connector;
 pub mod grants;
 pub mod listener;
 pub mod metrics;
+pub mod new;
 pub mod outbound;
 pub mod reactor;
 pub mod runtime;

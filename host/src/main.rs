@@ -57,6 +57,7 @@ Examples:
   kill -HUP PID                  reload a running twill's config
   twill run examples/echo.toml   serve another config
   twill check plugins.toml       validate the config and its components, bind nothing
+  twill new rust hello           start a guest project (rust, python or js)
   RUST_LOG=twill=debug twill run log every connection";
 
 #[derive(Subcommand, Debug)]
@@ -80,6 +81,66 @@ enum Command {
         #[arg(default_value = "plugins.toml")]
         config: PathBuf,
     },
+    /// Write a new guest project: a line protocol with its build file, a
+    /// test, a plugins.toml and a README saying how to build, test and run
+    /// it. Works offline.
+    New {
+        /// The language.
+        #[arg(value_enum)]
+        lang: twill::new::Lang,
+        /// The project's name (its package, plugin and component).
+        name: String,
+        /// Where to write it (default: ./NAME).
+        #[arg(long)]
+        dir: Option<PathBuf>,
+        /// Point the project at this Twill checkout's SDKs (default: the
+        /// checkout this binary was built from, if it is still there).
+        #[arg(long, conflicts_with = "published")]
+        sdk_path: Option<PathBuf>,
+        /// Depend on the published SDK packages only.
+        #[arg(long)]
+        published: bool,
+    },
+}
+
+/// `twill new`.
+fn new_project(
+    lang: twill::new::Lang,
+    name: &str,
+    dir: Option<PathBuf>,
+    sdk_path: Option<PathBuf>,
+    published: bool,
+) -> ExitCode {
+    use twill::new::{Sdk, generate, this_checkout};
+    let sdk = match (sdk_path, published) {
+        (Some(p), _) => Sdk::Checkout(std::path::absolute(&p).unwrap_or(p)),
+        (None, false) => this_checkout().map_or(Sdk::Published, Sdk::Checkout),
+        (None, true) => Sdk::Published,
+    };
+    let dir = dir.unwrap_or_else(|| PathBuf::from(name));
+    match generate(lang, name, &dir, &sdk) {
+        Ok(files) => {
+            println!("wrote {} ({lang:?}):", dir.display());
+            for f in files {
+                println!("  {f}");
+            }
+            if let Sdk::Checkout(root) = &sdk {
+                println!(
+                    "its SDK dependency points at the Twill checkout {}",
+                    root.display()
+                );
+            }
+            println!(
+                "next: cd {} and follow README.md (build, test, run)",
+                dir.display()
+            );
+            ExitCode::SUCCESS
+        }
+        Err(e) => {
+            eprintln!("error: {e}");
+            ExitCode::from(2)
+        }
+    }
 }
 
 fn init_tracing(cli: &Cli) {
@@ -156,7 +217,16 @@ fn main() -> ExitCode {
 fn twill_main() -> ExitCode {
     let cli = Cli::parse();
     init_tracing(&cli);
-    let (Command::Check { config: path } | Command::Run { config: path, .. }) = &cli.command;
+    let path = match &cli.command {
+        Command::New {
+            lang,
+            name,
+            dir,
+            sdk_path,
+            published,
+        } => return new_project(*lang, name, dir.clone(), sdk_path.clone(), *published),
+        Command::Check { config } | Command::Run { config, .. } => config,
+    };
     let config = match load_config(path) {
         Ok(c) => c,
         Err(code) => return code,
@@ -216,6 +286,7 @@ fn twill_main() -> ExitCode {
             }
         }
         Command::Run { watch, .. } => rt.block_on(run(config, watch)),
+        Command::New { .. } => unreachable!("handled before the config is loaded"),
     }
 }
 
