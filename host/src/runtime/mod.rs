@@ -54,6 +54,7 @@
 
 pub mod bindings;
 pub mod clock;
+pub mod diagnose;
 pub mod guest;
 pub mod limits;
 pub mod load;
@@ -269,9 +270,9 @@ impl Runtime {
             stats,
         } = options;
         match bytes.get(0..8) {
-            Some([0, b'a', b's', b'm', 1, 0, 0, 0]) => anyhow::bail!(
-                "this is a core wasm module, not a component: build for wasm32-wasip2, or wrap it with `wasm-tools component new`"
-            ),
+            Some([0, b'a', b's', b'm', 1, 0, 0, 0]) => {
+                anyhow::bail!("{}", diagnose::core_module(bytes))
+            }
             Some([0, b'a', b's', b'm', _, _, 1, 0]) => {}
             _ => anyhow::bail!(
                 "not a WebAssembly component (no `\\0asm` header with the component layer)"
@@ -280,11 +281,20 @@ impl Runtime {
         let component = Component::new(&self.engine, bytes)
             .map_err(wasm_err)
             .context("invalid component")?;
-        let pre = self
-            .linker
-            .instantiate_pre(&component)
-            .map_err(wasm_err)
-            .context("the component imports something the host does not provide (guests get twill:protocol/transport and WASI p2 only)")?;
+        let export_names: Vec<String> = component
+            .component_type()
+            .exports(&self.engine)
+            .map(|(n, _)| n.to_string())
+            .collect();
+        if let Some(wrong) = diagnose::wrong_world(&export_names) {
+            anyhow::bail!("{wrong}");
+        }
+        let pre = self.linker.instantiate_pre(&component).map_err(|e| {
+            anyhow::anyhow!(
+                "{}",
+                diagnose::unknown_import(&format!("{:#}", wasm_err(e)))
+            )
+        })?;
         let exports = export_list(&self.engine, &component);
         let protocol = protocol::GuestIndices::new(&pre).map_err(|_| {
             anyhow::anyhow!("{}", missing_export(&exports, PROTOCOL, "every plugin"))
@@ -357,5 +367,38 @@ fn export_list(engine: &Engine, component: &Component) -> String {
 /// The error for a component that lacks an export a role needs; `exports`
 /// is [`export_list`]'s sentence for it.
 fn missing_export(exports: &str, export: &str, role: &str) -> String {
-    format!("does not export `{export}`, which {role} needs; {exports}")
+    let fix = if export == SERVER_FACTORY {
+        "export a server factory (Rust: `export!(server: ...)`; Python: `serve(server=...)`; JavaScript: `serve({ server })`), i.e. build for world `server` or `peer`"
+    } else if export == CLIENT_FACTORY {
+        "export a client factory (Rust: `export!(client: ...)`; Python: `serve(client=...)`; JavaScript: `serve({ client })`), i.e. build for world `client` or `peer`"
+    } else {
+        diagnose::BUILD
+    };
+    format!("does not export `{export}`, which {role} needs; {exports}: {fix}")
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// A component lacking a factory its entries need (SDK-built ones
+    /// always export both; hand-written worlds may not): the message says
+    /// how each SDK adds it.
+    #[test]
+    fn a_missing_factory_names_the_export_to_add() {
+        let m = missing_export("it exports `x`", CLIENT_FACTORY, "[[connect]]");
+        assert!(m.starts_with("does not export `twill:protocol/client-factory@0.1.0`, which [[connect]] needs; it exports `x`: "), "{m}");
+        for sdk in [
+            "export!(client: ...)",
+            "serve(client=...)",
+            "serve({ client })",
+        ] {
+            assert!(m.contains(sdk), "{m}");
+        }
+        let m = missing_export("it exports `x`", SERVER_FACTORY, "[[listen]]");
+        assert!(
+            m.contains("export!(server: ...)") && m.contains("world `server` or `peer`"),
+            "{m}"
+        );
+    }
 }
