@@ -26,6 +26,8 @@ GUESTS=(
   "guests/router:guests/router/router.wasm"
   "guests/starttls:guests/starttls/starttls.wasm"
   "guests/tagecho:guests/tagecho/tagecho.wasm"
+  "guests/upper:guests/upper/upper.wasm"
+  "guests/rpc:guests/rpc/rpc.wasm"
 )
 
 mode=${TWILL_GUEST_TOOLCHAIN:-auto}

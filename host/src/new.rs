@@ -75,7 +75,7 @@ type File = (&'static str, &'static str);
 
 const RUST: &[File] = &[
     ("Cargo.toml", include_str!("../templates/rust/Cargo.toml")),
-    ("src/lib.rs", include_str!("../templates/rust/src/lib.rs")),
+    ("src/lib.rs", include_str!("../../guests/upper/src/lib.rs")),
     (
         "tests/protocol.rs",
         include_str!("../templates/rust/tests/protocol.rs"),

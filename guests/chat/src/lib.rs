@@ -12,6 +12,9 @@
 //! [`Transport`] clones it keeps. (With an instance per connection every
 //! user would be alone in their own room.)
 //!
+//! Lines are split by the SDK's [`LineReceiver`] (Twisted's), on `\n` with
+//! a trailing `\r` dropped, so both `nc` and telnet users can talk.
+//!
 //! One addition to Twisted's example: a user who sends nothing for
 //! [`IDLE`] is told so and dropped, with the SDK's `TimeoutMixin`
 //! ([`Timeout`]), reset on every byte received.
@@ -20,6 +23,7 @@ use std::cell::RefCell;
 use std::collections::BTreeMap;
 use std::time::Duration;
 
+use twill_guest::basic::{LineProtocol, LineReceiver};
 use twill_guest::reactor::Timeout;
 use twill_guest::{Factory, Protocol, Reason, Transport, export};
 
@@ -39,21 +43,35 @@ thread_local! {
 pub const MAX_LENGTH: usize = 16384;
 
 /// Twisted's `Chat(LineReceiver)`.
-#[derive(Default)]
 pub struct Chat {
     name: Option<String>,
-    line: Vec<u8>,
+    lines: LineReceiver,
     idle: Option<Timeout>,
+}
+
+impl Default for Chat {
+    fn default() -> Self {
+        Chat {
+            name: None,
+            lines: LineReceiver::new(b"\n", MAX_LENGTH),
+            idle: None,
+        }
+    }
 }
 
 fn send_line(t: &Transport, line: &str) {
     t.write_sequence([line.as_bytes(), b"\r\n"]);
 }
 
-impl Chat {
-    fn line_received(&mut self, t: &Transport, line: &str) {
+impl LineProtocol for Chat {
+    fn line_receiver(&mut self) -> &mut LineReceiver {
+        &mut self.lines
+    }
+
+    fn line_received(&mut self, t: &Transport, line: &[u8]) {
+        let line = String::from_utf8_lossy(line.strip_suffix(b"\r").unwrap_or(line)).into_owned();
         match &self.name {
-            None => self.handle_getname(t, line),
+            None => self.handle_getname(t, &line),
             Some(name) => {
                 let message = format!("<{name}> {line}");
                 USERS.with(|u| {
@@ -67,6 +85,14 @@ impl Chat {
         }
     }
 
+    /// Twisted's default drops the connection; this one says why first.
+    fn line_length_exceeded(&mut self, t: &Transport, _line: &[u8]) {
+        send_line(t, "Line too long.");
+        t.lose_connection();
+    }
+}
+
+impl Chat {
     fn handle_getname(&mut self, t: &Transport, name: &str) {
         if USERS.with(|u| u.borrow().contains_key(name)) {
             send_line(t, "Name taken, please choose another.");
@@ -94,22 +120,7 @@ impl Protocol for Chat {
         if let Some(idle) = &self.idle {
             idle.reset_timeout();
         }
-        // LineReceiver: split on \n, drop a trailing \r, any chunking.
-        for &b in data {
-            if b == b'\n' {
-                let raw = std::mem::take(&mut self.line);
-                let line = String::from_utf8_lossy(&raw);
-                self.line_received(t, line.trim_end_matches('\r'));
-            } else if self.line.len() >= MAX_LENGTH {
-                // `lineLengthExceeded`: drop the line and the connection.
-                self.line = Vec::new();
-                send_line(t, "Line too long.");
-                t.lose_connection();
-                return;
-            } else {
-                self.line.push(b);
-            }
-        }
+        self.receive_lines(t, data);
     }
 
     fn connection_lost(&mut self, _reason: Reason) {

@@ -11,7 +11,8 @@ use twill::testing::TestComponent;
 fn component() -> PathBuf {
     // CARGO_TARGET_TMPDIR is <target dir>/tmp, wherever the target dir is.
     let target = PathBuf::from(env!("CARGO_TARGET_TMPDIR")).join("..");
-    let wasm = target.join("wasm32-wasip2/release/{{crate_name}}.wasm");
+    let name = env!("CARGO_PKG_NAME").replace('-', "_");
+    let wasm = target.join(format!("wasm32-wasip2/release/{name}.wasm"));
     assert!(
         wasm.exists(),
         "{} is missing: run `cargo build --release --target wasm32-wasip2` first",
