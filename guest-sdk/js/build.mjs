@@ -4,7 +4,8 @@
 //
 //   node guest-sdk/js/build.mjs GUEST.js [-o OUT.wasm] [--wit DIR] [--world peer]
 //
-// Defaults: OUT = GUEST with .wasm, --wit = the Twill repository's wit/,
+// Defaults: OUT = GUEST with .wasm, --wit = the package's own wit/ (a copy
+// of the Twill repository's, made by scripts/sync-wit.sh),
 // --world = peer (a guest exporting both factories; `server` or `client`
 // when it exports one). Install the tool first: `npm ci` in guest-sdk/js.
 //
@@ -22,7 +23,7 @@ const here = dirname(fileURLToPath(import.meta.url));
 const args = process.argv.slice(2);
 let source = null;
 let out = null;
-let wit = resolve(here, '../../wit');
+let wit = resolve(here, 'wit');
 let world = 'peer';
 for (let i = 0; i < args.length; i++) {
   const a = args[i];

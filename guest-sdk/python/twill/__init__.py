@@ -50,6 +50,7 @@ process: a factory may keep its protocols and write to any of their
 transports.
 """
 
+import os as _os
 import sys
 from dataclasses import dataclass
 from typing import Optional
@@ -70,10 +71,16 @@ __all__ = [
     "StartTLSError",
     "TlsInfo",
     "Transport",
+    "WIT_DIR",
     "serve",
 ]
 
 __version__ = "0.1.0"
+
+#: The directory of the ``twill:protocol`` WIT files bundled with this
+#: package, for ``componentize-py -d "$(python3 -c 'import twill;
+#: print(twill.WIT_DIR)')" -w peer componentize ...``.
+WIT_DIR = _os.path.join(_os.path.dirname(_os.path.abspath(__file__)), "wit")
 
 
 class Address:
