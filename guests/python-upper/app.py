@@ -1,4 +1,5 @@
-"""{{name}}: a line protocol for Twill.
+"""A line protocol for Twill, on the SDK's LineReceiver (the project
+``twill new python NAME`` writes starts from this file).
 
 Each line the client sends gets one line back: ``PING`` gets ``PONG``,
 ``QUIT`` gets ``BYE`` and the connection closes, anything else comes back in

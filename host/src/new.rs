@@ -3,8 +3,9 @@
 //! harness, a plugins.toml that serves it, and a README with the commands
 //! to build, test and run it).
 //!
-//! The templates (`host/templates/{rust,python,js}`) are compiled into the
-//! binary, so this works offline. Projects depend on the SDKs by version;
+//! The templates (`host/templates/{rust,python,js}`, and the protocols and
+//! their tests from the gallery: `guests/upper`, `guests/python-upper`,
+//! `guests/js-upper`) are compiled into the binary, so this works offline. Projects depend on the SDKs by version;
 //! until those are published, a project made from a Twill checkout (found
 //! next to the binary's sources, or given with `--sdk-path`) also points
 //! at the checkout's SDKs, and its README says how to drop that.
@@ -89,10 +90,10 @@ const RUST: &[File] = &[
 ];
 
 const PYTHON: &[File] = &[
-    ("app.py", include_str!("../templates/python/app.py")),
+    ("app.py", include_str!("../../guests/python-upper/app.py")),
     (
         "tests/test_app.py",
-        include_str!("../templates/python/tests/test_app.py"),
+        include_str!("../../guests/python-upper/tests/test_app.py"),
     ),
     (
         "requirements.txt",
@@ -107,15 +108,18 @@ const PYTHON: &[File] = &[
 ];
 
 const JS: &[File] = &[
-    ("app.js", include_str!("../templates/js/app.js")),
+    ("app.js", include_str!("../../guests/js-upper/app.js")),
     (
         "test/app.test.js",
-        include_str!("../templates/js/test/app.test.js"),
+        include_str!("../../guests/js-upper/test/app.test.js"),
     ),
     ("package.json", include_str!("../templates/js/package.json")),
     ("plugins.toml", include_str!("../templates/js/plugins.toml")),
     ("README.md", include_str!("../templates/js/README.md")),
     (".gitignore", include_str!("../templates/js/gitignore")),
+    // A `file:` SDK is installed as a copy with its dependencies
+    // (ComponentizeJS), as the published package would be.
+    (".npmrc", include_str!("../templates/js/npmrc")),
 ];
 
 /// The SDK version the templates name: the WIT package's, which the three
