@@ -362,7 +362,7 @@ describe('the npm package', () => {
     assert.equal(pkg.name, 'twill-guest');
     assert.equal(pkg.private, undefined);
     assert.deepEqual(Object.keys(pkg.exports).sort(), ['.', './basic', './package.json', './testing']);
-    assert.deepEqual([...pkg.files].sort(), ['README.md', 'basic.js', 'build.mjs', 'testing.js', 'twill.js', 'wit/']);
+    assert.deepEqual([...pkg.files].sort(), ['LICENSE', 'README.md', 'basic.js', 'build.mjs', 'testing.js', 'twill.js', 'wit/']);
     assert.equal(pkg.bin['twill-componentize'], 'build.mjs');
     for (const target of Object.values(pkg.exports)) assert.ok(existsSync(new URL(`../${target}`, import.meta.url)), target);
   });
