@@ -546,3 +546,48 @@ fn check_reports_bad_grants_and_lists_good_ones() {
         "{stdout}"
     );
 }
+
+/// `twill new` writes a project offline, and refuses a bad name or a
+/// non-empty directory with exit 2, writing nothing.
+#[test]
+fn twill_new_writes_a_project_or_refuses_with_a_hint() {
+    let dir = support::scratch();
+    for lang in ["rust", "python", "js"] {
+        let target = dir.join(lang);
+        let out = support::twill()
+            .args(["new", lang, "hello-there", "--published", "--dir"])
+            .arg(&target)
+            .output()
+            .unwrap();
+        assert!(
+            out.status.success(),
+            "{lang}: {}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+        let readme = std::fs::read_to_string(target.join("README.md")).unwrap();
+        assert!(readme.starts_with("# hello-there"), "{lang}: {readme}");
+        let config = std::fs::read_to_string(target.join("plugins.toml")).unwrap();
+        assert!(config.contains("[plugins.hello-there]"), "{lang}: {config}");
+        // --published: no override to a checkout in the build files.
+        for f in ["Cargo.toml", "requirements.txt", "package.json"] {
+            if let Ok(text) = std::fs::read_to_string(target.join(f)) {
+                assert!(!text.contains("guest-sdk"), "{lang} {f}: {text}");
+            }
+        }
+        let again = support::twill()
+            .args(["new", lang, "hello-there", "--dir"])
+            .arg(&target)
+            .output()
+            .unwrap();
+        assert_eq!(again.status.code(), Some(2));
+        assert!(String::from_utf8_lossy(&again.stderr).contains("already exists and is not empty"));
+    }
+    let bad = support::twill()
+        .args(["new", "rust", "Bad Name", "--dir"])
+        .arg(dir.join("bad"))
+        .output()
+        .unwrap();
+    assert_eq!(bad.status.code(), Some(2));
+    assert!(String::from_utf8_lossy(&bad.stderr).contains("hint: use lower-case letters"));
+    assert!(!dir.join("bad").exists(), "nothing written");
+}
