@@ -10,6 +10,7 @@ use std::fmt;
 use std::rc::Rc;
 use std::time::Duration;
 
+#[cfg(not(test))]
 use crate::__bindings::twill::protocol::reactor as wit_reactor;
 use crate::{Address, ClientFactory, Protocol, Reason};
 

@@ -236,9 +236,7 @@ impl StringFraming for NetstringReceiver {
                 Netstate::Length { value, digits } => {
                     // Only bytes not yet seen: the digits read so far were
                     // consumed.
-                    let Some(&b) = self.buffer.pending().first() else {
-                        return None;
-                    };
+                    let &b = self.buffer.pending().first()?;
                     self.buffer.start += 1;
                     match b {
                         b':' if digits > 0 => {
