@@ -168,9 +168,9 @@ const closing = (p) => {
  *
  * As in Twisted, a truthy value returned by `lineReceived` or
  * `rawDataReceived` stops this call's processing (the rest stays
- * buffered) and is returned by `dataReceived`; and as Twisted's
- * `_PauseableMixin`, `pauseProducing` holds back delivery (and pauses the
- * transport) until `resumeProducing`.
+ * buffered) and is returned by `dataReceived`. (Twisted's
+ * `_PauseableMixin` is left out, as in the Rust and Python SDKs: for flow
+ * control, pause the transport.)
  *
  * Unlike Twisted, no line or raw data is delivered once
  * `this.transport.disconnecting` is true, not even lines already received
@@ -187,8 +187,6 @@ export class LineReceiver extends Protocol {
     super();
     /** True in line mode (the default), false in raw mode: Twisted's `line_mode`. */
     this.lineMode = true;
-    /** True between `pauseProducing` and `resumeProducing`: delivery is held back. */
-    this.paused = false;
   }
 
   /**
@@ -220,7 +218,7 @@ export class LineReceiver extends Protocol {
     if (closing(this)) return undefined;
     this.#busy = true;
     try {
-      if (!this.lineMode && q.start === q.end && !this.paused) {
+      if (!this.lineMode && q.start === q.end) {
         // Raw data with nothing buffered: handed over as it came.
         if (data.length === 0) return undefined;
         const why = this.rawDataReceived(data);
@@ -237,7 +235,7 @@ export class LineReceiver extends Protocol {
   #deliver() {
     const q = this.#q;
     for (;;) {
-      if (q.start === q.end || this.paused || closing(this)) return undefined;
+      if (q.start === q.end || closing(this)) return undefined;
       if (!this.lineMode) {
         const why = this.rawDataReceived(q.takeAll());
         if (why) return why;
@@ -346,24 +344,6 @@ export class LineReceiver extends Protocol {
   lineLengthExceeded(line) {
     return this.transport.loseConnection();
   }
-
-  /**
-   * Twisted's `_PauseableMixin.pauseProducing`: hold back delivery and stop
-   * reading from the transport. Called by the host when this protocol is
-   * the registered producer (`this.transport.registerProducer()`) and its
-   * output is above the high-water mark.
-   */
-  pauseProducing() {
-    this.paused = true;
-    this.transport.pauseProducing();
-  }
-
-  /** Resume delivery (including what was buffered meanwhile) and reading. */
-  resumeProducing() {
-    this.paused = false;
-    this.transport.resumeProducing();
-    this.dataReceived(EMPTY);
-  }
 }
 
 /** The line-ending delimiter: `\r\n` by default, a `Uint8Array` (a string is taken as UTF-8). */
@@ -387,8 +367,7 @@ export class StringTooLongError extends Error {}
  *
  * `MAX_LENGTH` (default 99999) is the longest string accepted; a longer
  * prefix calls `lengthLimitExceeded(length)` (by default: lose the
- * connection), leaving the data buffered. As in Twisted, `pauseProducing`
- * holds back delivery until `resumeProducing`.
+ * connection), leaving the data buffered.
  *
  * Unlike Twisted, no string is delivered once
  * `this.transport.disconnecting` is true, in this call or later ones:
@@ -397,12 +376,6 @@ export class StringTooLongError extends Error {}
 export class IntNStringReceiver extends Protocol {
   #q = new ByteQueue();
   #busy = false;
-
-  constructor() {
-    super();
-    /** True between `pauseProducing` and `resumeProducing`: delivery is held back. */
-    this.paused = false;
-  }
 
   /**
    * Override this for notification when each complete string is received.
@@ -447,7 +420,7 @@ export class IntNStringReceiver extends Protocol {
     const q = this.#q;
     const p = this.prefixLength;
     for (;;) {
-      if (this.paused || closing(this)) return;
+      if (closing(this)) return;
       const start = q.start;
       const avail = q.end - start;
       if (avail < p) return;
@@ -488,19 +461,6 @@ export class IntNStringReceiver extends Protocol {
     for (let k = p - 1, v = n; k >= 0; k--, v = Math.floor(v / 256)) out[k] = v % 256;
     out.set(data, p);
     this.transport.write(out);
-  }
-
-  /** Twisted's `_PauseableMixin.pauseProducing`: hold back delivery and stop reading. */
-  pauseProducing() {
-    this.paused = true;
-    this.transport.pauseProducing();
-  }
-
-  /** Resume delivery (including what was buffered meanwhile) and reading. */
-  resumeProducing() {
-    this.paused = false;
-    this.transport.resumeProducing();
-    this.dataReceived(EMPTY);
   }
 }
 

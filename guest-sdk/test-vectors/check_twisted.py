@@ -10,48 +10,15 @@ disconnecting (Twisted's LineReceiver stops by itself). Exits 1 on any
 mismatch. It is also the reference for the chunking rule in "about".
 """
 
-import json
 import sys
 from pathlib import Path
 
 from twisted.internet.testing import StringTransport
 from twisted.protocols import basic
 
-VECTORS = json.loads((Path(__file__).parent / "basic.json").read_text(encoding="utf-8"))
+sys.path.insert(0, str(Path(__file__).resolve().parent))
 
-
-def as_bytes(v):
-    """A vector byte string: a latin-1 string or a list of parts."""
-    if isinstance(v, str):
-        return v.encode("latin-1")
-    out = bytearray()
-    for part in v:
-        out += as_bytes(part) if isinstance(part, str) else as_bytes(part["repeat"]) * part["count"]
-    return bytes(out)
-
-
-def chunkings(data):
-    """Every way the vectors' rule cuts `data` into data_received calls."""
-    n = len(data)
-    if n == 0:
-        yield [data]
-        return
-    if n <= 12:
-        for mask in range(1 << (n - 1)):
-            pieces, start = [], 0
-            for i in range(1, n):
-                if mask & (1 << (i - 1)):
-                    pieces.append(data[start:i])
-                    start = i
-            pieces.append(data[start:])
-            yield pieces
-        return
-    sizes = range(1, n + 1) if n <= 512 else sorted({1, 2, 3, 7, 64, 1000, 4096, n})
-    for k in sizes:
-        yield [data[i : i + k] for i in range(0, n, k)]
-    cuts = range(1, n) if n <= 512 else sorted({max(1, n * j // 17) for j in range(1, 17)})
-    for i in cuts:
-        yield [data[:i], data[i:]]
+from vectors import VECTORS, as_bytes, chunkings  # noqa: E402
 
 
 def merge_raw(events):

@@ -538,16 +538,7 @@ tls = {{ ca = "server.key" }}
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn the_shipped_tls_example_checks_and_serves_the_echo() {
     let repo = support::repo();
-    let certs = support::scratch();
-    let made = Command::new(repo.join("scripts/make-test-cert.sh"))
-        .arg(&certs)
-        .output()
-        .unwrap();
-    assert!(
-        made.status.success(),
-        "{}",
-        String::from_utf8_lossy(&made.stderr)
-    );
+    let certs = support::test_certs();
     // The shipped config, with its certificates from the script.
     let example = std::fs::read_to_string(repo.join("examples/tls/plugins.toml")).unwrap();
     let dir = support::scratch();

@@ -409,18 +409,6 @@ describe('LineReceiver', () => {
     p.kept.forEach((line, i) => assert.equal(text(line), `line ${Math.floor(i / 3)}`));
   });
 
-  test('pauseProducing holds lines back (and pauses the transport) until resumeProducing', () => {
-    const p = new Lines();
-    const t = connect(p);
-    p.pauseProducing();
-    assert.equal(t.producerState, 'paused');
-    p.dataReceived(bytes('a\r\nb\r\n'));
-    assert.deepEqual(p.lines, []);
-    p.resumeProducing();
-    assert.equal(t.producerState, 'producing');
-    assert.deepEqual(p.lines, ['a', 'b']);
-  });
-
   test('nothing is delivered once the transport is disconnecting', () => {
     const p = new Lines();
     const t = connect(p);
@@ -494,18 +482,6 @@ describe('IntNStringReceiver', () => {
     assert.deepEqual([...t.value()], [0, 0, 3, 0x61, 0x62, 0x63]);
   });
 
-  test('pauseProducing holds strings back until resumeProducing', () => {
-    const p = new Strings();
-    connect(p);
-    p.pauseProducing();
-    p.dataReceived(Uint8Array.of(0, 0, 0, 1, 0x61));
-    assert.deepEqual(p.strings, []);
-    p.resumeProducing();
-    assert.deepEqual(p.strings, ['a']);
-  });
-});
-
-describe('NetstringReceiver', () => {
   test('malformed input sets brokenPeer and loses the connection', () => {
     class P extends NetstringReceiver {
       stringReceived() {}

@@ -6,7 +6,6 @@ chunking, plus linearity and the API details the vectors do not cover.
     python3 -m unittest discover -s guest-sdk/python/tests
 """
 
-import json
 import sys
 import time
 import unittest
@@ -20,7 +19,8 @@ import twill  # noqa: E402
 from twill import basic  # noqa: E402
 from twill.testing import StringTransport, connect  # noqa: E402
 
-VECTORS = json.loads((HERE.parent.parent / "test-vectors" / "basic.json").read_text(encoding="utf-8"))
+sys.path.insert(0, str(HERE.parent.parent / "test-vectors"))
+from vectors import VECTORS, as_bytes, chunkings  # noqa: E402
 
 KINDS = {
     "line": basic.LineReceiver,
@@ -29,41 +29,6 @@ KINDS = {
     "int8": basic.Int8StringReceiver,
     "netstring": basic.NetstringReceiver,
 }
-
-
-def as_bytes(v):
-    """A vector byte string: a latin-1 string or a list of parts."""
-    if isinstance(v, str):
-        return v.encode("latin-1")
-    out = bytearray()
-    for part in v:
-        out += as_bytes(part) if isinstance(part, str) else as_bytes(part["repeat"]) * part["count"]
-    return bytes(out)
-
-
-def chunkings(data):
-    """Every way the vectors' rule cuts `data` into data_received calls
-    (the same rule as check_twisted.py)."""
-    n = len(data)
-    if n == 0:
-        yield [data]
-        return
-    if n <= 12:
-        for mask in range(1 << (n - 1)):
-            pieces, start = [], 0
-            for i in range(1, n):
-                if mask & (1 << (i - 1)):
-                    pieces.append(data[start:i])
-                    start = i
-            pieces.append(data[start:])
-            yield pieces
-        return
-    sizes = range(1, n + 1) if n <= 512 else sorted({1, 2, 3, 7, 64, 1000, 4096, n})
-    for k in sizes:
-        yield [data[i : i + k] for i in range(0, n, k)]
-    cuts = range(1, n) if n <= 512 else sorted({max(1, n * j // 17) for j in range(1, 17)})
-    for i in cuts:
-        yield [data[:i], data[i:]]
 
 
 def expected(case):

@@ -258,7 +258,32 @@ class LineReceiver(Protocol):
         return self.transport.lose_connection()
 
 
-class IntNStringReceiver(Protocol):
+class _StringBuffer(Protocol):
+    """What the string receivers share: the unprocessed bytes are
+    ``_buf[_pos:]``, and nothing can happen before ``_need`` of them are
+    there; ``_process`` (each receiver's own) consumes what it can."""
+
+    _buf = None
+    _pos = 0
+    _need = 1
+    _busy = False
+
+    def data_received(self, data):
+        """Receive some bytes, calling :meth:`string_received` for each
+        complete string: Twisted's ``dataReceived``. Do not override it.
+
+        @param data: bytes, in chunks of any size.
+        """
+        buf = self._buf
+        if buf is None:
+            buf = self._buf = bytearray()
+        buf += data
+        if self._busy or len(buf) - self._pos < self._need:
+            return
+        self._process()
+
+
+class IntNStringReceiver(_StringBuffer):
     """Generic class for length-prefixed protocols: Twisted's
     ``IntNStringReceiver``. Use one of its subclasses, or set
     ``prefix_length`` (1 to 8) on your own.
@@ -280,27 +305,7 @@ class IntNStringReceiver(Protocol):
     MAX_LENGTH = 99999
     prefix_length = None
 
-    # The unprocessed bytes are _buf[_pos:]; nothing can happen before
-    # _need of them are there (the prefix, then prefix and string).
-    _buf = None
-    _pos = 0
-    _need = 1
-    _busy = False
-
-    def data_received(self, data):
-        """Convert length-prefixed strings into calls to
-        :meth:`string_received`: Twisted's ``dataReceived``. Do not override
-        it.
-
-        @param data: bytes, in chunks of any size.
-        """
-        buf = self._buf
-        if buf is None:
-            buf = self._buf = bytearray()
-        buf += data
-        if self._busy or len(buf) - self._pos < self._need:
-            return
-        self._process()
+    # _need: the prefix, then the prefix and the string.
 
     def _process(self):
         buf = self._buf
@@ -396,7 +401,7 @@ class Int8StringReceiver(IntNStringReceiver):
     prefix_length = 1
 
 
-class NetstringReceiver(Protocol):
+class NetstringReceiver(_StringBuffer):
     """A protocol that sends and receives netstrings: Twisted's
     ``NetstringReceiver``.
 
@@ -421,28 +426,9 @@ class NetstringReceiver(Protocol):
     MAX_LENGTH = 99999
     broken_peer = False
 
-    # The unprocessed bytes are _buf[_pos:]; _length is the length of the
-    # string being received, None while its length is.
-    _buf = None
-    _pos = 0
-    _need = 1
+    # _length is the length of the string being received, None while its
+    # length is.
     _length = None
-    _busy = False
-
-    def data_received(self, data):
-        """Receive some bytes of netstrings, calling :meth:`string_received`
-        for each complete one: Twisted's ``dataReceived``. Do not override
-        it.
-
-        @param data: bytes, in chunks of any size.
-        """
-        buf = self._buf
-        if buf is None:
-            buf = self._buf = bytearray()
-        buf += data
-        if self._busy or len(buf) - self._pos < self._need:
-            return
-        self._process()
 
     def _process(self):
         buf = self._buf

@@ -463,3 +463,19 @@ impl Kit {
             .map_err(|e| e.kind())
     }
 }
+
+/// A throwaway CA and server certificate from scripts/make-test-cert.sh, in
+/// a scratch dir (`server.pem`, `server.key`, `test-ca.pem`).
+pub fn test_certs() -> PathBuf {
+    let certs = scratch();
+    let made = Command::new(repo().join("scripts/make-test-cert.sh"))
+        .arg(&certs)
+        .output()
+        .unwrap();
+    assert!(
+        made.status.success(),
+        "{}",
+        String::from_utf8_lossy(&made.stderr)
+    );
+    certs
+}
