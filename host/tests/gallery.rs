@@ -122,16 +122,7 @@ async fn upper_and_rpc_over_real_sockets() {
 /// scripts/make-test-cert.sh, as its header says).
 #[test]
 fn the_gallery_configs_check() {
-    let certs = support::scratch();
-    let made = std::process::Command::new(repo().join("scripts/make-test-cert.sh"))
-        .arg(&certs)
-        .output()
-        .unwrap();
-    assert!(
-        made.status.success(),
-        "{}",
-        String::from_utf8_lossy(&made.stderr)
-    );
+    let certs = support::test_certs();
     let configs = [
         "guests/upper/upper.toml",
         "guests/rpc/rpc.toml",
