@@ -281,6 +281,12 @@ impl Runtime {
         let component = Component::new(&self.engine, bytes)
             .map_err(wasm_err)
             .context("invalid component")?;
+        let pre = self.linker.instantiate_pre(&component).map_err(|e| {
+            anyhow::anyhow!(
+                "{}",
+                diagnose::unknown_import(&format!("{:#}", wasm_err(e)))
+            )
+        })?;
         let export_names: Vec<String> = component
             .component_type()
             .exports(&self.engine)
@@ -289,12 +295,6 @@ impl Runtime {
         if let Some(wrong) = diagnose::wrong_world(&export_names) {
             anyhow::bail!("{wrong}");
         }
-        let pre = self.linker.instantiate_pre(&component).map_err(|e| {
-            anyhow::anyhow!(
-                "{}",
-                diagnose::unknown_import(&format!("{:#}", wasm_err(e)))
-            )
-        })?;
         let exports = export_list(&self.engine, &component);
         let protocol = protocol::GuestIndices::new(&pre).map_err(|_| {
             anyhow::anyhow!("{}", missing_export(&exports, PROTOCOL, "every plugin"))
