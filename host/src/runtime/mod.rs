@@ -9,6 +9,7 @@
 //! | module | owns |
 //! |---|---|
 //! | this file | the engine and linker, compiling and checking one component ([`LoadError`]) |
+//! | [`diagnose`] | the message for a file that is not a Twill component (a wasip1 or other core module, a WASI command, another world, an unknown import) and the command that fixes it |
 //! | [`load`] | a config's plugins, at start ([`Runtime::load`], sizing the pool) and for a reload ([`Runtime::prepare_reload`]) |
 //! | [`plugin`] | a loaded plugin, immutable once built: its exports, limits and grants; it makes instances |
 //! | [`guest`] | one instance and the one call path: CPU budget, caller, fault classification ([`GuestFault`]); a shared instance and its batch call |
