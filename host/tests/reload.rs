@@ -311,7 +311,7 @@ async fn a_reload_that_fails_in_any_way_changes_nothing() {
                     ""
                 ) + &listen("p", "")
             ),
-            "does not export `twill:protocol/protocol@0.1.0`",
+            "built for another world",
         ),
         (
             format!(
