@@ -167,9 +167,10 @@ pub trait StringProtocol {
     /// A complete string arrived.
     fn string_received(&mut self, transport: &Transport, data: &[u8]);
 
-    /// A length prefix over `MAX_LENGTH` arrived; the receiver ignores the
-    /// rest of the stream. The default loses the connection, as Twisted's
-    /// does. (A malformed netstring always loses it.)
+    /// A length prefix over `MAX_LENGTH` arrived. The default loses the
+    /// connection, as Twisted's does; an override that keeps it open is
+    /// called again on the next data, since the prefix stays buffered (as
+    /// in Twisted). (A malformed netstring always loses the connection.)
     fn length_limit_exceeded(&mut self, transport: &Transport, length: u64) {
         let _ = length;
         transport.lose_connection();
@@ -260,5 +261,9 @@ fn drive_strings<P: StringProtocol>(
             break;
         };
         deliver(p, event, &frame);
+        if matches!(event, StringEvent::TooLong(_)) {
+            // Twisted returns after `lengthLimitExceeded`.
+            break;
+        }
     }
 }

@@ -40,8 +40,10 @@ pub trait StringFraming {
     /// Append received bytes.
     fn push(&mut self, data: &[u8]);
     /// Take the next complete string into `out` (cleared first); `None`
-    /// when more input is needed. After [`StringEvent::TooLong`] or
-    /// [`StringEvent::Malformed`] the receiver ignores all further input.
+    /// when more input is needed. [`StringEvent::TooLong`] leaves the prefix
+    /// buffered (asking again reports it again, as Twisted does);
+    /// after [`StringEvent::Malformed`] the receiver ignores all further
+    /// input.
     fn next_frame(&mut self, out: &mut Vec<u8>) -> Option<StringEvent>;
     /// Append `data`, framed, to `out`.
     fn encode(&self, data: &[u8], out: &mut Vec<u8>) -> Result<(), StringTooLongError>;
@@ -53,7 +55,7 @@ pub trait StringFraming {
 struct Buffer {
     buf: Vec<u8>,
     start: usize,
-    /// Stopped for good after an oversized or malformed frame.
+    /// Stopped for good after a malformed frame.
     broken: bool,
 }
 
@@ -144,7 +146,7 @@ impl<const N: usize> StringFraming for IntNStringReceiver<N> {
             .iter()
             .fold(0u64, |n, &b| (n << 8) | u64::from(b));
         if length > self.max_length as u64 {
-            self.buffer.break_off();
+            // Left buffered, as Twisted does: the next call reports it again.
             return Some(StringEvent::TooLong(length));
         }
         let length = length as usize;

@@ -318,14 +318,26 @@ fn a_long_delimiter_split_across_every_push_is_found() {
     assert_eq!(out, b"ab<EN");
 }
 
+/// An oversized prefix stays buffered: an override of
+/// `length_limit_exceeded` that keeps the connection hears it once per
+/// call, as in Twisted, and nothing after it is delivered.
 #[test]
-fn intn_stops_for_good_after_an_oversized_prefix() {
-    let mut r = Int16StringReceiver::new(3);
-    let mut out = Vec::new();
-    r.push(b"\x00\x09abc\x00\x01z");
-    assert_eq!(r.next_frame(&mut out), Some(StringEvent::TooLong(9)));
-    r.push(b"\x00\x01z");
-    assert_eq!(r.next_frame(&mut out), None);
+fn an_oversized_prefix_is_reported_once_per_call() {
+    let mut p = Strings(Int16StringReceiver::new(3));
+    let mut seen = Vec::new();
+    for data in [&b"\x00\x01a\x00\x09abc"[..], b"\x00\x01z"] {
+        drive_strings(&mut p, data, &|| false, &mut |_, event, bytes| {
+            seen.push((event, bytes.to_vec()))
+        });
+    }
+    assert_eq!(
+        seen,
+        [
+            (StringEvent::String, b"a".to_vec()),
+            (StringEvent::TooLong(9), vec![]),
+            (StringEvent::TooLong(9), vec![]),
+        ]
+    );
 }
 
 /// One 4 MiB line and one 4 MiB Int32 string fed one byte at a time finish
