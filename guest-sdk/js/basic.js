@@ -34,18 +34,11 @@
 // 16 MiB frame delivered one byte at a time is copied O(1) times, not once
 // per byte as Twisted's `buffer += data` does.
 
-import { Protocol } from './twill.js';
+import { Protocol, toBytes } from './twill.js';
 
 const encoder = new TextEncoder();
 const EMPTY = new Uint8Array(0);
 
-function toBytes(data) {
-  if (data instanceof Uint8Array) return data;
-  if (typeof data === 'string') return encoder.encode(data);
-  if (data instanceof ArrayBuffer) return new Uint8Array(data);
-  if (ArrayBuffer.isView(data)) return new Uint8Array(data.buffer, data.byteOffset, data.byteLength);
-  throw new TypeError('wants a Uint8Array, an ArrayBuffer(View) or a string (sent as UTF-8)');
-}
 
 // A buffer bigger than this is dropped when it empties and the next read is
 // much smaller, so one huge frame does not pin its memory for the life of

@@ -31,7 +31,6 @@
 
 import * as nodeModule from 'node:module';
 
-const encoder = new TextEncoder();
 const KEY = Symbol.for('twill-guest/testing.reactor');
 
 // The `twill:protocol/reactor` module under Node: forwards to the clock this
@@ -54,13 +53,6 @@ export async function resolve(specifier, context, nextResolve) {
 }
 `;
 
-function toBytes(data) {
-  if (data instanceof Uint8Array) return data;
-  if (typeof data === 'string') return encoder.encode(data);
-  if (data instanceof ArrayBuffer) return new Uint8Array(data);
-  if (ArrayBuffer.isView(data)) return new Uint8Array(data.buffer, data.byteOffset, data.byteLength);
-  throw new TypeError('wants a Uint8Array, an ArrayBuffer(View) or a string (sent as UTF-8)');
-}
 
 /** What the host's `connect-tcp` throws: ComponentizeJS's error with a `payload`. */
 class HostError extends Error {
@@ -193,7 +185,7 @@ if (typeof nodeModule.register === 'function') {
 }
 
 // After the hooks: the SDK imports the reactor.
-const { Address, Reason, SpliceError, StartTLSError, Transport, serve } = await import('./twill.js');
+const { Address, Reason, SpliceError, StartTLSError, Transport, serve, toBytes } = await import('./twill.js');
 clock._setReactorCalls(serve().reactorCalls);
 
 /**

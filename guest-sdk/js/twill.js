@@ -150,12 +150,20 @@ export class Reason {
   }
 }
 
-function toBytes(data) {
+/**
+ * Bytes as the SDK takes them: a Uint8Array as it is, an ArrayBuffer or
+ * view over the same memory, a string as UTF-8. Throws a TypeError for
+ * anything else. (Used by the transport, `basic.js` and `testing.js`.)
+ *
+ * @param {Uint8Array|ArrayBuffer|ArrayBufferView|string} data
+ * @returns {Uint8Array}
+ */
+export function toBytes(data) {
   if (data instanceof Uint8Array) return data;
   if (typeof data === 'string') return encoder.encode(data);
   if (data instanceof ArrayBuffer) return new Uint8Array(data);
   if (ArrayBuffer.isView(data)) return new Uint8Array(data.buffer, data.byteOffset, data.byteLength);
-  throw new TypeError('write() wants a Uint8Array, an ArrayBuffer(View) or a string (sent as UTF-8)');
+  throw new TypeError('wants a Uint8Array, an ArrayBuffer(View) or a string (sent as UTF-8)');
 }
 
 // A `list<u8>` from the bindings (a Uint8Array in ComponentizeJS) as a Uint8Array.

@@ -18,27 +18,7 @@ from twisted.protocols import basic
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
-from vectors import VECTORS, as_bytes, chunkings  # noqa: E402
-
-
-def merge_raw(events):
-    out = []
-    for e in events:
-        if e[0] == "raw" and out and out[-1][0] == "raw" and "raw_length" not in CASE:
-            out[-1] = ("raw", out[-1][1] + e[1])
-        else:
-            out.append(e)
-    return out
-
-
-def expected(case):
-    evs = []
-    for e in case["events"]:
-        if e[0] in ("line", "raw", "string"):
-            evs.append((e[0], as_bytes(e[1])))
-        else:
-            evs.append(tuple(e))
-    return evs
+from vectors import VECTORS, as_bytes, chunkings, expected, merge_raw  # noqa: E402
 
 
 class Transport(StringTransport):
@@ -127,7 +107,7 @@ for CASE in VECTORS["cases"]:
         for piece in pieces:
             p.dataReceived(piece)
         runs += 1
-        got = merge_raw(events)
+        got = merge_raw(CASE, events)
         written = t.value()
         if got != want or written != as_bytes(CASE.get("written", "")):
             failures += 1

@@ -42,3 +42,26 @@ def chunkings(data):
     cuts = range(1, n) if n <= 512 else sorted({max(1, n * j // 17) for j in range(1, 17)})
     for i in cuts:
         yield [data[:i], data[i:]]
+
+
+def expected(case):
+    """The case's events with their bytes decoded, as tuples."""
+    evs = []
+    for e in case["events"]:
+        if e[0] in ("line", "raw", "string"):
+            evs.append((e[0], as_bytes(e[1])))
+        else:
+            evs.append(tuple(e))
+    return evs
+
+
+def merge_raw(case, events):
+    """Adjacent raw events merged (their sizes depend on the chunking),
+    unless the case collects raw_length bytes itself."""
+    out = []
+    for e in events:
+        if e[0] == "raw" and out and out[-1][0] == "raw" and "raw_length" not in case:
+            out[-1] = ("raw", out[-1][1] + e[1])
+        else:
+            out.append(e)
+    return out

@@ -20,7 +20,7 @@ from twill import basic  # noqa: E402
 from twill.testing import StringTransport, connect  # noqa: E402
 
 sys.path.insert(0, str(HERE.parent.parent / "test-vectors"))
-from vectors import VECTORS, as_bytes, chunkings  # noqa: E402
+from vectors import VECTORS, as_bytes, chunkings, expected, merge_raw  # noqa: E402
 
 KINDS = {
     "line": basic.LineReceiver,
@@ -29,28 +29,6 @@ KINDS = {
     "int8": basic.Int8StringReceiver,
     "netstring": basic.NetstringReceiver,
 }
-
-
-def expected(case):
-    evs = []
-    for e in case["events"]:
-        if e[0] in ("line", "raw", "string"):
-            evs.append((e[0], as_bytes(e[1])))
-        else:
-            evs.append(tuple(e))
-    return evs
-
-
-def merge_raw(case, events):
-    """Adjacent raw events merged (their sizes depend on the chunking),
-    unless the case collects raw_length bytes itself."""
-    out = []
-    for e in events:
-        if e[0] == "raw" and out and out[-1][0] == "raw" and "raw_length" not in case:
-            out[-1] = ("raw", out[-1][1] + e[1])
-        else:
-            out.append(e)
-    return out
 
 
 class RecordingTransport(StringTransport):
