@@ -215,8 +215,16 @@ fn main() -> ExitCode {
 }
 
 fn twill_main() -> ExitCode {
+    // First, while this is the only thread: it edits the environment.
+    let inherited = twill::listener::activation::take_from_env();
     let cli = Cli::parse();
     init_tracing(&cli);
+    for (name, addr) in &inherited.sockets {
+        tracing::info!(%addr, name = ?name, "the service manager passed a listening socket (LISTEN_FDS)");
+    }
+    for why in &inherited.rejected {
+        tracing::warn!("ignoring a descriptor the service manager passed: {why}");
+    }
     let path = match &cli.command {
         Command::New {
             lang,

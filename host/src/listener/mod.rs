@@ -14,6 +14,8 @@
 //! its end. A reload that drops the listener stops its accept loop
 //! ([`ListenerHandle::close`]); its connections drain.
 
+pub mod activation;
+
 use std::io;
 use std::net::SocketAddr;
 use std::sync::Arc;
@@ -173,6 +175,8 @@ impl ListenerHandle {
 }
 
 /// Binds and listens on the address of `cfg`.
+/// A socket a service manager passed (systemd socket activation) that
+/// matches `cfg` is served instead of binding one; see [`activation`].
 pub fn bind(cfg: &ListenConfig) -> Result<TcpListener, BindError> {
     let addr = SocketAddr::new(cfg.interface, cfg.port);
     let err = |source| BindError {
@@ -180,6 +184,9 @@ pub fn bind(cfg: &ListenConfig) -> Result<TcpListener, BindError> {
         plugin: cfg.plugin.clone(),
         source,
     };
+    if let Some(inherited) = activation::listener_for(cfg) {
+        return inherited.map_err(err);
+    }
     let socket = if addr.is_ipv4() {
         TcpSocket::new_v4()
     } else {

@@ -170,6 +170,9 @@ impl Reactor {
             reactor.listeners.push((key, listener.handle()));
             reactor.pending.push(listener);
         }
+        for (name, addr) in crate::listener::activation::close_unclaimed() {
+            tracing::warn!(%addr, name = ?name, "closing a socket the service manager passed: no [[listen]] entry matches it (by plugin name or port)");
+        }
         reactor.publish();
         Ok(reactor)
     }
