@@ -134,12 +134,11 @@ pub fn this_checkout() -> Option<PathBuf> {
         .then(|| root.to_path_buf())
 }
 
-/// Whether `name` can name a package in all three languages and a plugin.
+/// Whether `name` can name a package in all three languages and a plugin:
+/// a plugin name ([`crate::config::is_plugin_name`]) in lower case, as
+/// crates.io and npm require.
 pub fn valid_name(name: &str) -> bool {
-    let mut chars = name.chars();
-    chars.next().is_some_and(|c| c.is_ascii_lowercase())
-        && chars.all(|c| c.is_ascii_lowercase() || c.is_ascii_digit() || c == '-' || c == '_')
-        && name.len() <= 64
+    crate::config::is_plugin_name(name) && !name.chars().any(|c| c.is_ascii_uppercase())
 }
 
 /// Writes the project for `lang` named `name` into `dir` (which must not

@@ -14,6 +14,8 @@ mod check;
 mod limits;
 mod show;
 mod tables;
+
+pub use tables::is_identifier as is_plugin_name;
 mod tls;
 
 pub use limits::{
