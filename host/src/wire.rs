@@ -35,6 +35,9 @@ pub struct Wire {
     /// Where the bytes it carries are counted (a listener's or connector's
     /// [`Traffic`]), if anywhere.
     traffic: Option<Arc<Traffic>>,
+    /// The peer and local addresses a PROXY protocol header named, which
+    /// stand for the socket's own.
+    proxied: Option<(SocketAddr, SocketAddr)>,
 }
 
 #[derive(Debug)]
@@ -92,6 +95,7 @@ impl Wire {
             tcp,
             tls: OnceLock::new(),
             traffic: None,
+            proxied: None,
         }
     }
 
@@ -103,6 +107,21 @@ impl Wire {
             traffic: Some(traffic),
             ..Wire::new(tcp)
         }
+    }
+
+    /// This connection as the PROXY protocol header that opened it
+    /// described it: `peer` is the original client, `local` the address
+    /// it connected to. [`Wire::peer_addr`] and [`Wire::local_addr`]
+    /// answer these from now on.
+    pub fn behind_proxy(mut self, peer: SocketAddr, local: SocketAddr) -> Wire {
+        self.proxied = Some((peer, local));
+        self
+    }
+
+    /// The TCP socket, to read what comes before the protocol's bytes
+    /// (a PROXY protocol header).
+    pub fn tcp_mut(&mut self) -> &mut TcpStream {
+        &mut self.tcp
     }
 
     /// The TCP socket (for a handshake, which runs on it directly).
@@ -146,14 +165,22 @@ impl Wire {
         self.tls.get().map(|t| lock(t).info.clone())
     }
 
-    /// The peer's address.
+    /// The peer's address (the original client's, behind a PROXY
+    /// protocol balancer).
     pub fn peer_addr(&self) -> io::Result<SocketAddr> {
-        self.tcp.peer_addr()
+        match self.proxied {
+            Some((peer, _)) => Ok(peer),
+            None => self.tcp.peer_addr(),
+        }
     }
 
-    /// The local address.
+    /// The local address (the one the client connected to, behind a
+    /// PROXY protocol balancer).
     pub fn local_addr(&self) -> io::Result<SocketAddr> {
-        self.tcp.local_addr()
+        match self.proxied {
+            Some((_, local)) => Ok(local),
+            None => self.tcp.local_addr(),
+        }
     }
 
     /// Waits until the socket is ready for `interest`. With TLS: at once

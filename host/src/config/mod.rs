@@ -12,6 +12,7 @@
 
 mod check;
 mod limits;
+mod proxy;
 mod show;
 mod tables;
 
@@ -160,6 +161,11 @@ impl Config {
 pub struct HostSettings {
     /// How long a graceful shutdown may take before the host exits anyway.
     pub shutdown_timeout: Duration,
+    /// `drain-timeout`: after a stop, how long open connections are left
+    /// to end on their own (the listeners already closed) before they are
+    /// told to lose-connection. Zero by default: told at once. HAProxy's
+    /// soft stop and Envoy's drain time play this part for them.
+    pub drain_timeout: Duration,
     /// How many component instances may be alive at once, across plugins:
     /// the size of the pooling allocator. Each live connection of a
     /// per-connection plugin holds one. `None`: not set in the file; the
@@ -180,6 +186,7 @@ impl Default for HostSettings {
     fn default() -> Self {
         HostSettings {
             shutdown_timeout: DEFAULT_SHUTDOWN_TIMEOUT,
+            drain_timeout: Duration::ZERO,
             max_instances: None,
             threads: None,
             max_queued_output: DEFAULT_MAX_QUEUED_OUTPUT,
@@ -240,6 +247,13 @@ pub struct ListenConfig {
     /// `tls`: the checked certificates and settings, built into the rustls
     /// config that serves them; none for plaintext.
     pub tls: Option<std::sync::Arc<crate::tls::ServerSide>>,
+    /// `reuse-port`: bind with `SO_REUSEPORT`, so that several processes
+    /// (or an old and a new binary) serve one port and the kernel spreads
+    /// connections among them.
+    pub reuse_port: bool,
+    /// `proxy-protocol` and `proxy-from`: each connection opens with a
+    /// PROXY protocol header naming the original client; none by default.
+    pub proxy: Option<std::sync::Arc<crate::listener::proxy::ProxyPolicy>>,
     /// Line of the entry.
     pub line: usize,
 }

@@ -19,6 +19,7 @@ use super::*;
 const TOP_KEYS: &[&str] = &["host", "plugins", "listen", "connect"];
 const HOST_KEYS: &[&str] = &[
     "shutdown-timeout",
+    "drain-timeout",
     "max-instances",
     "threads",
     "max-queued-output",
@@ -49,6 +50,9 @@ const LISTEN_KEYS: &[&str] = &[
     "backlog",
     "idle-timeout",
     "tls",
+    "reuse-port",
+    "proxy-protocol",
+    "proxy-from",
 ];
 const CONNECT_KEYS: &[&str] = &[
     "host",
@@ -147,10 +151,24 @@ fn parse_host(c: &mut Checker<'_>, t: &Table<'_, '_>) -> HostSettings {
     let max_queued_output = c
         .size(t, "max-queued-output", MIN_MAX_QUEUED_OUTPUT.., "")
         .and_then(|n| usize::try_from(n).ok());
+    let shutdown_timeout = c
+        .duration(t, "shutdown-timeout", Duration::ZERO)
+        .unwrap_or(DEFAULT_SHUTDOWN_TIMEOUT);
+    let drain_timeout = c
+        .duration(t, "drain-timeout", Duration::ZERO)
+        .unwrap_or(Duration::ZERO);
+    if !drain_timeout.is_zero() && drain_timeout >= shutdown_timeout {
+        c.error(
+            t.get("drain-timeout").map(|v| v.span()),
+            &t.field("drain-timeout"),
+            format!(
+                "drain-timeout ({drain_timeout:?}) must be shorter than shutdown-timeout ({shutdown_timeout:?}): connections still open after the drain are told to close, and need the rest of shutdown-timeout to flush"
+            ),
+        );
+    }
     HostSettings {
-        shutdown_timeout: c
-            .duration(t, "shutdown-timeout", Duration::ZERO)
-            .unwrap_or(DEFAULT_SHUTDOWN_TIMEOUT),
+        shutdown_timeout,
+        drain_timeout,
         max_instances: c.int(t, "max-instances", 1..=MAX_INSTANCES),
         threads: c.int(t, "threads", 1..=MAX_THREADS),
         max_queued_output: max_queued_output.unwrap_or(DEFAULT_MAX_QUEUED_OUTPUT),
@@ -515,6 +533,8 @@ fn parse_listen(
     let backlog = c.int(t, "backlog", 1..=u32::MAX);
     let idle_timeout = c.duration(t, "idle-timeout", MIN_IDLE_TIMEOUT);
     let tls = super::tls::parse_listen_tls(c, t, base);
+    let reuse_port = c.bool(t, "reuse-port").unwrap_or(false);
+    let proxy = super::proxy::parse_listen_proxy(c, t);
     let interface = interface.unwrap_or(DEFAULT_INTERFACE);
     if let Some(port) = port.filter(|p| *p != 0) {
         let clash = seen.iter().find(|(ip, p, _)| {
@@ -537,6 +557,8 @@ fn parse_listen(
         backlog: backlog.unwrap_or(DEFAULT_BACKLOG),
         idle_timeout,
         tls,
+        reuse_port,
+        proxy,
         line,
     })
 }

@@ -525,3 +525,85 @@ fn did_you_mean_only_for_close_spellings() {
         "unknown key `max-connection`: did you mean `max-connections`?"
     );
 }
+
+#[test]
+fn proxy_protocol_needs_trusted_sources_and_names_bad_ones() {
+    let ok = parse(&with_echo(
+        "",
+        &format!(
+            "{LISTEN}reuse-port = true\nproxy-protocol = \"any\"\nproxy-from = [\"127.0.0.1\", \"10.1.2.3/8\", \"::1\"]\n"
+        ),
+    ))
+    .unwrap();
+    let l = &ok.listen[0];
+    assert!(l.reuse_port);
+    let p = l.proxy.as_ref().unwrap();
+    assert_eq!(p.versions, crate::listener::proxy::Versions::Any);
+    // Networks are stored truncated, addresses as one-host networks.
+    let from: Vec<String> = p.from.iter().map(ToString::to_string).collect();
+    assert_eq!(from, ["127.0.0.1/32", "10.0.0.0/8", "::1/128"]);
+    assert!(
+        parse(&with_echo("", LISTEN)).unwrap().listen[0]
+            .proxy
+            .is_none()
+    );
+
+    let errs = errors(&with_echo(
+        "",
+        &format!(
+            "{LISTEN}proxy-protocol = \"v3\"\nproxy-from = [\"10.0.0.0/33\", 7]\n\
+             [[listen]]\nport = 9001\nplugin = \"echo\"\nproxy-protocol = \"v1\"\n\
+             [[listen]]\nport = 9002\nplugin = \"echo\"\nproxy-from = [\"10.0.0.0/8\"]\n\
+             [[listen]]\nport = 9003\nplugin = \"echo\"\nproxy-protocol = \"v2\"\nproxy-from = []\nreuse-port = \"yes\"\n"
+        ),
+    ));
+    let says = |key: &str, what: &str| {
+        let e = find(&errs, key);
+        assert!(e.message.contains(what), "{key}: {}", e.message);
+    };
+    says(
+        "listen[0].proxy-protocol",
+        "\"v3\" is not a PROXY protocol version: use \"v1\", \"v2\" or \"any\"",
+    );
+    says(
+        "listen[0].proxy-from[0]",
+        "\"10.0.0.0/33\" is not an address or network",
+    );
+    says(
+        "listen[0].proxy-from[1]",
+        "expected an address or network string",
+    );
+    says(
+        "listen[1].proxy-protocol",
+        "must say whom it trusts to send them: add proxy-from = [",
+    );
+    says(
+        "listen[2].proxy-from",
+        "only means something with proxy-protocol",
+    );
+    says(
+        "listen[3].proxy-from",
+        "an empty proxy-from would refuse every connection",
+    );
+    says("listen[3].reuse-port", "expected true or false");
+}
+
+#[test]
+fn drain_timeout_must_leave_time_to_close() {
+    let ok = parse(&with_echo(
+        "",
+        &format!("[host]\ndrain-timeout = \"20s\"\nshutdown-timeout = \"30s\"\n{LISTEN}"),
+    ))
+    .unwrap();
+    assert_eq!(ok.host.drain_timeout, Duration::from_secs(20));
+    let errs = errors(&with_echo(
+        "",
+        &format!("[host]\ndrain-timeout = \"10s\"\n{LISTEN}"),
+    ));
+    let e = find(&errs, "host.drain-timeout");
+    assert!(
+        e.message
+            .starts_with("drain-timeout (10s) must be shorter than shutdown-timeout (5s)"),
+        "{e}"
+    );
+}

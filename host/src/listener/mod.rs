@@ -15,6 +15,7 @@
 //! ([`ListenerHandle::close`]); its connections drain.
 
 pub mod activation;
+pub mod proxy;
 
 use std::io;
 use std::net::SocketAddr;
@@ -83,6 +84,12 @@ pub struct ListenerStats {
     /// Connections closed at once because their shared instance is waiting
     /// out a crash-loop backoff.
     pub refused_backoff: AtomicU64,
+    /// Connections refused because they came from a source not in
+    /// `proxy-from`.
+    pub proxy_untrusted: AtomicU64,
+    /// Connections closed because they did not open with a whole, valid
+    /// PROXY header of an accepted version in time.
+    pub proxy_header: AtomicU64,
     /// TLS handshakes, completed and failed by kind, and refused
     /// `start-tls` calls.
     pub tls: Arc<TlsStats>,
@@ -100,6 +107,8 @@ pub struct Target {
     pub idle_timeout: Option<Duration>,
     /// `tls`.
     pub tls: Option<Arc<ServerSide>>,
+    /// `proxy-protocol` and `proxy-from`.
+    pub proxy: Option<Arc<proxy::ProxyPolicy>>,
 }
 
 impl Target {
@@ -110,6 +119,7 @@ impl Target {
             max_connections: cfg.max_connections,
             idle_timeout: cfg.idle_timeout,
             tls: cfg.tls.clone(),
+            proxy: cfg.proxy.clone(),
         }
     }
 
@@ -174,7 +184,8 @@ impl ListenerHandle {
     }
 }
 
-/// Binds and listens on the address of `cfg`.
+/// Binds and listens on the address of `cfg` (with `SO_REUSEPORT` if it
+/// has `reuse-port`: then other sockets with it may share the port).
 /// A socket a service manager passed (systemd socket activation) that
 /// matches `cfg` is served instead of binding one; see [`activation`].
 pub fn bind(cfg: &ListenConfig) -> Result<TcpListener, BindError> {
@@ -194,6 +205,9 @@ pub fn bind(cfg: &ListenConfig) -> Result<TcpListener, BindError> {
     }
     .map_err(err)?;
     socket.set_reuseaddr(true).map_err(err)?;
+    if cfg.reuse_port {
+        socket.set_reuseport(true).map_err(err)?;
+    }
     socket.bind(addr).map_err(err)?;
     socket.listen(cfg.backlog).map_err(err)
 }
@@ -373,17 +387,29 @@ impl Acceptor {
         let addr = self.addr;
         let home = self.home.home();
         let mut backoff = Duration::from_millis(5);
+        // Closing: what the kernel already queued is accepted and served
+        // before the socket closes (closing it would reset those). With
+        // `reuse-port`, `net.ipv4.tcp_migrate_req = 1` also hands the
+        // half-open ones to the other sockets on the port.
+        let mut closing = false;
         loop {
             // A reload may have moved the target while this loop was on
             // its way here.
-            if self.target.borrow().home() != home {
+            if !closing && self.target.borrow().home() != home {
                 return Some((listener.into_std().ok()?, self.home));
             }
-            let accepted = tokio::select! {
-                r = listener.accept() => r,
-                () = shutdown.recv() => return None,
-                () = closed.recv() => return None,
-                Ok(()) = self.target.changed() => continue,
+            let accepted = if closing {
+                queued(&listener)?
+            } else {
+                tokio::select! {
+                    r = listener.accept() => r,
+                    () = shutdown.recv() => return None,
+                    () = closed.recv() => {
+                        closing = true;
+                        continue;
+                    }
+                    Ok(()) = self.target.changed() => continue,
+                }
             };
             let target = self.target.borrow_and_update().clone();
             let on_home = target.home() == home;
@@ -491,6 +517,26 @@ impl Acceptor {
             });
         }
     }
+}
+
+/// A connection the kernel already queued on `listener`, taken with one
+/// non-blocking `accept(2)` (tokio's readiness may not have heard of it
+/// yet); none when the queue is empty.
+fn queued(listener: &TcpListener) -> Option<io::Result<(TcpStream, SocketAddr)>> {
+    let (socket, addr) = match socket2::SockRef::from(listener).accept() {
+        Ok(x) => x,
+        Err(e) if e.kind() == io::ErrorKind::WouldBlock => return None,
+        Err(e) => return Some(Err(e)),
+    };
+    let peer = addr
+        .as_socket()
+        .unwrap_or_else(|| SocketAddr::from(([0, 0, 0, 0], 0)));
+    let stream = std::net::TcpStream::from(socket);
+    Some(
+        (stream.set_nonblocking(true))
+            .and_then(|()| TcpStream::from_std(stream))
+            .map(|s| (s, peer)),
+    )
 }
 
 /// EMFILE, ENFILE, ENOBUFS, ENOMEM: retrying at once would spin.

@@ -10,6 +10,7 @@ use std::sync::atomic::Ordering;
 
 use tokio::net::TcpStream;
 
+use super::proxy::{self, ProxyError};
 use super::{ListenerStats, Target};
 use crate::connection::{self, End, Options, StartTls};
 use crate::runtime::GuestFault;
@@ -38,12 +39,37 @@ impl ServerConnection {
         let Self {
             target,
             stats,
-            peer,
+            mut peer,
             reserved,
         } = self;
         let instances = &target.instances;
         let name = &instances.plugin().name;
-        let wire = Arc::new(Wire::counted(stream, stats.traffic.clone()));
+        let mut wire = Wire::counted(stream, stats.traffic.clone());
+        if let Some(policy) = &target.proxy {
+            let header = proxy::read_header(wire.tcp_mut(), peer, policy);
+            let result = tokio::select! {
+                r = header => r,
+                () = shutdown.recv() => return,
+            };
+            match result {
+                Ok(Some(original)) => {
+                    tracing::debug!(plugin = %name, via = %peer, peer = %original.source, "PROXY header read");
+                    peer = original.source;
+                    wire = wire.behind_proxy(original.source, original.destination);
+                }
+                Ok(None) => {}
+                Err(e) => {
+                    let counter = match e {
+                        ProxyError::Untrusted => &stats.proxy_untrusted,
+                        _ => &stats.proxy_header,
+                    };
+                    counter.fetch_add(1, Ordering::Relaxed);
+                    tracing::info!(plugin = %name, %peer, reason = e.label(), error = %e, "PROXY protocol: connection refused");
+                    return;
+                }
+            }
+        }
+        let wire = Arc::new(wire);
         let side = target.tls.as_ref();
         if let Some(side) = side.filter(|s| !s.start_tls) {
             let handshake = wire.handshake(Side::Server(side), Some(&stats.tls));

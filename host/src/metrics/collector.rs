@@ -150,7 +150,7 @@ impl Collector for Metrics {
             "Connections accepted and handed to a protocol",
             each(|s| s.accepted.load(Ordering::Relaxed)),
         )?;
-        let refused: [(&str, ListenerCount); 5] = [
+        let refused: [(&str, ListenerCount); 7] = [
             ("max_connections", |s| {
                 s.rejected_over_limit.load(Ordering::Relaxed)
             }),
@@ -162,11 +162,15 @@ impl Collector for Metrics {
                 s.instantiation_failed.load(Ordering::Relaxed)
             }),
             ("backoff", |s| s.refused_backoff.load(Ordering::Relaxed)),
+            ("proxy_untrusted", |s| {
+                s.proxy_untrusted.load(Ordering::Relaxed)
+            }),
+            ("proxy_header", |s| s.proxy_header.load(Ordering::Relaxed)),
         ];
         counters(
             &mut enc,
             "twill_connections_refused",
-            "Connections closed without being served, by reason: max_connections (the listener's cap), max_instances (the plugin's cap), factory (build-protocol built none), no_instance (no instance could be made), backoff (a crash-looping shared instance is waiting to restart)",
+            "Connections closed without being served, by reason: max_connections (the listener's cap), max_instances (the plugin's cap), factory (build-protocol built none), no_instance (no instance could be made), backoff (a crash-looping shared instance is waiting to restart), proxy_untrusted (a source not in proxy-from), proxy_header (no valid PROXY protocol header in time)",
             ls.iter().flat_map(|(lab, s)| {
                 refused.iter().map(move |(reason, f)| {
                     let mut l = lab.clone();

@@ -378,42 +378,68 @@ impl Reactor {
         end
     }
 
-    /// The shutdown after a stop request.
+    /// The shutdown after a stop request: stop accepting, let connections
+    /// end on their own for `[host] drain-timeout`, tell those left to
+    /// lose-connection, and reset whatever is still open at
+    /// `shutdown-timeout` (counted from the stop).
     async fn shut_down(&mut self, control: &mut mpsc::Receiver<Control>) -> RunEnd {
         let deadline = self.config.host.shutdown_timeout;
-        tracing::info!(timeout = ?deadline, "shutting down: closing connections");
+        let drain = self.config.host.drain_timeout;
+        let started = tokio::time::Instant::now();
+        // Stop accepting first (what the kernel queued is still served).
+        for (_, l) in &self.listeners {
+            l.close(std::time::Duration::from_secs(1)).await;
+        }
         let controller = &mut self.controller;
-        controller.signal();
-        let second_stop = async {
-            loop {
-                match control.recv().await {
-                    Some(Control::Stop) => return,
-                    Some(Control::Reload(reply)) => {
-                        tracing::warn!("reload requested while shutting down: ignored");
-                        if let Some(reply) = reply {
-                            let _ = reply.send(Err(ReloadError(vec![
-                                "the reactor is shutting down".into(),
-                            ])));
-                        }
-                    }
-                    None => std::future::pending().await,
-                }
+        if !drain.is_zero() {
+            tracing::info!(drain = ?drain, timeout = ?deadline, "shutting down: stopped accepting; open connections may end on their own during the drain");
+            tokio::select! {
+                () = controller.wait() => return RunEnd::Clean,
+                () = tokio::time::sleep(drain) => {}
+                () = second_stop(control) => return forced(controller).await,
             }
-        };
+        }
+        tracing::info!(timeout = ?deadline, "shutting down: closing connections");
+        controller.signal();
         tokio::select! {
             () = controller.wait() => RunEnd::Clean,
-            () = tokio::time::sleep(deadline) => {
+            () = tokio::time::sleep_until(started + deadline) => {
                 // Output still queued would be lost behind a clean FIN that
                 // looks complete: every connection still open resets instead.
                 let reset = controller.abort(ABORT_GRACE).await;
                 tracing::warn!(timeout = ?deadline, reset, "shutdown deadline passed with connections still open: {reset} reset, their unsent output dropped");
                 RunEnd::DeadlineExceeded
             }
-            () = second_stop => {
-                let reset = controller.abort(ABORT_GRACE).await;
-                tracing::warn!(reset, "second stop request: exiting now; {reset} connection(s) still open were reset");
-                RunEnd::Forced
-            }
+            () = second_stop(control) => forced(controller).await,
         }
     }
+}
+
+/// Returns at a second stop request during a shutdown; a reload asked
+/// for meanwhile is refused.
+async fn second_stop(control: &mut mpsc::Receiver<Control>) {
+    loop {
+        match control.recv().await {
+            Some(Control::Stop) => return,
+            Some(Control::Reload(reply)) => {
+                tracing::warn!("reload requested while shutting down: ignored");
+                if let Some(reply) = reply {
+                    let _ = reply.send(Err(ReloadError(vec![
+                        "the reactor is shutting down".into(),
+                    ])));
+                }
+            }
+            None => std::future::pending().await,
+        }
+    }
+}
+
+/// The end forced by a second stop request: every connection resets.
+async fn forced(controller: &mut ShutdownController) -> RunEnd {
+    let reset = controller.abort(ABORT_GRACE).await;
+    tracing::warn!(
+        reset,
+        "second stop request: exiting now; {reset} connection(s) still open were reset"
+    );
+    RunEnd::Forced
 }

@@ -1,0 +1,112 @@
+//! `[[listen]] proxy-protocol` and `proxy-from`: which PROXY protocol
+//! versions a listener reads, and from which balancers. Both keys go
+//! together: a header is trusted only from the sources named, so there
+//! is no default that would let any client name itself another address.
+
+use std::sync::Arc;
+
+use ipnet::IpNet;
+use toml::de::DeValue;
+
+use super::check::{Checker, Table};
+use super::show::quote;
+use crate::listener::proxy::{ProxyPolicy, Versions};
+
+const FROM_HINT: &str =
+    "proxy-from = [\"127.0.0.1/32\", \"10.0.0.0/8\"]: the balancers' addresses or networks";
+
+/// The listener's PROXY protocol policy, if it has one.
+pub(super) fn parse_listen_proxy(
+    c: &mut Checker<'_>,
+    t: &Table<'_, '_>,
+) -> Option<Arc<ProxyPolicy>> {
+    let versions = c.string(t, "proxy-protocol").and_then(|(s, span)| {
+        let v = Versions::parse(s);
+        if v.is_none() {
+            c.error(
+                Some(span),
+                &t.field("proxy-protocol"),
+                format!(
+                    "{} is not a PROXY protocol version: use {}",
+                    quote(s),
+                    Versions::NAMES
+                ),
+            );
+        }
+        v
+    });
+    let from = parse_from(c, t);
+    match (t.get("proxy-protocol"), t.get("proxy-from")) {
+        (Some(_), None) => {
+            c.error(
+                t.get("proxy-protocol").map(|v| v.span()),
+                &t.field("proxy-protocol"),
+                format!("a listener that reads PROXY headers must say whom it trusts to send them: add {FROM_HINT}"),
+            );
+            None
+        }
+        (None, Some(v)) => {
+            c.error(
+                Some(v.span()),
+                &t.field("proxy-from"),
+                "proxy-from only means something with proxy-protocol = \"v1\", \"v2\" or \"any\"",
+            );
+            None
+        }
+        _ => Some(Arc::new(ProxyPolicy {
+            versions: versions?,
+            from: from?,
+        })),
+    }
+}
+
+/// `proxy-from`: addresses and networks, at least one.
+fn parse_from(c: &mut Checker<'_>, t: &Table<'_, '_>) -> Option<Vec<IpNet>> {
+    let v = t.get("proxy-from")?;
+    let key = t.field("proxy-from");
+    let DeValue::Array(items) = v.get_ref() else {
+        c.type_error(
+            v,
+            &key,
+            "an array of addresses or networks (such as [\"10.0.0.0/8\"])",
+        );
+        return None;
+    };
+    if items.is_empty() {
+        c.error(
+            Some(v.span()),
+            &key,
+            format!("an empty proxy-from would refuse every connection: {FROM_HINT}"),
+        );
+        return None;
+    }
+    let before = c.error_count();
+    let mut nets = Vec::new();
+    for (i, item) in items.iter().enumerate() {
+        let item_key = format!("{key}[{i}]");
+        let DeValue::String(s) = item.get_ref() else {
+            c.type_error(
+                item,
+                &item_key,
+                "an address or network string (such as \"10.0.0.0/8\")",
+            );
+            continue;
+        };
+        let net = match s.parse::<std::net::IpAddr>() {
+            Ok(ip) => Ok(IpNet::from(ip.to_canonical())),
+            Err(_) => s.parse::<IpNet>().map(|n| n.trunc()),
+        };
+        match net {
+            Ok(n) => nets.push(n),
+            Err(_) => c.error(
+                Some(item.span()),
+                &item_key,
+                format!(
+                    "{} is not an address or network (such as \"10.0.0.0/8\" or \"::1\")",
+                    quote(s)
+                ),
+            ),
+        }
+    }
+    (c.error_count() == before).then_some(nets)
+}
