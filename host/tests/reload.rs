@@ -330,6 +330,10 @@ async fn a_reload_that_fails_in_any_way_changes_nothing() {
             ),
             "host.threads: changed from unset to 1, which takes a restart",
         ),
+        (
+            format!("{good}reuse-port = true\n"),
+            "listen[0].reuse-port: changed from false to true, which takes a restart",
+        ),
     ];
     let n = cases.len();
     for (text, expect) in cases {

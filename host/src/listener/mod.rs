@@ -207,6 +207,11 @@ pub fn bind(cfg: &ListenConfig) -> Result<TcpListener, BindError> {
     socket.set_reuseaddr(true).map_err(err)?;
     if cfg.reuse_port {
         socket.set_reuseport(true).map_err(err)?;
+        if std::fs::read_to_string("/proc/sys/net/ipv4/tcp_migrate_req")
+            .is_ok_and(|v| v.trim() == "0")
+        {
+            tracing::info!(%addr, "reuse-port: net.ipv4.tcp_migrate_req is 0, so connections still completing their handshake when this process stops are reset; set it to 1 to hand them to the other processes (docs/deploying.md)");
+        }
     }
     socket.bind(addr).map_err(err)?;
     socket.listen(cfg.backlog).map_err(err)

@@ -19,7 +19,7 @@ use std::time::Duration;
 
 use ipnet::IpNet;
 use ppp::{HeaderResult, PartialResult, v1, v2};
-use tokio::io::AsyncReadExt;
+use tokio::io::{AsyncReadExt, Interest};
 use tokio::net::TcpStream;
 
 /// How long a connection may take to send its whole header.
@@ -155,6 +155,12 @@ async fn read(stream: &mut TcpStream, versions: Versions) -> Result<Option<Addre
                     buf.resize(wanted.max(2 * n).min(MAX_HEADER), 0);
                     continue;
                 }
+                // The bytes so far are all there will be if the peer
+                // has sent its FIN (a peek cannot tell).
+                let ready = stream.ready(Interest::READABLE).await?;
+                if ready.is_read_closed() {
+                    return Err(ProxyError::Io(std::io::ErrorKind::UnexpectedEof.into()));
+                }
                 tokio::time::sleep(pause).await;
                 pause = (pause * 2).min(Duration::from_millis(50));
             }
@@ -182,7 +188,12 @@ fn parse(bytes: &[u8], versions: Versions) -> Result<Parsed, ProxyError> {
     // A v1 line is judged whole: `ppp` takes a line cut after a space for
     // a bad one.
     let v1ish = b"PROXY ".starts_with(&bytes[..bytes.len().min(6)]);
-    if versions != Versions::V2 && !v2ish && v1ish && !bytes.contains(&b'\n') && bytes.len() < V1_MAX {
+    if versions != Versions::V2
+        && !v2ish
+        && v1ish
+        && !bytes.contains(&b'\n')
+        && bytes.len() < V1_MAX
+    {
         return Ok(Parsed::Incomplete(bytes.len() + 1));
     }
     let result = match (versions, v2ish) {
