@@ -17,7 +17,7 @@
 //! | [`watch`] | `twill run --watch`: reload when the config or a component changes |
 //! | [`metrics`] | `[host] metrics`: `/metrics` (prometheus-client), `/healthz`, `/readyz` over hyper |
 //! | [`stats`] | the counters the data path bumps: sharded per thread; a plugin's calls, traps and instances |
-//! | [`listener`] | the accept loops: connection cap, EMFILE back-off, spreading connections over shared instances; the [`listener::Target`] a reload replaces; sockets a service manager passes ([`listener::activation`]) |
+//! | [`listener`] | the accept loops: connection cap, EMFILE back-off, spreading connections over shared instances; the [`listener::Target`] a reload replaces; sockets a service manager passes ([`listener::activation`]); `reuse-port`; the PROXY protocol header read before anything else ([`listener::proxy`]) |
 //! | [`connector`] | client connections: resolve, connect with timeout, client-factory callbacks; `reconnect` (Twisted's `ReconnectingClientFactory`) |
 //! | [`connection`] | the per-socket driver: reads, writes, closes, backpressure, `idle-timeout`, an own instance's delayed calls |
 //! | [`outbound`] | guest-opened connections (`reactor.connect-tcp`): grants checked before and after resolving, connect under the guest's timeout, run on the asking instance; counters |

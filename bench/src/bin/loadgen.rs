@@ -122,6 +122,34 @@ struct Args {
     /// limited to X25519).
     #[arg(long, value_enum, default_value_t = Provider::AwsLcRs)]
     provider: Provider,
+    /// Connrate: open every connection with a PROXY protocol header (as
+    /// HAProxy's send-proxy / send-proxy-v2 would), in a write of its own.
+    #[arg(long, value_enum)]
+    proxy_header: Option<ProxyHeader>,
+}
+
+/// The PROXY protocol header versions `--proxy-header` sends.
+#[derive(Clone, Copy, Debug, ValueEnum)]
+enum ProxyHeader {
+    V1,
+    V2,
+}
+
+impl ProxyHeader {
+    /// A header naming 203.0.113.7:51000 -> 192.0.2.1:443, built by hand
+    /// from the spec (not with the parser under test).
+    fn bytes(self) -> Vec<u8> {
+        match self {
+            ProxyHeader::V1 => b"PROXY TCP4 203.0.113.7 192.0.2.1 51000 443\r\n".to_vec(),
+            ProxyHeader::V2 => {
+                let mut h = b"\r\n\r\n\0\r\nQUIT\n\x21\x11\x00\x0c".to_vec();
+                h.extend_from_slice(&[203, 0, 113, 7, 192, 0, 2, 1]);
+                h.extend_from_slice(&51000u16.to_be_bytes());
+                h.extend_from_slice(&443u16.to_be_bytes());
+                h
+            }
+        }
+    }
 }
 
 /// How a connection to the server is made and split: plain TCP or TLS. The
@@ -418,6 +446,7 @@ async fn connrate<D: Dialer>(args: &Args, dur: Duration, dialer: D) -> anyhow::R
     for _ in 0..args.conns {
         let (stop, errors, addr, size) = (stop.clone(), errors.clone(), args.addr, args.size);
         let dialer = dialer.clone();
+        let header = args.proxy_header.map(ProxyHeader::bytes);
         tasks.push(tokio::spawn(async move {
             let msg = vec![b'c'; size];
             let mut buf = vec![0u8; size];
@@ -425,6 +454,10 @@ async fn connrate<D: Dialer>(args: &Args, dur: Duration, dialer: D) -> anyhow::R
             while !stop.load(Ordering::Relaxed) {
                 let ok = async {
                     let mut s = dialer.dial(addr).await?;
+                    if let Some(h) = &header {
+                        s.write_all(h).await?;
+                        s.flush().await?;
+                    }
                     s.write_all(&msg).await?;
                     s.flush().await?;
                     s.read_exact(&mut buf).await?;

@@ -12,7 +12,17 @@
 //! while the socket stays bound ([`ListenerHandle::retarget`]): each
 //! connection is served by the target current when it was accepted, to
 //! its end. A reload that drops the listener stops its accept loop
-//! ([`ListenerHandle::close`]); its connections drain.
+//! ([`ListenerHandle::close`]); its connections drain. A closing listener
+//! first accepts and serves what the kernel already queued, so that a
+//! stop or a reload does not reset connections it had taken.
+//!
+//! # Layout
+//! - this file: binding (`reuse-port` is `SO_REUSEPORT`), the accept loop,
+//!   [`Target`], [`ListenerStats`];
+//! - `start`: one accepted connection's start, to its end;
+//! - [`proxy`]: the PROXY protocol header, read first where the listener
+//!   asks for it;
+//! - [`activation`]: sockets passed by a service manager.
 
 pub mod activation;
 pub mod proxy;
