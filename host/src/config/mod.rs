@@ -13,6 +13,7 @@
 mod check;
 mod limits;
 mod proxy;
+pub use proxy::{ProxyPolicy, ProxyVersions};
 mod show;
 mod tables;
 
@@ -253,7 +254,7 @@ pub struct ListenConfig {
     pub reuse_port: bool,
     /// `proxy-protocol` and `proxy-from`: each connection opens with a
     /// PROXY protocol header naming the original client; none by default.
-    pub proxy: Option<std::sync::Arc<crate::listener::proxy::ProxyPolicy>>,
+    pub proxy: Option<std::sync::Arc<ProxyPolicy>>,
     /// Line of the entry.
     pub line: usize,
 }

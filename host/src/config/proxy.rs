@@ -2,7 +2,9 @@
 //! versions a listener reads, and from which balancers. Both keys go
 //! together: a header is trusted only from the sources named, so there
 //! is no default that would let any client name itself another address.
+//! The policy itself is read by `crate::listener::proxy`.
 
+use std::net::IpAddr;
 use std::sync::Arc;
 
 use ipnet::IpNet;
@@ -10,7 +12,50 @@ use toml::de::DeValue;
 
 use super::check::{Checker, Table};
 use super::show::quote;
-use crate::listener::proxy::{ProxyPolicy, Versions};
+
+/// Which header versions a listener accepts (`proxy-protocol`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum ProxyVersions {
+    /// `"v1"`: the text header only.
+    V1,
+    /// `"v2"`: the binary header only.
+    V2,
+    /// `"any"`: either.
+    Any,
+}
+
+impl ProxyVersions {
+    /// The config's names, for messages.
+    pub const NAMES: &'static str = "\"v1\", \"v2\" or \"any\"";
+
+    /// Parses the config's name.
+    pub fn parse(s: &str) -> Option<ProxyVersions> {
+        match s {
+            "v1" => Some(ProxyVersions::V1),
+            "v2" => Some(ProxyVersions::V2),
+            "any" => Some(ProxyVersions::Any),
+            _ => None,
+        }
+    }
+}
+
+/// What `[[listen]] proxy-protocol` and `proxy-from` say.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ProxyPolicy {
+    /// The versions accepted.
+    pub versions: ProxyVersions,
+    /// The sources a header is read from; a connection from anywhere else
+    /// is refused, so that a client cannot name itself another address.
+    pub from: Vec<IpNet>,
+}
+
+impl ProxyPolicy {
+    /// Whether a connection from `peer` may send a header.
+    pub fn trusts(&self, peer: IpAddr) -> bool {
+        let ip = peer.to_canonical();
+        self.from.iter().any(|n| n.contains(&ip))
+    }
+}
 
 const FROM_HINT: &str =
     "proxy-from = [\"127.0.0.1/32\", \"10.0.0.0/8\"]: the balancers' addresses or networks";
@@ -21,7 +66,7 @@ pub(super) fn parse_listen_proxy(
     t: &Table<'_, '_>,
 ) -> Option<Arc<ProxyPolicy>> {
     let versions = c.string(t, "proxy-protocol").and_then(|(s, span)| {
-        let v = Versions::parse(s);
+        let v = ProxyVersions::parse(s);
         if v.is_none() {
             c.error(
                 Some(span),
@@ -29,7 +74,7 @@ pub(super) fn parse_listen_proxy(
                 format!(
                     "{} is not a PROXY protocol version: use {}",
                     quote(s),
-                    Versions::NAMES
+                    ProxyVersions::NAMES
                 ),
             );
         }

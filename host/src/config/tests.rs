@@ -538,7 +538,7 @@ fn proxy_protocol_needs_trusted_sources_and_names_bad_ones() {
     let l = &ok.listen[0];
     assert!(l.reuse_port);
     let p = l.proxy.as_ref().unwrap();
-    assert_eq!(p.versions, crate::listener::proxy::Versions::Any);
+    assert_eq!(p.versions, ProxyVersions::Any);
     // Networks are stored truncated, addresses as one-host networks.
     let from: Vec<String> = p.from.iter().map(ToString::to_string).collect();
     assert_eq!(from, ["127.0.0.1/32", "10.0.0.0/8", "::1/128"]);

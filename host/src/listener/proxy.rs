@@ -3,8 +3,6 @@
 //! the balancer sends first, as Twisted's `haproxy:` endpoints do.
 //!
 //! # Layout
-//! - [`ProxyPolicy`]: what `[[listen]] proxy-protocol` and `proxy-from`
-//!   say: which versions, and which sources may send a header.
 //! - [`read_header`]: reads exactly one header off a fresh connection,
 //!   before TLS and before any guest runs, and returns the addresses it
 //!   names; [`ProxyError`] says why a connection was refused instead
@@ -14,10 +12,10 @@
 //! whom to trust. The header is peeked first and consumed only once it is
 //! complete, so not one byte of the protocol's data is taken with it.
 
-use std::net::{IpAddr, SocketAddr};
+use std::net::SocketAddr;
 use std::time::Duration;
 
-use ipnet::IpNet;
+pub use crate::config::{ProxyPolicy, ProxyVersions as Versions};
 use ppp::{HeaderResult, PartialResult, v1, v2};
 use tokio::io::{AsyncReadExt, Interest};
 use tokio::net::TcpStream;
@@ -28,50 +26,6 @@ pub const HEADER_TIMEOUT: Duration = Duration::from_secs(5);
 /// The longest header read (v2 with TLVs); longer is refused. HAProxy's
 /// own headers, TLVs included, stay well below this.
 pub const MAX_HEADER: usize = 4096;
-
-/// Which header versions a listener accepts (`proxy-protocol`).
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum Versions {
-    /// `"v1"`: the text header only.
-    V1,
-    /// `"v2"`: the binary header only.
-    V2,
-    /// `"any"`: either.
-    Any,
-}
-
-impl Versions {
-    /// The config's names, for messages.
-    pub const NAMES: &'static str = "\"v1\", \"v2\" or \"any\"";
-
-    /// Parses the config's name.
-    pub fn parse(s: &str) -> Option<Versions> {
-        match s {
-            "v1" => Some(Versions::V1),
-            "v2" => Some(Versions::V2),
-            "any" => Some(Versions::Any),
-            _ => None,
-        }
-    }
-}
-
-/// What `[[listen]] proxy-protocol` and `proxy-from` say.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub struct ProxyPolicy {
-    /// The versions accepted.
-    pub versions: Versions,
-    /// The sources a header is read from; a connection from anywhere else
-    /// is refused, so that a client cannot name itself another address.
-    pub from: Vec<IpNet>,
-}
-
-impl ProxyPolicy {
-    /// Whether a connection from `peer` may send a header.
-    pub fn trusts(&self, peer: IpAddr) -> bool {
-        let ip = peer.to_canonical();
-        self.from.iter().any(|n| n.contains(&ip))
-    }
-}
 
 /// The addresses a header named.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
