@@ -11,14 +11,6 @@ use std::net::{SocketAddr, TcpStream};
 use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
 
-fn free_port() -> u16 {
-    std::net::TcpListener::bind("127.0.0.1:0")
-        .unwrap()
-        .local_addr()
-        .unwrap()
-        .port()
-}
-
 fn echo_config(port: u16) -> std::path::PathBuf {
     support::write_config(&format!(
         "[plugins.echo]\ncomponent = {:?}\n{}\n[[listen]]\nport = {port}\ninterface = \"127.0.0.1\"\nplugin = \"echo\"\n",
@@ -81,7 +73,7 @@ fn echo_through(addr: SocketAddr, child: &mut Child, stderr: &std::sync::Mutex<S
 
 #[test]
 fn an_inherited_socket_is_served_by_plugin_name_and_nothing_is_bound() {
-    let (activated, configured) = (free_port(), free_port());
+    let (activated, configured) = (support::closed_port(), support::closed_port());
     let addr: SocketAddr = format!("127.0.0.1:{activated}").parse().unwrap();
     // The entry names another port: only the name can match.
     let (mut child, stderr) = activate(addr, Some("echo"), &echo_config(configured));
@@ -99,7 +91,7 @@ fn an_inherited_socket_is_served_by_plugin_name_and_nothing_is_bound() {
 
 #[test]
 fn an_inherited_socket_is_served_by_port() {
-    let port = free_port();
+    let port = support::closed_port();
     let addr: SocketAddr = format!("127.0.0.1:{port}").parse().unwrap();
     // Binding the port itself would fail: the inherited socket holds it.
     let (mut child, stderr) = activate(addr, None, &echo_config(port));
@@ -109,7 +101,7 @@ fn an_inherited_socket_is_served_by_port() {
 
 #[test]
 fn an_inherited_socket_no_entry_matches_is_closed_with_a_warning() {
-    let (activated, configured) = (free_port(), free_port());
+    let (activated, configured) = (support::closed_port(), support::closed_port());
     let addr: SocketAddr = format!("127.0.0.1:{activated}").parse().unwrap();
     let (mut child, stderr) = activate(addr, Some("other"), &echo_config(configured));
     // The first connection starts twill, which serves its own port and

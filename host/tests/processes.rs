@@ -66,14 +66,6 @@ fn bring_up_loopback() {
     }
 }
 
-fn free_port() -> u16 {
-    std::net::TcpListener::bind("127.0.0.1:0")
-        .unwrap()
-        .local_addr()
-        .unwrap()
-        .port()
-}
-
 fn config(port: u16, metrics: u16) -> std::path::PathBuf {
     support::write_config(&format!(
         "[host]\nmetrics = \"127.0.0.1:{metrics}\"\ndrain-timeout = \"3s\"\nshutdown-timeout = \"10s\"\n\n\
@@ -161,8 +153,8 @@ fn a_process_stopping_on_a_shared_port_loses_no_connection() {
     if !in_own_netns("a_process_stopping_on_a_shared_port_loses_no_connection") {
         return;
     }
-    let port = free_port();
-    let (m_old, m_new) = (free_port(), free_port());
+    let port = support::closed_port();
+    let (m_old, m_new) = (support::closed_port(), support::closed_port());
     let mut old = support::spawn_run(&config(port, m_old), 1);
     let mut new = support::spawn_run(&config(port, m_new), 1);
     let addr = SocketAddr::from(([127, 0, 0, 1], port));

@@ -225,14 +225,6 @@ fn haproxy_available() -> bool {
     ok
 }
 
-fn free_port() -> u16 {
-    std::net::TcpListener::bind("127.0.0.1:0")
-        .unwrap()
-        .local_addr()
-        .unwrap()
-        .port()
-}
-
 /// Sends `addr` through HAProxy's frontend on `port` and returns the
 /// answer and the client's own address.
 fn through(port: u16) -> (String, SocketAddr) {
@@ -271,7 +263,7 @@ async fn behind_haproxy_send_proxy_and_send_proxy_v2() {
     }
     let server = start(&config("any", "\"127.0.0.1/32\"")).await;
     let backend = server.addr();
-    let (v1_port, v2_port) = (free_port(), free_port());
+    let (v1_port, v2_port) = (support::closed_port(), support::closed_port());
     let cfg = support::scratch().join("haproxy.cfg");
     std::fs::write(
         &cfg,
