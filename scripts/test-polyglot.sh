@@ -211,6 +211,20 @@ for lang in "${LANGS[@]}"; do
   done
 done
 
+step "soak (issue 21): shared instances under mixed load, memory flat; 1 GiB on one connection"
+# bench/soak.py's pass criteria, shortened: 30 s of 100 x 64 B ping-pong and
+# 10 x 16 KiB bulk per language with 0 traps, 0 broken connections and the
+# guest's linear memory flat after the warm-up; then 1 GiB echoed on one
+# per-connection instance. (bench/soak.sh runs the 10-minute version.)
+cargo build --release --quiet -p twill -p twill-bench --bin twill --bin loadgen
+langs_csv=$(IFS=,; echo "${LANGS[*]}")
+if python3 bench/soak.py --langs "$langs_csv" --duration 30 --sample 3 --gib 1; then
+  summary+=("soak ($langs_csv): passed")
+else
+  summary+=("soak ($langs_csv): FAILED")
+  failed=1
+fi
+
 step "summary"
 printf '  %s\n' "${summary[@]}"
 echo "polyglot: $passed passed, $failed failed"

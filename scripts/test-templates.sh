@@ -97,7 +97,7 @@ test_python() {
   # shellcheck disable=SC1091
   . .venv/bin/activate
   pip install --quiet --disable-pip-version-check -r requirements.txt
-  componentize-py -d "$(python -c 'import twill; print(twill.WIT_DIR)')" -w peer componentize app -o hello-py.wasm
+  twill-componentize app -o hello-py.wasm
   python -m unittest discover -s tests
   deactivate
   cd "$ROOT"

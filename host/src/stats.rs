@@ -222,7 +222,18 @@ pub struct PluginStats {
     pub batch_sizes: Histogram,
     /// Shared instances whose re-creation was delayed by the backoff.
     pub restarts_delayed: Counter,
+    /// Linear memory, in bytes, of its live instances together (what
+    /// their memories have grown to; a wasm memory never shrinks).
+    pub guest_memory: AtomicI64,
+    /// Instances whose linear memory grew past [`MEMORY_WARNING`] of the
+    /// plugin's `memory` (each counted once): a guest that keeps growing
+    /// faults when it reaches the limit.
+    pub memory_near_limit: Counter,
 }
+
+/// The share of a plugin's `memory` past which an instance's growth is
+/// logged and counted (in [`PluginStats::memory_near_limit`]).
+pub const MEMORY_WARNING: f64 = 0.75;
 
 impl Default for PluginStats {
     fn default() -> Self {
@@ -233,6 +244,8 @@ impl Default for PluginStats {
             instances_live: AtomicI64::new(0),
             batch_sizes: Histogram::new(&BATCH_BUCKETS),
             restarts_delayed: Counter::default(),
+            guest_memory: AtomicI64::new(0),
+            memory_near_limit: Counter::default(),
         }
     }
 }

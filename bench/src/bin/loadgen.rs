@@ -126,6 +126,10 @@ struct Args {
     /// HAProxy's send-proxy / send-proxy-v2 would), in a write of its own.
     #[arg(long, value_enum)]
     proxy_header: Option<ProxyHeader>,
+    /// Bulk: stop once this many bytes were echoed (in all), or at
+    /// `--duration`, whichever comes first; 0: run for the duration.
+    #[arg(long, default_value_t = 0)]
+    bytes: u64,
 }
 
 /// The PROXY protocol header versions `--proxy-header` sends.
@@ -342,6 +346,7 @@ async fn pingpong<D: Dialer>(args: &Args, dur: Duration, dialer: D) -> anyhow::R
             let mut buf = vec![0u8; size];
             let mut hist = hdrhistogram::Histogram::<u64>::new(3).unwrap();
             let mut n = 0u64;
+            let mut broken = false;
             while !stop.load(Ordering::Relaxed) {
                 if let Some(iv) = pace.as_mut() {
                     iv.tick().await;
@@ -354,22 +359,25 @@ async fn pingpong<D: Dialer>(args: &Args, dur: Duration, dialer: D) -> anyhow::R
                     || s.flush().await.is_err()
                     || s.read_exact(&mut buf).await.is_err()
                 {
+                    broken = true;
                     break;
                 }
                 let _ = hist.record(t.elapsed().as_nanos() as u64);
                 n += 1;
             }
-            (n, hist)
+            (n, hist, broken)
         }));
     }
     tokio::time::sleep(dur).await;
     stop.store(true, Ordering::Relaxed);
     let elapsed = start.elapsed().as_secs_f64();
     let mut total = 0;
+    let mut broken = 0;
     let mut hist = hdrhistogram::Histogram::<u64>::new(3).unwrap();
     for t in tasks {
-        let (n, h) = t.await?;
+        let (n, h, b) = t.await?;
         total += n;
+        broken += u64::from(b);
         hist.add(h)?;
     }
     let offered = if period.is_some() {
@@ -378,7 +386,7 @@ async fn pingpong<D: Dialer>(args: &Args, dur: Duration, dialer: D) -> anyhow::R
         String::new()
     };
     Ok(format!(
-        "mode=pingpong conns={} size={} ops={total} secs={elapsed:.3} rate={:.0} p50_us={:.1} p99_us={:.1}{offered}",
+        "mode=pingpong conns={} size={} ops={total} secs={elapsed:.3} rate={:.0} p50_us={:.1} p99_us={:.1} broken={broken}{offered}",
         args.conns,
         args.size,
         total as f64 / elapsed,
@@ -390,6 +398,8 @@ async fn pingpong<D: Dialer>(args: &Args, dur: Duration, dialer: D) -> anyhow::R
 async fn bulk<D: Dialer>(args: &Args, dur: Duration, dialer: D) -> anyhow::Result<String> {
     let stop = Arc::new(AtomicBool::new(false));
     let echoed = Arc::new(AtomicU64::new(0));
+    // Connections that ended before the run did (reset or closed).
+    let broken = Arc::new(AtomicU64::new(0));
     let mut tasks = Vec::new();
     for _ in 0..args.conns {
         let s = dialer.dial(args.addr).await?;
@@ -404,12 +414,17 @@ async fn bulk<D: Dialer>(args: &Args, dur: Duration, dialer: D) -> anyhow::Resul
             }
             let _ = w.shutdown().await;
         }));
-        let (stop_r, echoed) = (stop.clone(), echoed.clone());
+        let (stop_r, echoed, broken) = (stop.clone(), echoed.clone(), broken.clone());
         tasks.push(tokio::spawn(async move {
             let mut buf = vec![0u8; 64 << 10];
             loop {
                 match r.read(&mut buf).await {
-                    Ok(0) | Err(_) => break,
+                    Ok(0) | Err(_) => {
+                        if !stop_r.load(Ordering::Relaxed) {
+                            broken.fetch_add(1, Ordering::Relaxed);
+                        }
+                        break;
+                    }
                     Ok(n) => {
                         if !stop_r.load(Ordering::Relaxed) {
                             echoed.fetch_add(n as u64, Ordering::Relaxed);
@@ -421,7 +436,13 @@ async fn bulk<D: Dialer>(args: &Args, dur: Duration, dialer: D) -> anyhow::Resul
     }
     let start = Instant::now();
     let base = echoed.load(Ordering::Relaxed);
-    tokio::time::sleep(dur).await;
+    if args.bytes == 0 {
+        tokio::time::sleep(dur).await;
+    } else {
+        while start.elapsed() < dur && echoed.load(Ordering::Relaxed) - base < args.bytes {
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+    }
     let bytes = echoed.load(Ordering::Relaxed) - base;
     let elapsed = start.elapsed().as_secs_f64();
     stop.store(true, Ordering::Relaxed);
@@ -429,12 +450,13 @@ async fn bulk<D: Dialer>(args: &Args, dur: Duration, dialer: D) -> anyhow::Resul
         let _ = tokio::time::timeout(Duration::from_secs(10), t).await;
     }
     Ok(format!(
-        "mode=bulk conns={} size={} ops={} secs={elapsed:.3} rate={:.0} mib_per_s={:.1}",
+        "mode=bulk conns={} size={} ops={} bytes={bytes} secs={elapsed:.3} rate={:.0} mib_per_s={:.1} broken={}",
         args.conns,
         args.size,
         bytes / args.size as u64,
         (bytes / args.size as u64) as f64 / elapsed,
-        bytes as f64 / elapsed / (1 << 20) as f64
+        bytes as f64 / elapsed / (1 << 20) as f64,
+        broken.load(Ordering::Relaxed)
     ))
 }
 

@@ -285,6 +285,26 @@ impl Collector for Metrics {
             }),
             gauge,
         )?;
+        family(
+            &mut enc,
+            "twill_guest_memory_bytes",
+            "Linear memory of the plugin's live instances together, in bytes (a wasm memory never shrinks: a shared instance's that keeps rising is leaking)",
+            MetricType::Gauge,
+            ps.iter().map(|(lab, p)| {
+                (
+                    lab.clone(),
+                    p.plugin.stats().guest_memory.load(Ordering::Relaxed),
+                )
+            }),
+            gauge,
+        )?;
+        counters(
+            &mut enc,
+            "twill_guest_memory_near_limit",
+            "Instances whose linear memory grew past 75% of the plugin's memory limit (each counted once, and logged)",
+            ps.iter()
+                .map(|(lab, p)| (lab.clone(), p.plugin.stats().memory_near_limit.get())),
+        )?;
         let shared: Vec<_> = ps
             .iter()
             .filter(|(_, p)| matches!(p.plugin.sharing(), Sharing::Shared(_)))

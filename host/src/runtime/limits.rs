@@ -5,6 +5,8 @@
 //! the write high- and low-water marks that drive backpressure, and the
 //! pooling allocator that sizes every instance slot to those limits.
 
+use std::sync::Arc;
+use std::sync::atomic::Ordering;
 use std::time::Duration;
 
 use wasmtime::{
@@ -51,6 +53,7 @@ const MAX_TABLES_PER_COMPONENT: u32 = 8;
 const MAX_CORE_INSTANCES_PER_COMPONENT: u32 = 32;
 
 pub use crate::config::{DEFAULT_MAX_RESOURCES, Limits};
+use crate::stats::{MEMORY_WARNING, PluginStats};
 
 /// Bytes read from a socket per `data-received` call, at most (and so the
 /// most a connection may have queued for batched delivery).
@@ -60,8 +63,9 @@ pub const READ_CHUNK: usize = 64 << 10;
 /// delivery, undelivered: its task stops reading until they are delivered.
 pub const MAX_QUEUED: usize = READ_CHUNK;
 
-/// The limiter for one instance of a plugin with `limits`.
-pub fn store_limits(limits: &Limits) -> GuestLimiter {
+/// The limiter for one instance of a plugin with `limits`, counting its
+/// memory in `stats` (under `plugin`, for the log).
+pub fn store_limits(limits: &Limits, plugin: &Arc<str>, stats: Arc<PluginStats>) -> GuestLimiter {
     GuestLimiter {
         inner: StoreLimitsBuilder::new()
             .memory_size(limits.memory)
@@ -70,6 +74,53 @@ pub fn store_limits(limits: &Limits) -> GuestLimiter {
             .instances(MAX_CORE_INSTANCES_PER_COMPONENT as usize)
             .build(),
         refused_memory: None,
+        watch: MemoryWatch {
+            plugin: plugin.clone(),
+            stats,
+            limit: limits.memory,
+            total: 0,
+            warned: false,
+        },
+    }
+}
+
+/// One instance's linear memory, as its plugin's counters and the log see
+/// it: every growth is added to [`PluginStats::guest_memory`] (and taken
+/// off again when the instance is dropped), and the first growth of a
+/// memory past [`MEMORY_WARNING`] of the limit is logged and counted, so
+/// that a guest whose memory keeps growing is seen before it faults.
+#[derive(Debug)]
+struct MemoryWatch {
+    plugin: Arc<str>,
+    stats: Arc<PluginStats>,
+    limit: usize,
+    /// This instance's memories together, in bytes.
+    total: usize,
+    warned: bool,
+}
+
+impl MemoryWatch {
+    fn grew(&mut self, current: usize, desired: usize) {
+        let added = desired.saturating_sub(current);
+        self.total += added;
+        (self.stats.guest_memory).fetch_add(added as i64, Ordering::Relaxed);
+        if !self.warned && desired as f64 > self.limit as f64 * MEMORY_WARNING && current > 0 {
+            self.warned = true;
+            self.stats.memory_near_limit.inc();
+            tracing::warn!(
+                plugin = %self.plugin,
+                memory = desired,
+                limit = self.limit,
+                "a guest's linear memory grew past {:.0}% of its plugin's memory limit; if it keeps growing, the instance faults when it reaches the limit (twill_guest_memory_bytes shows the trend)",
+                MEMORY_WARNING * 100.0
+            );
+        }
+    }
+}
+
+impl Drop for MemoryWatch {
+    fn drop(&mut self) {
+        (self.stats.guest_memory).fetch_sub(self.total as i64, Ordering::Relaxed);
     }
 }
 
@@ -88,6 +139,7 @@ pub struct GuestLimiter {
     /// The largest linear memory size, in bytes, a growth asked for and was
     /// refused.
     pub refused_memory: Option<usize>,
+    watch: MemoryWatch,
 }
 
 impl ResourceLimiter for GuestLimiter {
@@ -98,7 +150,9 @@ impl ResourceLimiter for GuestLimiter {
         maximum: Option<usize>,
     ) -> wasmtime::Result<bool> {
         let ok = self.inner.memory_growing(current, desired, maximum)?;
-        if !ok {
+        if ok {
+            self.watch.grew(current, desired);
+        } else {
             self.refused_memory = self.refused_memory.max(Some(desired));
         }
         Ok(ok)

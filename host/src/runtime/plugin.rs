@@ -240,7 +240,7 @@ impl Plugin {
         let state = ConnState {
             wasi: self.wasi(),
             table: wasmtime::component::ResourceTable::new(),
-            limits: limits::store_limits(&self.limits),
+            limits: limits::store_limits(&self.limits, &self.name, self.stats.clone()),
             cpu: CpuBudget {
                 used: 0,
                 per_callback: limits::cpu_ticks(&self.limits),

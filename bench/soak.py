@@ -1,0 +1,207 @@
+#!/usr/bin/env python3
+"""Soak: a Python or JavaScript echo on a shared instance under a long,
+mixed load, and a per-connection instance writing 1 GiB on one connection;
+the pass criteria of issue 21. Run by bench/soak.sh (which builds what it
+needs); CI runs a short version through scripts/test-polyglot.sh.
+
+For each language (components from scripts/build-polyglot-guests.sh):
+
+1. shared: `instance = "shared"`, the plugin memory of test-polyglot.sh;
+   `loadgen --mode pingpong -c 100 -s 64` and `--mode bulk -c 10 -s 16384`
+   at once for --duration seconds. /metrics is read every --sample
+   seconds: the guest's linear memory (`twill_guest_memory_bytes`), bytes
+   sent, traps, faulted connections, instances created.
+   Pass: 0 traps, 0 faulted or broken connections, no instance re-created,
+   and memory flat after the warm-up (the first quarter of the run, at
+   least 10 s): it grows by at most --tolerance MiB from the warm-up's end
+   to the end.
+2. per-connection: an instance per connection, one bulk connection until
+   1 GiB (--gib) was echoed. Pass: the whole amount, 0 traps, 0 broken.
+
+Prints a Markdown report (and writes --out) and exits 1 if a criterion
+failed.
+
+Usage: bench/soak.sh [--langs python,js] [--duration S] [--gib N] ...
+"""
+import argparse
+import os
+import signal
+import socket
+import subprocess
+import sys
+import tempfile
+import threading
+import time
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parent.parent
+TARGET = Path(os.environ.get("CARGO_TARGET_DIR", "/var/tmp/twill-target"))
+TWILL = Path(os.environ.get("TWILL_BIN", TARGET / "release" / "twill"))
+LOADGEN = TARGET / "release" / "loadgen"
+OUT = Path(os.environ.get("TWILL_POLYGLOT_OUT", TARGET / "polyglot"))
+MEMORY = {"python": "64MiB", "js": "96MiB"}
+PORT, METRICS = 9350, 9351
+MIB = 1 << 20
+
+
+def config(tmp, lang, shared):
+    path = Path(tmp) / f"{lang}-{'shared' if shared else 'conn'}.toml"
+    sharing = 'instance = "shared"\n' if shared else ""
+    path.write_text(
+        f'[host]\nmetrics = "127.0.0.1:{METRICS}"\n\n'
+        f'[plugins.echo]\ncomponent = "{OUT / f"{lang}-echo.wasm"}"\nmemory = "{MEMORY[lang]}"\n{sharing}\n'
+        f'[[listen]]\nport = {PORT}\ninterface = "127.0.0.1"\nplugin = "echo"\n'
+    )
+    return path
+
+
+def scrape():
+    with socket.create_connection(("127.0.0.1", METRICS), timeout=10) as s:
+        s.sendall(b"GET /metrics HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n")
+        data = b""
+        while chunk := s.recv(65536):
+            data += chunk
+    values = {}
+    for line in data.decode().split("\r\n\r\n", 1)[1].splitlines():
+        if line and not line.startswith("#"):
+            name, value = line.rsplit(" ", 1)
+            values[name] = float(value)
+    return values
+
+
+def total(values, prefix):
+    return sum(v for k, v in values.items() if k.startswith(prefix))
+
+
+def start(cfg):
+    proc = subprocess.Popen([str(TWILL), "run", str(cfg)], stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
+    log = []
+    threading.Thread(target=lambda: log.extend(proc.stderr), daemon=True).start()
+    t0 = time.time()
+    while time.time() - t0 < 120:
+        if proc.poll() is not None:
+            raise SystemExit(f"twill exited: {''.join(log)}")
+        try:
+            if scrape().get("twill_ready") == 1:
+                return proc, log
+        except OSError:
+            pass
+        time.sleep(0.2)
+    raise SystemExit("twill did not become ready")
+
+
+def stop(proc):
+    proc.send_signal(signal.SIGTERM)
+    try:
+        proc.wait(timeout=30)
+    except subprocess.TimeoutExpired:
+        proc.kill()
+
+
+def loadgen(*args):
+    return subprocess.Popen([str(LOADGEN), "--addr", f"127.0.0.1:{PORT}", *args], stdout=subprocess.PIPE, text=True)
+
+
+def result(p):
+    out, _ = p.communicate(timeout=3600)
+    if p.returncode != 0:
+        raise SystemExit(f"loadgen failed ({p.returncode})")
+    return dict(kv.split("=", 1) for kv in out.split())
+
+
+def shared_soak(tmp, lang, duration, sample, tolerance):
+    proc, log = start(config(tmp, lang, True))
+    try:
+        first = scrape()
+        ping = loadgen("--mode", "pingpong", "-c", "100", "-s", "64", "-d", str(duration))
+        bulk = loadgen("--mode", "bulk", "-c", "10", "-s", "16384", "-d", str(duration))
+        t0 = time.time()
+        samples = []
+        while ping.poll() is None or bulk.poll() is None:
+            time.sleep(sample)
+            m = scrape()
+            samples.append((time.time() - t0, m.get('twill_guest_memory_bytes{plugin="echo"}', 0), total(m, "twill_sent_bytes")))
+        p, b = result(ping), result(bulk)
+        last = scrape()
+    finally:
+        stop(proc)
+    warm = max(10.0, duration / 4)
+    after = [s for s in samples if s[0] >= warm] or samples[-1:]
+    at_warm = after[0][1]
+    peak = max(s[1] for s in samples)
+    growth = after[-1][1] - at_warm
+    traps = total(last, "twill_guest_traps") - total(first, "twill_guest_traps")
+    faulted = total(last, "twill_connections_faulted") - total(first, "twill_connections_faulted")
+    created = total(last, "twill_instances_created") - total(first, "twill_instances_created")
+    sent = total(last, "twill_sent_bytes") - total(first, "twill_sent_bytes")
+    broken = int(p["broken"]) + int(b["broken"])
+    ok = traps == 0 and faulted == 0 and broken == 0 and created == 0 and growth <= tolerance * MIB
+    return ok, {
+        "lang": lang, "seconds": duration, "sent_gib": sent / (1 << 30), "round_trips": int(p["ops"]),
+        "pingpong_rate": float(p["rate"]), "p99_us": float(p["p99_us"]), "bulk_mib_s": float(b["mib_per_s"]),
+        "traps": int(traps), "faulted": int(faulted), "broken": broken, "recreated": int(created),
+        "memory_start_mib": samples[0][1] / MIB, "memory_at_warm_mib": at_warm / MIB,
+        "memory_end_mib": samples[-1][1] / MIB, "memory_peak_mib": peak / MIB, "growth_after_warm_mib": growth / MIB,
+        "samples": samples, "log_warnings": [l for l in log if "WARN" in l or "ERROR" in l][:5],
+    }
+
+
+def one_connection(tmp, lang, gib):
+    proc, log = start(config(tmp, lang, False))
+    try:
+        first = scrape()
+        want = int(gib * (1 << 30))
+        r = result(loadgen("--mode", "bulk", "-c", "1", "-s", "65536", "-d", "3600", "--bytes", str(want)))
+        last = scrape()
+    finally:
+        stop(proc)
+    traps = total(last, "twill_guest_traps") - total(first, "twill_guest_traps")
+    echoed = int(r["bytes"])
+    ok = traps == 0 and int(r["broken"]) == 0 and echoed >= want
+    return ok, {"lang": lang, "echoed_gib": echoed / (1 << 30), "mib_s": float(r["mib_per_s"]), "seconds": float(r["secs"]),
+                "traps": int(traps), "broken": int(r["broken"]), "log_warnings": [l for l in log if "WARN" in l or "ERROR" in l][:5]}
+
+
+def main():
+    ap = argparse.ArgumentParser()
+    ap.add_argument("--langs", default="python,js")
+    ap.add_argument("--duration", type=float, default=600)
+    ap.add_argument("--sample", type=float, default=5)
+    ap.add_argument("--tolerance", type=float, default=1.0, help="MiB of growth allowed after the warm-up")
+    ap.add_argument("--gib", type=float, default=1.0)
+    ap.add_argument("--out", default=None)
+    args = ap.parse_args()
+    lines = [f"# Soak (bench/soak.py): {args.duration:g} s shared, {args.gib:g} GiB on one connection", ""]
+    failed = False
+    with tempfile.TemporaryDirectory() as tmp:
+        for lang in args.langs.split(","):
+            ok, r = shared_soak(tmp, lang, args.duration, args.sample, args.tolerance)
+            failed |= not ok
+            print(f"{lang} shared: {'PASS' if ok else 'FAIL'} {({k: v for k, v in r.items() if k != 'samples'})}", flush=True)
+            lines += [
+                f"## {lang}, shared instance, memory {MEMORY[lang]}: {'PASS' if ok else 'FAIL'}", "",
+                f"- {r['seconds']:g} s of 100 × 64 B ping-pong and 10 × 16 KiB bulk: {r['sent_gib']:.2f} GiB sent, "
+                f"{r['round_trips']:,} round trips ({r['pingpong_rate']:,.0f}/s, p99 {r['p99_us'] / 1000:.2f} ms), bulk {r['bulk_mib_s']:.1f} MiB/s",
+                f"- traps {r['traps']}, faulted connections {r['faulted']}, broken client connections {r['broken']}, instances re-created {r['recreated']}",
+                f"- guest linear memory: {r['memory_start_mib']:.1f} MiB at the first sample, {r['memory_at_warm_mib']:.1f} at the end of the warm-up, "
+                f"{r['memory_end_mib']:.1f} at the end (peak {r['memory_peak_mib']:.1f}): {r['growth_after_warm_mib']:+.2f} MiB after the warm-up",
+                "- samples (s, MiB, GiB sent): " + ", ".join(f"{t:.0f} {m / MIB:.1f} {s / (1 << 30):.2f}" for t, m, s in r["samples"][:: max(1, len(r["samples"]) // 20)]),
+                "",
+            ]
+            ok, r = one_connection(tmp, lang, args.gib)
+            failed |= not ok
+            print(f"{lang} one connection: {'PASS' if ok else 'FAIL'} {r}", flush=True)
+            lines += [
+                f"## {lang}, an instance per connection: {'PASS' if ok else 'FAIL'}", "",
+                f"- one connection echoed {r['echoed_gib']:.2f} GiB in {r['seconds']:.1f} s ({r['mib_s']:.1f} MiB/s); traps {r['traps']}, broken {r['broken']}",
+                "",
+            ]
+    text = "\n".join(lines) + "\n"
+    print(text)
+    if args.out:
+        Path(args.out).write_text(text)
+    sys.exit(1 if failed else 0)
+
+
+if __name__ == "__main__":
+    main()
