@@ -27,7 +27,11 @@ fn patch(src: &Path, dst: &Path) -> String {
         .args([src, dst])
         .output()
         .expect("python3 runs");
-    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
     String::from_utf8(out.stdout).unwrap().trim().to_string()
 }
 
@@ -50,7 +54,10 @@ fn fast_path_buffers_are_freed_with_the_call_and_a_second_run_changes_nothing() 
     let (once, twice) = (dir.join("once.wasm"), dir.join("twice.wasm"));
     assert_eq!(patch(&fixture(), &once), "True");
     assert_eq!(patch(&once, &twice), "False", "already patched");
-    assert_eq!(std::fs::read(&once).unwrap(), std::fs::read(&twice).unwrap());
+    assert_eq!(
+        std::fs::read(&once).unwrap(),
+        std::fs::read(&twice).unwrap()
+    );
 
     let engine = Engine::default();
     let run = |component: &Path| {
@@ -60,7 +67,9 @@ fn fast_path_buffers_are_freed_with_the_call_and_a_second_run_changes_nothing() 
         let pop = instance
             .get_typed_func::<(i32, i32, i32), i32>(&mut store, "wit_dylib_pop_list")
             .unwrap();
-        let calls = instance.get_typed_func::<(), i32>(&mut store, "calls").unwrap();
+        let calls = instance
+            .get_typed_func::<(), i32>(&mut store, "calls")
+            .unwrap();
         let last = instance
             .get_typed_func::<(), (i32, i32, i32, i32)>(&mut store, "last")
             .unwrap();
@@ -72,8 +81,16 @@ fn fast_path_buffers_are_freed_with_the_call_and_a_second_run_changes_nothing() 
         assert_eq!(pop.call(&mut store, (5, 1, 64)).unwrap(), 7);
         let mut ptr = [0; 4];
         memory.read(&store, 64, &mut ptr).unwrap();
-        assert_eq!(i32::from_le_bytes(ptr), 1024, "the buffer is still handed out");
-        (after_slow, calls.call(&mut store, ()).unwrap(), last.call(&mut store, ()).unwrap())
+        assert_eq!(
+            i32::from_le_bytes(ptr),
+            1024,
+            "the buffer is still handed out"
+        );
+        (
+            after_slow,
+            calls.call(&mut store, ()).unwrap(),
+            last.call(&mut store, ()).unwrap(),
+        )
     };
     // As componentize-py builds it: nobody frees the buffer.
     assert_eq!(run(&fixture()), (0, 0, (0, 0, 0, 0)));
