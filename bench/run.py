@@ -41,10 +41,10 @@ SCENARIOS = [
     ("connrate-64B", ["--mode", "connrate", "-c", "50", "-s", "64"], "connection"),
 ]
 IDLE_CONNS = 10_000
-NAMES = ["twill", "shared", "floor", "native", "twisted", "shared-1t", "floor-1t", "native-1t"]
+NAMES = ["twill", "shared", "floor", "native", "twisted", "shared-1t", "floor-1t", "native-1t", "python-shared", "js-shared"]
 # The single-thread servers skip the idle scenario (memory does not depend
 # on the thread count) to keep the run under 10 minutes.
-NO_IDLE = {"shared-1t", "floor-1t", "native-1t", "shared-1t-before"}
+NO_IDLE = {"shared-1t", "floor-1t", "native-1t", "shared-1t-before", "python-shared", "js-shared"}
 TABLES = [
     (
         "Default threading (one reactor thread per CPU; Twisted is single-threaded)",
@@ -55,6 +55,12 @@ TABLES = [
         "One thread each (`[host] threads = 1`, one shared instance; the floor and the native server on one thread)",
         [("shared-1t", "twill shared, 1 thread"), ("floor-1t", "floor, 1 thread"), ("native-1t", "native, 1 thread"), ("twisted", "Twisted")],
         [("shared-1t", "native-1t"), ("floor-1t", "native-1t"), ("shared-1t", "twisted")],
+    ),
+    (
+        "Python and JavaScript guests, one shared instance each (`--only python-shared,js-shared,twisted`; the echo "
+        "components of scripts/build-polyglot-guests.sh, `memory` 64 MiB and 96 MiB)",
+        [("python-shared", "Python shared"), ("js-shared", "JavaScript shared"), ("twisted", "Twisted")],
+        [("python-shared", "twisted"), ("js-shared", "twisted")],
     ),
 ]
 
@@ -107,6 +113,18 @@ def servers(venv_python, baseline=None):
         "floor-1t": ([str(TARGET / "release" / "floor-echo"), "127.0.0.1:9106", "1", echo], 9106),
         "native-1t": ([str(TARGET / "release" / "native-echo"), "127.0.0.1:9107", "1"], 9107),
     }
+    # The Python and JavaScript echo guests (scripts/build-polyglot-guests.sh),
+    # one shared instance each, from configs written next to them.
+    polyglot = TARGET / "polyglot"
+    for lang, port, memory in (("python", 9108, "64MiB"), ("js", 9109, "96MiB")):
+        wasm = polyglot / f"{lang}-echo.wasm"
+        if wasm.exists():
+            toml = polyglot / f"bench-{lang}-shared.toml"
+            toml.write_text(
+                f'[plugins.echo]\ncomponent = "{wasm}"\nmemory = "{memory}"\ninstance = "shared"\n\n'
+                f'[[listen]]\nport = {port}\nplugin = "echo"\nmax-connections = 12000\nbacklog = 4096\n'
+            )
+            srv[f"{lang}-shared"] = ([str(TARGET / "release" / "twill"), "-q", "run", str(toml)], port)
     if baseline:
         # The same command lines with the earlier binary (ports as configured).
         for before, after in BASELINE_OF.items():
@@ -135,7 +153,7 @@ def run_server(name, cmd, port, duration, results):
             c1 = cpu_secs(proc.pid)
             ops = int(r["ops"])
             results.setdefault((name, scen), []).append(
-                {"rate": float(r["rate"]), "cpu_us": (c1 - c0) * 1e6 / max(ops, 1), "p99": r.get("p99_us")}
+                {"rate": float(r["rate"]), "cpu_us": (c1 - c0) * 1e6 / max(ops, 1), "p99": float(r.get("p99_us", "nan"))}
             )
             time.sleep(0.5)
         if name in NO_IDLE:
@@ -220,6 +238,8 @@ def main():
         for scen, _, op in SCENARIOS:
             lines.append(row(scen, f"{op}s / s", "rate"))
             lines.append(row(scen, f"server CPU µs / {op}", "cpu_us"))
+            if scen.startswith("pingpong"):
+                lines.append(row(scen, "p99 round trip µs", "p99"))
         if (cols[0][0], "idle-10k") in results:
             lines.append(row("idle-10k", "server RSS KiB / connection", "kib"))
         lines.append("")

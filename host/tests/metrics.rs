@@ -337,3 +337,42 @@ async fn a_connection_whose_shared_instance_faults_is_counted_as_faulted_even_af
     }
     r.shutdown().await;
 }
+
+/// The value of the sample line starting with `name` in a scrape.
+fn text_sample(scrape: &str, name: &str) -> f64 {
+    (scrape.lines())
+        .find(|l| l.starts_with(name))
+        .and_then(|l| l.rsplit(' ').next())
+        .and_then(|v| v.parse().ok())
+        .unwrap_or_else(|| panic!("no {name} in {scrape}"))
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_shared_instance_s_growing_memory_is_seen_before_it_faults() {
+    let r = support::start(
+        &testkit_config("").replace("cpu = \"2s\"\n", "cpu = \"2s\"\nmemory = \"8MiB\"\n"),
+    )
+    .await;
+    let metrics = r.metrics.unwrap();
+    let gauge = "twill_guest_memory_bytes{plugin=\"p\"}";
+    let near = "twill_guest_memory_near_limit_total{plugin=\"p\"}";
+    let scrape = support::http_get(metrics, "/metrics").await;
+    let at_start = text_sample(&scrape, gauge);
+    assert!(
+        at_start > 0.0,
+        "the shared instance's memory is counted: {scrape}"
+    );
+    assert_eq!(text_sample(&scrape, near), 0.0);
+    // Echoing leaves the memory as it was.
+    assert_eq!(exchange(r.addr(), "echo hi\n").await, b"hi\n");
+    let scrape = support::http_get(metrics, "/metrics").await;
+    assert_eq!(text_sample(&scrape, gauge), at_start);
+    // `alloc` grows without bound: past 75% of the 8 MiB it is counted
+    // (and logged) once, then it traps at the limit.
+    exchange(r.addr(), "alloc\n").await;
+    let scrape = support::http_get(metrics, "/metrics").await;
+    assert_eq!(text_sample(&scrape, near), 1.0, "{scrape}");
+    let stats = r.plugin.as_ref().unwrap().stats().clone();
+    assert_eq!(stats.traps_of(twill::stats::FaultKind::Memory), 1);
+    r.shutdown().await;
+}
