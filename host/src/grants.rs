@@ -111,18 +111,25 @@ impl Grant {
     }
 }
 
+/// An address (as a one-address network, IPv4-mapped IPv6 as IPv4) or a
+/// network (its host bits cleared): `10.1.2.3`, `::1`, `10.0.0.0/8`.
+/// Also what `[[listen]] proxy-from` takes.
+pub fn parse_net(s: &str) -> Option<IpNet> {
+    match s.parse::<IpAddr>() {
+        Ok(ip) => Some(IpNet::from(ip.to_canonical())),
+        Err(_) => s.parse::<IpNet>().ok().map(|n| n.trunc()),
+    }
+}
+
 fn parse_host(host: &str) -> Result<HostRule, String> {
     if host.is_empty() {
         return Err("the host is empty".into());
     }
-    if let Ok(ip) = host.parse::<IpAddr>() {
-        return Ok(HostRule::Net(IpNet::from(ip.to_canonical())));
+    if let Some(net) = parse_net(host) {
+        return Ok(HostRule::Net(net));
     }
     if host.contains('/') {
-        let net = host
-            .parse::<IpNet>()
-            .map_err(|_| format!("{host:?} is not a network (such as 10.0.0.0/8)"))?;
-        return Ok(HostRule::Net(net.trunc()));
+        return Err(format!("{host:?} is not a network (such as 10.0.0.0/8)"));
     }
     if host == "*" {
         return Err(

@@ -164,7 +164,7 @@ def _patch_module(m):
             raise PatchError(f"the runtime module has no section {needed}")
     types = _types(m, secs[1][0])
     imported = _func_imports(m, secs[2][0]) if 2 in secs else 0
-    fs, fe = secs[3]
+    fs, _ = secs[3]
     defined, i = _uleb(m, fs)
     ftypes = []
     for _ in range(defined):

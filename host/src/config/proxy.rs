@@ -137,13 +137,9 @@ fn parse_from(c: &mut Checker<'_>, t: &Table<'_, '_>) -> Option<Vec<IpNet>> {
             );
             continue;
         };
-        let net = match s.parse::<std::net::IpAddr>() {
-            Ok(ip) => Ok(IpNet::from(ip.to_canonical())),
-            Err(_) => s.parse::<IpNet>().map(|n| n.trunc()),
-        };
-        match net {
-            Ok(n) => nets.push(n),
-            Err(_) => c.error(
+        match crate::grants::parse_net(s) {
+            Some(n) => nets.push(n),
+            None => c.error(
                 Some(item.span()),
                 &item_key,
                 format!(

@@ -36,6 +36,25 @@ pub struct Addresses {
     pub destination: SocketAddr,
 }
 
+// `ppp`'s address pairs: one type per family, shared by v1 and v2.
+impl From<ppp::v1::IPv4> for Addresses {
+    fn from(a: ppp::v1::IPv4) -> Addresses {
+        Addresses {
+            source: (a.source_address, a.source_port).into(),
+            destination: (a.destination_address, a.destination_port).into(),
+        }
+    }
+}
+
+impl From<ppp::v1::IPv6> for Addresses {
+    fn from(a: ppp::v1::IPv6) -> Addresses {
+        Addresses {
+            source: (a.source_address, a.source_port).into(),
+            destination: (a.destination_address, a.destination_port).into(),
+        }
+    }
+}
+
 /// Why a connection was refused before its protocol was built.
 #[derive(Debug, thiserror::Error)]
 pub enum ProxyError {
@@ -94,8 +113,8 @@ async fn read(stream: &mut TcpStream, versions: Versions) -> Result<Option<Addre
         }
         match parse(&buf[..n], versions)? {
             Parsed::Complete(len, addresses) => {
-                let mut header = vec![0; len];
-                stream.read_exact(&mut header).await?;
+                // The header was peeked whole: consume exactly it.
+                stream.read_exact(&mut buf[..len]).await?;
                 return Ok(addresses);
             }
             Parsed::Incomplete(wanted) => {
@@ -169,30 +188,18 @@ fn parse(bytes: &[u8], versions: Versions) -> Result<Parsed, ProxyError> {
     match result {
         HeaderResult::V1(Ok(h)) => {
             let addresses = match h.addresses {
-                v1::Addresses::Tcp4(a) => Some(Addresses {
-                    source: (a.source_address, a.source_port).into(),
-                    destination: (a.destination_address, a.destination_port).into(),
-                }),
-                v1::Addresses::Tcp6(a) => Some(Addresses {
-                    source: (a.source_address, a.source_port).into(),
-                    destination: (a.destination_address, a.destination_port).into(),
-                }),
+                v1::Addresses::Tcp4(a) => Some(a.into()),
+                v1::Addresses::Tcp6(a) => Some(a.into()),
                 v1::Addresses::Unknown => None,
             };
             Ok(Parsed::Complete(h.header.len(), addresses))
         }
         HeaderResult::V2(Ok(h)) => {
             let addresses = match (h.command, h.addresses) {
-                (v2::Command::Local, _) => None,
-                (v2::Command::Proxy, v2::Addresses::IPv4(a)) => Some(Addresses {
-                    source: (a.source_address, a.source_port).into(),
-                    destination: (a.destination_address, a.destination_port).into(),
-                }),
-                (v2::Command::Proxy, v2::Addresses::IPv6(a)) => Some(Addresses {
-                    source: (a.source_address, a.source_port).into(),
-                    destination: (a.destination_address, a.destination_port).into(),
-                }),
-                (v2::Command::Proxy, _) => None,
+                (v2::Command::Proxy, v2::Addresses::IPv4(a)) => Some(a.into()),
+                (v2::Command::Proxy, v2::Addresses::IPv6(a)) => Some(a.into()),
+                // LOCAL, or a family without IP addresses.
+                _ => None,
             };
             Ok(Parsed::Complete(h.len(), addresses))
         }

@@ -301,7 +301,10 @@ impl Collector for Metrics {
         counters(
             &mut enc,
             "twill_guest_memory_near_limit",
-            "Instances whose linear memory grew past 75% of the plugin's memory limit (each counted once, and logged)",
+            &format!(
+                "Instances whose linear memory grew past {:.0}% of the plugin's memory limit (each counted once, and logged)",
+                crate::stats::MEMORY_WARNING * 100.0
+            ),
             ps.iter()
                 .map(|(lab, p)| (lab.clone(), p.plugin.stats().memory_near_limit.get())),
         )?;

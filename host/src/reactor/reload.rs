@@ -107,11 +107,11 @@ impl Reactor {
         // 1. New listeners' sockets, before anything changes.
         let keys: Vec<ListenKey> = self.listeners.iter().map(|(k, _)| *k).collect();
         let new_keys = super::listen_keys(&config);
-        let old_keys = super::listen_keys(&self.config);
         let mut bound = HashMap::new();
         for (i, (l, key)) in config.listen.iter().zip(&new_keys).enumerate() {
             let key = *key;
-            let kept = (old_keys.iter().zip(&self.config.listen)).find(|(k, _)| **k == key);
+            // The listeners are kept in their config's order.
+            let kept = (keys.iter().zip(&self.config.listen)).find(|(k, _)| **k == key);
             if let Some((_, was)) = kept.filter(|(_, was)| was.reuse_port != l.reuse_port) {
                 return Err(ReloadError(vec![format!(
                     "{}: changed from {} to {}, which takes a restart (a reload keeps the listening socket as it was bound); the running configuration is unchanged",
