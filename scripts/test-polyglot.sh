@@ -22,12 +22,15 @@
 #   twill listener (this component) and exiting 0, against a closed port and
 #   an unresolvable name, SIGTERM with open connections, port-in-use and
 #   bad-interface errors;
-# - tests/shared.rs, the echo test: 100 concurrent clients under random
+# - tests/shared.rs, the echo tests: 100 concurrent clients under random
 #   chunkings on shared instances (instance = "shared"), where one instance
-#   holds many protocol resources at once; and from tests/cli.rs, both
-#   halves of the seed (client and server) on one shared instance;
+#   holds many protocol resources at once; 100 connections one after
+#   another on an instance with max-resources = 16 (each ended connection's
+#   handle must be dropped); and from tests/cli.rs, both halves of the seed
+#   (client and server) on one shared instance;
 # - tests/timers.rs, with the clock guest (TWILL_CLOCK_WASM): delayed calls
-#   firing on time over real sockets, in both instance modes;
+#   firing on time over real sockets, in both instance modes; a looping call
+#   making 100 delayed calls on an instance with max-resources = 16;
 # - tests/proxy.rs, with the port forwarder (guests/python-forward,
 #   guests/js-forward; TWILL_FORWARD_WASM), relaying and spliced: echo
 #   through it under every chunking with the FIN passed on, a half-close
@@ -131,7 +134,7 @@ SOCKET_TESTS=(echo_is_byte_exact_under_random_chunkings two_hundred_concurrent_c
 CLI_TESTS=(the_seed_client_talks_to_a_twill_listener_and_exits_0 the_seed_client_against_a_closed_port_says_goodbye_and_exits_0
   an_unresolvable_name_fails_the_connection sigterm_closes_open_connections_cleanly_and_exits_0
   port_in_use_is_a_clear_error_and_exit_2 an_interface_with_no_such_address_is_exit_2)
-SHARED_TESTS=(shared_echo_is_byte_exact_for_concurrent_clients_under_random_chunkings reads_that_arrive_together_are_delivered_in_batches)
+SHARED_TESTS=(shared_echo_is_byte_exact_for_concurrent_clients_under_random_chunkings reads_that_arrive_together_are_delivered_in_batches connection_churn_on_a_shared_instance_outlives_max_resources)
 CLI_TESTS+=(both_halves_of_the_seed_on_one_shared_instance)
 PROXY_TESTS=(relay_and_splice_echo_every_chunking_and_pass_the_fin_on a_half_close_goes_through_the_proxy_both_ways
   a_client_that_does_not_read_while_the_backend_floods_loses_nothing grants_refuse_what_they_do_not_cover_and_count_it
@@ -202,7 +205,7 @@ for lang in "${LANGS[@]}"; do
   run "$lang" cli "${CLI_TESTS[@]}"
   run "$lang" shared "${SHARED_TESTS[@]}"
   step "$lang clock: reactor time over real sockets"
-  TWILL_CLOCK_WASM=$OUT/$lang-clock.wasm run "$lang" timers delayed_calls_fire_on_time_over_real_sockets_in_both_modes
+  TWILL_CLOCK_WASM=$OUT/$lang-clock.wasm run "$lang" timers delayed_calls_fire_on_time_over_real_sockets_in_both_modes a_looping_call_on_a_shared_instance_outlives_max_resources
   step "$lang forward: proxying over real sockets"
   TWILL_FORWARD_WASM=$OUT/$lang-forward.wasm run "$lang" proxy "${PROXY_TESTS[@]}"
   step "$lang starttls: STARTTLS over real sockets"

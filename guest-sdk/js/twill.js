@@ -52,6 +52,21 @@ import * as hostReactor from 'twill:protocol/reactor@0.1.0';
 
 const encoder = new TextEncoder();
 
+// ComponentizeJS's disposer of an imported resource (its glue's fallback
+// when the engine has no Symbol.dispose).
+const DISPOSE = Symbol.dispose ?? Symbol.for('dispose');
+
+/**
+ * Drop a host handle now. ComponentizeJS would drop it only when the garbage
+ * collector finds its object, and in practice never: its glue unregisters
+ * the object from its FinalizationRegistry on every call. A shared instance
+ * that kept the handle of every ended connection or fired call faulted
+ * when its resource table filled (`max-resources`).
+ */
+function release(raw) {
+  raw?.[DISPOSE]?.();
+}
+
 /** An IPv4 or IPv6 endpoint: Twisted's `IPv4Address` / `IPv6Address`. */
 export class Address {
   constructor(host, port) {
@@ -195,8 +210,12 @@ function toTlsInfo(i) {
  * are ignored.
  */
 export class Transport {
+  // Null once the connection ended and its handle was dropped.
   #raw;
   #lost = false;
+  // The addresses, kept once asked for (they outlive the handle).
+  #peer = null;
+  #host = null;
   // Writes are dropped here, not sent to the host: after the end of the
   // connection, loseWriteConnection or splice.
   #mute = false;
@@ -239,14 +258,20 @@ export class Transport {
 
   /** The remote address: Twisted's `getPeer`. */
   getPeer() {
-    const a = this.#raw.getPeer();
-    return new Address(a.host, a.port);
+    if (this.#peer === null && this.#raw !== null) {
+      const a = this.#raw.getPeer();
+      this.#peer = new Address(a.host, a.port);
+    }
+    return this.#peer ?? new Address('', 0);
   }
 
   /** The local address: Twisted's `getHost`. */
   getHost() {
-    const a = this.#raw.getHost();
-    return new Address(a.host, a.port);
+    if (this.#host === null && this.#raw !== null) {
+      const a = this.#raw.getHost();
+      this.#host = new Address(a.host, a.port);
+    }
+    return this.#host ?? new Address('', 0);
   }
 
   /**
@@ -265,17 +290,17 @@ export class Transport {
     if (!streaming) throw new TypeError('twill supports streaming (push) producers only');
     if (producer instanceof Transport) {
       this.producer = null;
-      this.#raw.registerProducerTransport(producer.#raw);
+      if (this.#raw !== null && producer.#raw !== null) this.#raw.registerProducerTransport(producer.#raw);
       return;
     }
     this.producer = producer;
-    this.#raw.registerProducer();
+    this.#raw?.registerProducer();
   }
 
   /** Stop the producer notifications: Twisted's `unregisterProducer`. */
   unregisterProducer() {
     this.producer = null;
-    this.#raw.unregisterProducer();
+    this.#raw?.unregisterProducer();
   }
 
   /**
@@ -318,6 +343,7 @@ export class Transport {
    */
   splice(other) {
     if (!(other instanceof Transport)) throw new TypeError('splice() wants another Transport');
+    if (this.#raw === null || other.#raw === null) throw new SpliceError('its connection has ended');
     try {
       this.#raw.splice(other.#raw);
     } catch (e) {
@@ -350,7 +376,7 @@ export class Transport {
    * sees it).
    */
   tlsInfo() {
-    const i = this.#raw.tlsInfo();
+    const i = this.#raw?.tlsInfo();
     return i == null ? null : toTlsInfo(i);
   }
 
@@ -377,6 +403,7 @@ export class Transport {
    * the host refuses.
    */
   startTLS() {
+    if (this.#raw === null) throw new StartTLSError('its connection has ended');
     try {
       this.#raw.startTls();
     } catch (e) {
@@ -408,6 +435,13 @@ export class Transport {
     const partner = this.#partner;
     this.#partner = null;
     if (partner !== null && partner.#partner === this) partner.#partner = null;
+  }
+
+  /** @internal After `connectionLost` returned: drop the host's handle. */
+  _release() {
+    const raw = this.#raw;
+    this.#raw = null;
+    release(raw);
   }
 }
 
@@ -569,6 +603,7 @@ function fire(token) {
   calls.delete(token);
   const [f, args, call] = entry;
   call.called = true;
+  call._release();
   f(...args);
 }
 
@@ -577,6 +612,7 @@ export class DelayedCall {
   constructor(token) {
     this._token = token;
     this._raw = null;
+    this._time = 0;
     /** True once it ran. */
     this.called = false;
     /** True once it was cancelled. */
@@ -585,7 +621,7 @@ export class DelayedCall {
 
   /** When it is (or was) due, in `seconds()`: `getTime`. */
   getTime() {
-    return this._raw.getTime();
+    return this._raw === null ? this._time : this._raw.getTime();
   }
 
   /** Whether it neither ran nor was cancelled. */
@@ -604,6 +640,16 @@ export class DelayedCall {
     this._raw.cancel();
     this.cancelled = true;
     calls.delete(this._token);
+    this._release();
+  }
+
+  /** @internal It ran or was cancelled: keep its time, drop the host's handle. */
+  _release() {
+    const raw = this._raw;
+    if (raw === null) return;
+    this._time = raw.getTime();
+    this._raw = null;
+    release(raw);
   }
 
   /** Make it due `secondsFromNow` from now instead: `reset`. */
@@ -810,9 +856,14 @@ class ProtocolExport {
   }
 
   connectionLost(reason) {
-    this.#transport?._connectionLost();
-    this.#protocol.connected = false;
-    this.#protocol.connectionLost(toReason(reason));
+    const t = this.#transport;
+    t?._connectionLost();
+    try {
+      this.#protocol.connected = false;
+      this.#protocol.connectionLost(toReason(reason));
+    } finally {
+      t?._release();
+    }
   }
 
   #producer() {

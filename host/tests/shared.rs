@@ -124,6 +124,24 @@ async fn closed_connections_drop_their_protocols_on_a_shared_instance() {
     assert_eq!(server.shutdown().await, twill::RunEnd::Clean);
 }
 
+/// Connections made one after another on a shared instance, many times
+/// `max-resources` of them, are all served: the guest drops each ended
+/// connection's `transport` handle. (The Python and JavaScript SDKs once
+/// kept them all; their instances faulted with "resource table has no free
+/// keys" at the 1,001st connection of a connection-rate benchmark.)
+/// scripts/test-polyglot.sh runs it against both.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn connection_churn_on_a_shared_instance_outlives_max_resources() {
+    let server = start(&server_config(&echo_wasm(), &format!("{}\nmax-resources = 16", shared(1)))).await;
+    let addr = server.addr();
+    for i in 0..100 {
+        let msg = format!("ping {i}").into_bytes();
+        let got = echo_through(addr, msg.clone(), |n| n).await;
+        assert_eq!(String::from_utf8_lossy(&got), String::from_utf8_lossy(&msg), "connection {i}");
+    }
+    assert_eq!(server.shutdown().await, twill::RunEnd::Clean);
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_fault_aborts_the_connections_on_its_instance_and_the_next_gets_a_fresh_one() {
     let server = start(&server_config(&testkit_wasm(), &shared(1))).await;

@@ -350,6 +350,35 @@ async fn components_built_before_the_reactor_interface_keep_working() {
     }
 }
 
+/// A looping call on a shared instance makes a delayed call per tick, many
+/// times `max-resources` of them: the guest drops each call's handle once it
+/// fired or was cancelled. (The Python and JavaScript SDKs once kept them;
+/// the instance faulted with "resource table has no free keys".)
+/// scripts/test-polyglot.sh runs it against both clock guests.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_looping_call_on_a_shared_instance_outlives_max_resources() {
+    let extra = format!("{}{}\nmax-resources = 16", support::memory_line(), shared());
+    let server = start(&server_config(&clock_wasm(), &extra)).await;
+    let mut k = Kit::connect(server.addr()).await;
+    k.send("every 1").await;
+    for i in 1..=100 {
+        assert_eq!(k.line().await, format!("tick {i}\n"));
+    }
+    k.send("stop").await;
+    // Ticks already written come first.
+    let mut n = 0;
+    while k.line().await != "stopped\n" {
+        n += 1;
+        assert!(n < 10_000, "no `stopped`");
+    }
+    // And one-shot calls, each fired.
+    for i in 0..40 {
+        k.send(&format!("later 0 t{i}")).await;
+        assert_eq!(k.line().await, format!("t{i}\n"));
+    }
+    server.shutdown().await;
+}
+
 /// The handle of an active call is bounded by `max-timers`, not by
 /// `max-resources`: a shared instance whose every connection keeps a
 /// timeout serves more connections than `max-resources` (a bench with

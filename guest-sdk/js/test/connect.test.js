@@ -125,6 +125,9 @@ test('other errors from the import pass through', async () => {
   assert.deepEqual(f.calls, []);
 });
 
+// ComponentizeJS's disposer of an imported resource (as the SDK finds it).
+const DISPOSE = Symbol.dispose ?? Symbol.for('dispose');
+
 /** What ComponentizeJS hands makeConnection: the imported resource. */
 function rawTransport() {
   const calls = [];
@@ -133,6 +136,8 @@ function rawTransport() {
     {
       get(target, name) {
         if (name in target) return target[name];
+        if (name === DISPOSE) return () => (target.dropped = true);
+        assert.ok(!target.dropped, `${String(name)} on a dropped transport handle`);
         if (name === 'splice') {
           return (other) => {
             calls.push(['splice', other]);

@@ -17,6 +17,7 @@ class FakeCall {
     this.token = token;
     this.due = due;
     this.live = true;
+    this.dropped = false;
     this.push();
   }
   push() {
@@ -24,7 +25,11 @@ class FakeCall {
     heap.sort((a, b) => a[0] - b[0] || a[1] - b[1]);
   }
   getTime() {
+    if (this.dropped) throw new Error('getTime on a dropped delayed-call handle');
     return this.due;
+  }
+  [Symbol.dispose ?? Symbol.for('dispose')]() {
+    this.dropped = true;
   }
   cancel() {
     const was = this.live;

@@ -94,6 +94,21 @@ test('inactive calls throw AlreadyCalled / AlreadyCancelled, as in Twisted', () 
   assert.throws(() => callLater(-1, () => {}), RangeError);
 });
 
+test('a call drops its handle once it ran or was cancelled', () => {
+  fresh();
+  const fired = callLater(0.5, () => {});
+  const cancelled = callLater(2, () => {});
+  const [rawFired, rawCancelled] = [fired._raw, cancelled._raw];
+  cancelled.cancel();
+  assert.ok(rawCancelled.dropped);
+  assert.ok(!rawFired.dropped);
+  advanceMs(500);
+  assert.ok(fired.called && rawFired.dropped);
+  // The time each was due is kept (the fake throws if a dropped handle is asked).
+  assert.equal(fired.getTime(), 0.5);
+  assert.equal(cancelled.getTime(), 2);
+});
+
 test('startFactory / stopFactory reach the factory', () => {
   const heard = [];
   class F extends Factory {

@@ -19,25 +19,38 @@ import {
   Protocol,
   Reason,
   ServerFactory,
+  StartTLSError,
   Transport,
   serve,
 } from '../twill.js';
 
-/** What ComponentizeJS hands makeConnection: the imported resource. */
+// ComponentizeJS's disposer of an imported resource (as the SDK finds it).
+const DISPOSE = Symbol.dispose ?? Symbol.for('dispose');
+
+/** What ComponentizeJS hands makeConnection: the imported resource. Using it after its disposer ran fails the test. */
 function rawTransport() {
   const calls = [];
-  const record = (name) => (...args) => calls.push([name, ...args]);
-  return {
+  const live = () => assert.ok(!raw.dropped, 'a call on a dropped transport handle');
+  const record = (name) => (...args) => {
+    live();
+    calls.push([name, ...args]);
+  };
+  const raw = {
     calls,
+    dropped: false,
+    [DISPOSE]() {
+      raw.dropped = true;
+    },
     write: record('write'),
     writeSequence: record('writeSequence'),
     loseConnection: record('loseConnection'),
     abortConnection: record('abortConnection'),
     registerProducer: record('registerProducer'),
     unregisterProducer: record('unregisterProducer'),
-    getPeer: () => ({ host: '::1', port: 9 }),
-    getHost: () => ({ host: '127.0.0.1', port: 9 }),
+    getPeer: () => (live(), { host: '::1', port: 9 }),
+    getHost: () => (live(), { host: '127.0.0.1', port: 9 }),
   };
+  return raw;
 }
 
 const addr = (host = '192.0.2.7', port = 40000) => ({ host, port });
@@ -88,6 +101,48 @@ test('echo writes back every chunk', () => {
   box.dataReceived(bytes('hello'));
   box.dataReceived(new Uint8Array(0));
   assert.deepEqual(raw.calls, [['write', bytes('hello')], ['write', new Uint8Array(0)]]);
+});
+
+test('the transport handle is dropped once connectionLost returned', () => {
+  const seen = [];
+  class Late extends Protocol {
+    connectionLost() {
+      // Still usable here: the peer is asked for now.
+      seen.push(this.transport.getPeer());
+    }
+  }
+  const { serverFactory } = serve({ server: Late });
+  const box = serverFactory.buildProtocol(addr());
+  const raw = rawTransport();
+  box.makeConnection(raw);
+  box.connectionLost({ tag: 'done' });
+  assert.ok(raw.dropped, 'dropped after connectionLost');
+  assert.deepEqual(seen, [new Address('::1', 9)]);
+});
+
+test('after the drop, a kept transport answers without its handle', () => {
+  let kept = null;
+  class Keeper extends Protocol {
+    connectionMade() {
+      kept = this.transport;
+      kept.getPeer();
+    }
+  }
+  const { serverFactory } = serve({ server: Keeper });
+  const box = serverFactory.buildProtocol(addr());
+  const raw = rawTransport();
+  box.makeConnection(raw);
+  box.connectionLost({ tag: 'done' });
+  // The fake fails the test if any of these reaches the dropped handle.
+  assert.deepEqual(kept.getPeer(), new Address('::1', 9));
+  assert.deepEqual(kept.getHost(), new Address('', 0));
+  kept.write(bytes('late'));
+  kept.loseConnection();
+  kept.registerProducer();
+  kept.unregisterProducer();
+  assert.equal(kept.tlsInfo(), null);
+  assert.throws(() => kept.startTLS(), StartTLSError);
+  assert.deepEqual(raw.calls, []);
 });
 
 test('a missing role refuses', () => {

@@ -41,6 +41,9 @@ function witTlsInfo(host, none = undefined) {
   };
 }
 
+// ComponentizeJS's disposer of an imported resource (as the SDK finds it).
+const DISPOSE = Symbol.dispose ?? Symbol.for('dispose');
+
 /**
  * What ComponentizeJS hands makeConnection: the imported resource. `tls` is
  * what `tlsInfo` returns; `startTlsError` makes `startTls` throw. Every
@@ -62,6 +65,8 @@ function rawTransport({ tls, startTlsError = null } = {}) {
   return new Proxy(target, {
     get(t, name) {
       if (name in t) return t[name];
+      if (name === DISPOSE) return () => (t.dropped = true);
+      assert.ok(!t.dropped, `${String(name)} on a dropped transport handle`);
       return (...args) => t.calls.push([name, ...args]);
     },
     set(t, name, value) {

@@ -64,10 +64,18 @@ class RawTransport:
         # A plaintext connection (test_tls.py has the TLS fake).
         return None
 
+    def __exit__(self, *exc):
+        # componentize-py's drop of the handle: nothing may use it after.
+        self.dropped = True
+
+    def _call(self, name, args):
+        assert not self.__dict__.get("dropped"), f"{name} on a dropped transport handle"
+        self.calls.append((name,) + args)
+
     def __getattr__(self, name):
         if name.startswith("__"):
             raise AttributeError(name)
-        return lambda *a: self.calls.append((name,) + a)
+        return lambda *a: self._call(name, a)
 
 
 # componentize-py's variant cases are classes with these names.

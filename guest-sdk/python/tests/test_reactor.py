@@ -56,13 +56,19 @@ class FakeReactor:
 class FakeCall:
     def __init__(self, host, token, due):
         self.host, self.token, self.due, self.active = host, token, due, True
+        self.dropped = False
 
     def push(self):
         self.host.seq += 1
         heapq.heappush(self.host.heap, (self.due, self.host.seq, self.token))
 
     def get_time(self):
+        if self.dropped:
+            raise AssertionError("get_time on a dropped handle")
         return self.due
+
+    def __exit__(self, *exc):
+        self.dropped = True
 
     def cancel(self):
         was, self.active = self.active, False
@@ -100,6 +106,21 @@ class TimeTest(unittest.TestCase):
 
     def advance_ms(self, ms):
         self.host.advance(ms / 1000.0)
+
+    def test_a_call_drops_its_handle_once_it_ran_or_was_cancelled(self):
+        fired = reactor.call_later(0.5, lambda: None)
+        cancelled = reactor.call_later(2.0, lambda: None)
+        raw_fired, raw_cancelled = fired._raw, cancelled._raw
+        cancelled.cancel()
+        self.assertTrue(raw_cancelled.dropped)
+        self.assertFalse(raw_fired.dropped)
+        self.advance_ms(500)
+        self.assertTrue(fired.called)
+        self.assertTrue(raw_fired.dropped)
+        # The time each was due is kept (the fake asserts nothing asks a
+        # dropped handle).
+        self.assertEqual(fired.get_time(), 0.5)
+        self.assertEqual(cancelled.get_time(), 2.0)
 
     def test_looping_vectors(self):
         for case in VECTORS["looping"]:

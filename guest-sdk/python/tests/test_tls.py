@@ -71,10 +71,18 @@ class RawTransport:
         if self.start_tls_error is not None:
             raise Err(self.start_tls_error)
 
+    def __exit__(self, *exc):
+        # componentize-py's drop of the handle: nothing may use it after.
+        self.dropped = True
+
+    def _call(self, name, args):
+        assert not self.__dict__.get("dropped"), f"{name} on a dropped transport handle"
+        self.calls.append((name,) + args)
+
     def __getattr__(self, name):
         if name.startswith("__"):
             raise AttributeError(name)
-        return lambda *a: self.calls.append((name,) + a)
+        return lambda *a: self._call(name, a)
 
 
 def served(raw, protocol_class=twill.Protocol):

@@ -31,10 +31,18 @@ class RawTransport:
     def tls_info(self):
         return None
 
+    def __exit__(self, *exc):
+        # componentize-py's drop of the handle: nothing may use it after.
+        self.dropped = True
+
+    def _call(self, name, args):
+        assert not self.__dict__.get("dropped"), f"{name} on a dropped transport handle"
+        self.calls.append((name,) + args)
+
     def __getattr__(self, name):
         if name in ("get_peer", "get_host"):
             return lambda: types.SimpleNamespace(host="::1" if name == "get_peer" else "127.0.0.1", port=9)
-        return lambda *a: self.calls.append((name,) + a)
+        return lambda *a: self._call(name, a)
 
 
 # componentize-py's variant cases are classes with these names.
@@ -168,6 +176,30 @@ class ProtocolTest(unittest.TestCase):
         self.assertEqual(reason.get_error_message(), "Connection was lost: reset by peer")
         p.transport.write(b"late")
         self.assertEqual(raw.calls, [])
+
+    def test_the_handle_is_dropped_once_connection_lost_returned(self):
+        seen = []
+
+        class Late(twill.Protocol):
+            def connection_lost(self, reason):
+                # Still usable here: the addresses are asked for now.
+                seen.append(self.transport.get_peer())
+
+        box, p, raw = self.connect(Late)
+        box.connection_lost(Reason_Done())
+        self.assertTrue(raw.__dict__.get("dropped"), "dropped after connection_lost")
+        self.assertEqual(seen, [twill.Address("::1", 9)])
+        # Afterwards nothing reaches the dropped handle (the fake asserts):
+        # the peer is the one kept, the host was never asked, the rest is ignored.
+        self.assertEqual(p.transport.get_peer(), twill.Address("::1", 9))
+        self.assertEqual(p.transport.get_host(), twill.Address("", 0))
+        p.transport.write(b"late")
+        p.transport.lose_connection()
+        p.transport.register_producer()
+        p.transport.unregister_producer()
+        self.assertIsNone(p.transport.tls_info())
+        with self.assertRaises(twill.StartTLSError):
+            p.transport.start_tls()
 
     def test_done_reason(self):
         box, p, _ = self.connect()

@@ -271,10 +271,14 @@ class Transport:
     writes are ignored.
     """
 
-    __slots__ = ("_raw", "_producer", "disconnecting", "_lost", "_mute", "spliced", "_partner")
+    __slots__ = ("_raw", "_producer", "disconnecting", "_lost", "_mute", "spliced", "_partner", "_peer", "_host")
 
     def __init__(self, raw):
+        # None once the connection ended and its handle was dropped.
         self._raw = raw
+        # The addresses, kept once asked for (they outlive the handle).
+        self._peer = None
+        self._host = None
         self._producer = None
         self._lost = False
         # Writes are dropped here, not sent to the host: after the end of
@@ -318,11 +322,15 @@ class Transport:
 
     def get_peer(self):
         """The remote address: Twisted's ``getPeer``."""
-        return _address(self._raw.get_peer())
+        if self._peer is None and self._raw is not None:
+            self._peer = _address(self._raw.get_peer())
+        return self._peer if self._peer is not None else Address("", 0)
 
     def get_host(self):
         """The local address: Twisted's ``getHost``."""
-        return _address(self._raw.get_host())
+        if self._host is None and self._raw is not None:
+            self._host = _address(self._raw.get_host())
+        return self._host if self._host is not None else Address("", 0)
 
     def register_producer(self, producer=None, streaming=True):
         """Twisted's ``registerProducer(producer, streaming=True)``.
@@ -344,15 +352,18 @@ class Transport:
             raise ValueError("twill supports streaming (push) producers only")
         if isinstance(producer, Transport):
             self._producer = None
-            self._raw.register_producer_transport(producer._raw)
+            if self._raw is not None and producer._raw is not None:
+                self._raw.register_producer_transport(producer._raw)
             return
         self._producer = producer
-        self._raw.register_producer()
+        if self._raw is not None:
+            self._raw.register_producer()
 
     def unregister_producer(self):
         """Stop the producer notifications: Twisted's ``unregisterProducer``."""
         self._producer = None
-        self._raw.unregister_producer()
+        if self._raw is not None:
+            self._raw.unregister_producer()
 
     def pause_producing(self):
         """Stop reading from this connection: Twisted's
@@ -394,6 +405,8 @@ class Transport:
         """
         if not isinstance(other, Transport):
             raise TypeError("splice() wants another twill.Transport")
+        if self._raw is None or other._raw is None:
+            raise SpliceError("its connection has ended")
         try:
             self._raw.splice(other._raw)
         except Exception as e:
@@ -416,7 +429,7 @@ class Transport:
         ``tls`` table the handshake is over before ``connection_made``;
         after :meth:`start_tls`, this is None until its handshake completed
         (the next ``data_received`` sees it)."""
-        info = self._raw.tls_info()
+        info = None if self._raw is None else self._raw.tls_info()
         return None if info is None else _tls_info(info)
 
     def get_peer_certificate(self):
@@ -445,6 +458,8 @@ class Transport:
         or the connection is already encrypted, starting TLS, spliced or
         closing.
         """
+        if self._raw is None:
+            raise StartTLSError("its connection has ended")
         try:
             self._raw.start_tls()
         except Exception as e:
@@ -468,6 +483,15 @@ class Transport:
         partner, self._partner = self._partner, None
         if partner is not None and partner._partner is self:
             partner._partner = None
+
+    def _release(self):
+        # After connection_lost returned: drop the host's handle now. The
+        # bindings would drop it only once the object is collected; a
+        # shared instance that kept every ended connection's handle faulted
+        # when its resource table filled (max-resources).
+        raw, self._raw = self._raw, None
+        if raw is not None:
+            raw.__exit__(None, None, None)
 
     def __repr__(self):
         return "<twill.Transport%s%s>" % (

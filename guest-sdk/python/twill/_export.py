@@ -74,12 +74,15 @@ class ProtocolExport:
             self.protocol.data_received(data)
 
     def connection_lost(self, reason):
-        if self.transport is not None:
-            self.transport._connection_lost()
+        t = self.transport
+        if t is not None:
+            t._connection_lost()
         try:
             self.protocol.connected = False
             self.protocol.connection_lost(_reason(reason))
         finally:
+            if t is not None:
+                t._release()
             _flush()
 
     def _producer(self):

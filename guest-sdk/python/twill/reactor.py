@@ -98,6 +98,7 @@ def _fire(token):
     if entry is not None:
         f, args, kwargs, call = entry
         call.called = True
+        call._release()
         f(*args, **kwargs)
 
 
@@ -164,6 +165,7 @@ class DelayedCall:
     def __init__(self, token):
         self._token = token
         self._raw = None
+        self._time = 0.0
         #: True once it ran.
         self.called = False
         #: True once it was cancelled.
@@ -171,7 +173,7 @@ class DelayedCall:
 
     def get_time(self):
         """When it is (or was) due, in :func:`seconds`: ``getTime``."""
-        return self._raw.get_time()
+        return self._time if self._raw is None else self._raw.get_time()
 
     def active(self):
         """Whether it neither ran nor was cancelled: ``active``."""
@@ -190,6 +192,16 @@ class DelayedCall:
         self._raw.cancel()
         self.cancelled = True
         _calls.pop(self._token, None)
+        self._release()
+
+    def _release(self):
+        # It ran or was cancelled: keep its time and drop the host's handle
+        # now, not when the object is collected (a shared instance's
+        # resource table is bounded by max-resources).
+        raw, self._raw = self._raw, None
+        if raw is not None:
+            self._time = raw.get_time()
+            raw.__exit__(None, None, None)
 
     def reset(self, seconds_from_now):
         """Make it due ``seconds_from_now`` from now instead: ``reset``."""
