@@ -58,7 +58,7 @@ TABLES = [
     ),
     (
         "Python and JavaScript guests, one shared instance each (`--only python-shared,js-shared,twisted`; the echo "
-        "components of scripts/build-polyglot-guests.sh, `memory` 64 MiB and 96 MiB)",
+        "components of scripts/build-polyglot-guests.sh, `memory` 64 MiB and 256 MiB)",
         [("python-shared", "Python shared"), ("js-shared", "JavaScript shared"), ("twisted", "Twisted")],
         [("python-shared", "twisted"), ("js-shared", "twisted")],
     ),
@@ -116,7 +116,7 @@ def servers(venv_python, baseline=None):
     # The Python and JavaScript echo guests (scripts/build-polyglot-guests.sh),
     # one shared instance each, from configs written next to them.
     polyglot = TARGET / "polyglot"
-    for lang, port, memory in (("python", 9108, "64MiB"), ("js", 9109, "96MiB")):
+    for lang, port, memory in (("python", 9108, "64MiB"), ("js", 9109, "256MiB")):
         wasm = polyglot / f"{lang}-echo.wasm"
         if wasm.exists():
             toml = polyglot / f"bench-{lang}-shared.toml"
@@ -153,7 +153,14 @@ def run_server(name, cmd, port, duration, results):
             c1 = cpu_secs(proc.pid)
             ops = int(r["ops"])
             results.setdefault((name, scen), []).append(
-                {"rate": float(r["rate"]), "cpu_us": (c1 - c0) * 1e6 / max(ops, 1), "p99": float(r.get("p99_us", "nan"))}
+                {
+                    "rate": float(r["rate"]),
+                    "cpu_us": (c1 - c0) * 1e6 / max(ops, 1),
+                    "p99": float(r.get("p99_us", "nan")),
+                    # Connections refused, reset or cut short: a rate
+                    # measured over failures is not a throughput.
+                    "failed": int(r.get("errors", 0)) + int(r.get("broken", 0)),
+                }
             )
             time.sleep(0.5)
         if name in NO_IDLE:
@@ -213,6 +220,9 @@ def main():
     def fmt(v, unit=""):
         return "–" if v is None else (f"{v:,.0f}{unit}" if v >= 100 else f"{v:.2f}{unit}")
 
+    def failed_mark(name, scen):
+        return " †" if any(x.get("failed") for x in results.get((name, scen), [])) else ""
+
     def ratio(a_, b_, scen, key):
         # The median of the per-round ratios: a round runs every server back
         # to back, so pairing within a round cancels the machine's drift.
@@ -231,7 +241,7 @@ def main():
         lines.append("|---|---|" + "---:|" * len(head))
 
         def row(scen, metric, key):
-            vals = [fmt(cell(n, scen, key)) for n, _ in cols]
+            vals = [fmt(cell(n, scen, key)) + failed_mark(n, scen) for n, _ in cols]
             rs = [ratio(a_, b_, scen, key) for a_, b_ in ratios]
             return f"| {scen} | {metric} | " + " | ".join(vals + rs) + " |"
 
@@ -243,10 +253,15 @@ def main():
         if (cols[0][0], "idle-10k") in results:
             lines.append(row("idle-10k", "server RSS KiB / connection", "kib"))
         lines.append("")
-    lines.append("Every round (rate; server CPU µs per op):\n")
+    if any(x.get("failed") for v in results.values() for x in v):
+        lines.append("† In some round, connections failed (refused, reset or cut short): see below.\n")
+    lines.append("Every round (rate; server CPU µs per op; failed connections, if any):\n")
     for (name, scen), v in sorted(results.items()):
         vals = ", ".join(
-            f"{x['kib']:.1f} KiB" if "kib" in x else f"{x['rate']:,.0f}/s; {x['cpu_us']:.2f} µs" for x in v
+            f"{x['kib']:.1f} KiB"
+            if "kib" in x
+            else f"{x['rate']:,.0f}/s; {x['cpu_us']:.2f} µs" + (f"; {x['failed']:,} FAILED" if x.get("failed") else "")
+            for x in v
         )
         lines.append(f"- {name} {scen}: {vals}")
     lines.append("")

@@ -6,12 +6,17 @@ needs); CI runs a short version through scripts/test-polyglot.sh.
 
 For each language (components from scripts/build-polyglot-guests.sh):
 
-1. shared: `instance = "shared"`, the plugin memory of test-polyglot.sh;
-   `loadgen --mode pingpong -c 100 -s 64` and `--mode bulk -c 10 -s 16384`
-   at once for --duration seconds. /metrics is read every --sample
+1. shared: `instance = "shared"`, the plugin memory of test-polyglot.sh.
+   First the loads one after another, twice, --phase seconds each:
+   ping-pong (100 x 64 B), bulk (10 x 16 KiB) and connect-echo-close (50
+   workers); a shared JavaScript echo once faulted out of memory in the
+   bulk that followed ping-pong, and churn once filled the instance's
+   resource table. Then `loadgen --mode pingpong -c 100 -s 64` and
+   `--mode bulk -c 10 -s 16384` at once for --duration seconds. /metrics is read every --sample
    seconds: the guest's linear memory (`twill_guest_memory_bytes`), bytes
    sent, traps, faulted connections, instances created.
-   Pass: 0 traps, 0 faulted or broken connections, no instance re-created,
+   Pass: 0 traps, 0 faulted, broken or failed connections (in the phases
+   too), no instance re-created,
    and memory flat after the warm-up (the first quarter of the run, at
    least 10 s): it grows by at most --tolerance MiB from the warm-up's end
    to the end.
@@ -39,7 +44,7 @@ TARGET = Path(os.environ.get("CARGO_TARGET_DIR", "/var/tmp/twill-target"))
 TWILL = Path(os.environ.get("TWILL_BIN", TARGET / "release" / "twill"))
 LOADGEN = TARGET / "release" / "loadgen"
 OUT = Path(os.environ.get("TWILL_POLYGLOT_OUT", TARGET / "polyglot"))
-MEMORY = {"python": "64MiB", "js": "96MiB"}
+MEMORY = {"python": "64MiB", "js": os.environ.get("SOAK_JS_MEMORY", "256MiB")}
 PORT, METRICS = 9350, 9351
 MIB = 1 << 20
 
@@ -109,10 +114,26 @@ def result(p):
     return dict(kv.split("=", 1) for kv in out.split())
 
 
-def shared_soak(tmp, lang, duration, sample, tolerance):
+def phases(seconds):
+    """The loads one after another, twice: what each lost or failed."""
+    loads = [
+        ("pingpong", ["--mode", "pingpong", "-c", "100", "-s", "64"]),
+        ("bulk", ["--mode", "bulk", "-c", "10", "-s", "16384"]),
+        ("connrate", ["--mode", "connrate", "-c", "50", "-s", "64"]),
+    ]
+    out = []
+    for _ in range(2):
+        for name, args in loads:
+            r = result(loadgen(*args, "-d", str(seconds)))
+            out.append((name, float(r["rate"]), int(r.get("broken", 0)) + int(r.get("errors", 0))))
+    return out
+
+
+def shared_soak(tmp, lang, duration, sample, tolerance, phase):
     proc, log = start(config(tmp, lang, True))
     try:
         first = scrape()
+        steps = phases(phase) if phase > 0 else []
         ping = loadgen("--mode", "pingpong", "-c", "100", "-s", "64", "-d", str(duration))
         bulk = loadgen("--mode", "bulk", "-c", "10", "-s", "16384", "-d", str(duration))
         t0 = time.time()
@@ -134,7 +155,7 @@ def shared_soak(tmp, lang, duration, sample, tolerance):
     faulted = total(last, "twill_connections_faulted") - total(first, "twill_connections_faulted")
     created = total(last, "twill_instances_created") - total(first, "twill_instances_created")
     sent = total(last, "twill_sent_bytes") - total(first, "twill_sent_bytes")
-    broken = int(p["broken"]) + int(b["broken"])
+    broken = int(p["broken"]) + int(b["broken"]) + sum(f for _, _, f in steps)
     ok = traps == 0 and faulted == 0 and broken == 0 and created == 0 and growth <= tolerance * MIB
     return ok, {
         "lang": lang, "seconds": duration, "sent_gib": sent / (1 << 30), "round_trips": int(p["ops"]),
@@ -142,7 +163,7 @@ def shared_soak(tmp, lang, duration, sample, tolerance):
         "traps": int(traps), "faulted": int(faulted), "broken": broken, "recreated": int(created),
         "memory_start_mib": samples[0][1] / MIB, "memory_at_warm_mib": at_warm / MIB,
         "memory_end_mib": samples[-1][1] / MIB, "memory_peak_mib": peak / MIB, "growth_after_warm_mib": growth / MIB,
-        "samples": samples, "log_warnings": [l for l in log if "WARN" in l or "ERROR" in l][:5],
+        "phases": steps, "samples": samples, "log_warnings": [l for l in log if "WARN" in l or "ERROR" in l][:5],
     }
 
 
@@ -169,17 +190,20 @@ def main():
     ap.add_argument("--sample", type=float, default=5)
     ap.add_argument("--tolerance", type=float, default=1.0, help="MiB of growth allowed after the warm-up")
     ap.add_argument("--gib", type=float, default=1.0)
+    ap.add_argument("--phase", type=float, default=5, help="seconds of each load alone before the mixed soak (0: none)")
     ap.add_argument("--out", default=None)
     args = ap.parse_args()
     lines = [f"# Soak (bench/soak.py): {args.duration:g} s shared, {args.gib:g} GiB on one connection", ""]
     failed = False
     with tempfile.TemporaryDirectory() as tmp:
         for lang in args.langs.split(","):
-            ok, r = shared_soak(tmp, lang, args.duration, args.sample, args.tolerance)
+            ok, r = shared_soak(tmp, lang, args.duration, args.sample, args.tolerance, args.phase)
             failed |= not ok
             print(f"{lang} shared: {'PASS' if ok else 'FAIL'} {({k: v for k, v in r.items() if k != 'samples'})}", flush=True)
             lines += [
                 f"## {lang}, shared instance, memory {MEMORY[lang]}: {'PASS' if ok else 'FAIL'}", "",
+                f"- first, each load alone for {args.phase:g} s, twice (rate/s, failed connections): "
+                + ", ".join(f"{n} {rate:,.0f} ({f})" for n, rate, f in r["phases"]),
                 f"- {r['seconds']:g} s of 100 × 64 B ping-pong and 10 × 16 KiB bulk: {r['sent_gib']:.2f} GiB sent, "
                 f"{r['round_trips']:,} round trips ({r['pingpong_rate']:,.0f}/s, p99 {r['p99_us'] / 1000:.2f} ms), bulk {r['bulk_mib_s']:.1f} MiB/s",
                 f"- traps {r['traps']}, faulted connections {r['faulted']}, broken client connections {r['broken']}, instances re-created {r['recreated']}",
