@@ -132,12 +132,20 @@ async fn closed_connections_drop_their_protocols_on_a_shared_instance() {
 /// scripts/test-polyglot.sh runs it against both.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn connection_churn_on_a_shared_instance_outlives_max_resources() {
-    let server = start(&server_config(&echo_wasm(), &format!("{}\nmax-resources = 16", shared(1)))).await;
+    let server = start(&server_config(
+        &echo_wasm(),
+        &format!("{}\nmax-resources = 16", shared(1)),
+    ))
+    .await;
     let addr = server.addr();
     for i in 0..100 {
         let msg = format!("ping {i}").into_bytes();
         let got = echo_through(addr, msg.clone(), |n| n).await;
-        assert_eq!(String::from_utf8_lossy(&got), String::from_utf8_lossy(&msg), "connection {i}");
+        assert_eq!(
+            String::from_utf8_lossy(&got),
+            String::from_utf8_lossy(&msg),
+            "connection {i}"
+        );
     }
     assert_eq!(server.shutdown().await, twill::RunEnd::Clean);
 }
