@@ -16,7 +16,9 @@ For each language (components from scripts/build-polyglot-guests.sh):
    seconds: the guest's linear memory (`twill_guest_memory_bytes`), bytes
    sent, traps, faulted connections, instances created.
    Pass: 0 traps, 0 faulted, broken or failed connections (in the phases
-   too), no instance re-created,
+   too), no instance re-created, for Python at most --phase-tolerance MiB
+   of memory added by the second round of phases (componentize-py's
+   exported resources once leaked 500 bytes per connection),
    and memory flat after the warm-up (the first quarter of the run, at
    least 10 s): it grows by at most --tolerance MiB from the warm-up's end
    to the end.
@@ -124,19 +126,20 @@ def phases(seconds):
         ("bulk", ["--mode", "bulk", "-c", "10", "-s", "16384"]),
         ("connrate", ["--mode", "connrate", "-c", "50", "-s", "64"]),
     ]
-    out = []
+    out, memory = [], []
     for _ in range(2):
         for name, args in loads:
             r = result(loadgen(*args, "-d", str(seconds)))
             out.append((name, float(r["rate"]), int(r.get("broken", 0)) + int(r.get("errors", 0))))
-    return out
+        memory.append(scrape().get('twill_guest_memory_bytes{plugin="echo"}', 0))
+    return out, memory
 
 
-def shared_soak(tmp, lang, duration, sample, tolerance, phase):
+def shared_soak(tmp, lang, duration, sample, tolerance, phase, phase_tolerance):
     proc, log = start(config(tmp, lang, True))
     try:
         first = scrape()
-        steps = phases(phase) if phase > 0 else []
+        steps, phase_memory = phases(phase) if phase > 0 else ([], [0, 0])
         ping = loadgen("--mode", "pingpong", "-c", "100", "-s", "64", "-d", str(duration))
         bulk = loadgen("--mode", "bulk", "-c", "10", "-s", "16384", "-d", str(duration))
         t0 = time.time()
@@ -159,14 +162,22 @@ def shared_soak(tmp, lang, duration, sample, tolerance, phase):
     created = total(last, "twill_instances_created") - total(first, "twill_instances_created")
     sent = total(last, "twill_sent_bytes") - total(first, "twill_sent_bytes")
     broken = int(p["broken"]) + int(b["broken"]) + sum(f for _, _, f in steps)
-    ok = traps == 0 and faulted == 0 and broken == 0 and created == 0 and growth <= tolerance * MIB
+    # The second round of phases repeats the first: memory it adds is a
+    # leak per connection or per byte (componentize-py's exported
+    # resources once cost 500 bytes a connection).
+    # Not for JavaScript: SpiderMonkey's heap grows between the rounds to
+    # marks set by what survived its last collection (connections alone
+    # plateaued at 81 MiB over 140,000 of them); the 10-minute run's growth
+    # after the warm-up judges it.
+    phase_growth = phase_memory[1] - phase_memory[0]
+    ok = (lang == "js" or phase_growth <= phase_tolerance * MIB) and traps == 0 and faulted == 0 and broken == 0 and created == 0 and growth <= tolerance * MIB
     return ok, {
         "lang": lang, "seconds": duration, "sent_gib": sent / (1 << 30), "round_trips": int(p["ops"]),
         "pingpong_rate": float(p["rate"]), "p99_us": float(p["p99_us"]), "bulk_mib_s": float(b["mib_per_s"]),
         "traps": int(traps), "faulted": int(faulted), "broken": broken, "recreated": int(created),
         "memory_start_mib": samples[0][1] / MIB, "memory_at_warm_mib": at_warm / MIB,
         "memory_end_mib": samples[-1][1] / MIB, "memory_peak_mib": peak / MIB, "growth_after_warm_mib": growth / MIB,
-        "phases": steps, "samples": samples, "log_warnings": [l for l in log if "WARN" in l or "ERROR" in l][:5],
+        "phases": steps, "phase_memory_mib": [m / MIB for m in phase_memory], "samples": samples, "log_warnings": [l for l in log if "WARN" in l or "ERROR" in l][:5],
     }
 
 
@@ -194,19 +205,21 @@ def main():
     ap.add_argument("--tolerance", type=float, default=1.0, help="MiB of growth allowed after the warm-up")
     ap.add_argument("--gib", type=float, default=1.0)
     ap.add_argument("--phase", type=float, default=5, help="seconds of each load alone before the mixed soak (0: none)")
+    ap.add_argument("--phase-tolerance", type=float, default=4.0, help="MiB the second round of phases may add (Python)")
     ap.add_argument("--out", default=None)
     args = ap.parse_args()
     lines = [f"# Soak (bench/soak.py): {args.duration:g} s shared, {args.gib:g} GiB on one connection", ""]
     failed = False
     with tempfile.TemporaryDirectory() as tmp:
         for lang in args.langs.split(","):
-            ok, r = shared_soak(tmp, lang, args.duration, args.sample, args.tolerance, args.phase)
+            ok, r = shared_soak(tmp, lang, args.duration, args.sample, args.tolerance, args.phase, args.phase_tolerance)
             failed |= not ok
             print(f"{lang} shared: {'PASS' if ok else 'FAIL'} {({k: v for k, v in r.items() if k != 'samples'})}", flush=True)
             lines += [
                 f"## {lang}, shared instance, memory {MEMORY[lang]}: {'PASS' if ok else 'FAIL'}", "",
                 f"- first, each load alone for {args.phase:g} s, twice (rate/s, failed connections): "
-                + ", ".join(f"{n} {rate:,.0f} ({f})" for n, rate, f in r["phases"]),
+                + ", ".join(f"{n} {rate:,.0f} ({f})" for n, rate, f in r["phases"])
+                + "; guest memory after each round: " + " and ".join(f"{m:.1f} MiB" for m in r["phase_memory_mib"]),
                 f"- {r['seconds']:g} s of 100 × 64 B ping-pong and 10 × 16 KiB bulk: {r['sent_gib']:.2f} GiB sent, "
                 f"{r['round_trips']:,} round trips ({r['pingpong_rate']:,.0f}/s, p99 {r['p99_us'] / 1000:.2f} ms), bulk {r['bulk_mib_s']:.1f} MiB/s",
                 f"- traps {r['traps']}, faulted connections {r['faulted']}, broken client connections {r['broken']}, instances re-created {r['recreated']}",

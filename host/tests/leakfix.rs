@@ -1,18 +1,21 @@
-//! The Python SDK's fix for componentize-py's write leak
-//! (`guest-sdk/python/twill/_leakfix.py`), run for real: it rewrites a
+//! The Python SDK's fixes for componentize-py's leaks
+//! (`guest-sdk/python/twill/_leakfix.py`), run for real: they rewrite a
 //! stand-in of componentize-py's runtime module
-//! (`fixtures/leakfix/pop-list.wat`, with the two exports it rewires), and
-//! the rewritten module, run by wasmtime, must hand every fast-path buffer
-//! to `wit_dylib_dealloc_bytes(cx, ptr, len, 1, defer = 1)`, leave the
-//! slow path alone, and return what the original returned. A second run
-//! must change nothing.
+//! (`fixtures/leakfix/pop-list.wat`, with the exports they rewire and the
+//! CPython imports they call), and the rewritten module, run by wasmtime,
+//! must hand every fast-path buffer to `wit_dylib_dealloc_bytes(cx, ptr,
+//! len, 1, defer = 1)`, leave the slow path alone and return what the
+//! original returned; and its resource destructor must release the
+//! reference the runtime took on the exported object
+//! (`PyGILState_Ensure`, `_Py_DecRef(rep)`, `PyGILState_Release`). A second
+//! run must change nothing.
 
 mod support;
 
 use std::path::{Path, PathBuf};
 use std::process::Command;
 
-use wasmtime::{Engine, Instance, Module, Store};
+use wasmtime::{Caller, Engine, Func, Instance, Module, Store};
 
 fn fixture() -> PathBuf {
     support::repo().join("host/tests/fixtures/leakfix/pop-list.wasm")
@@ -33,6 +36,35 @@ fn patch(src: &Path, dst: &Path) -> String {
         String::from_utf8_lossy(&out.stderr)
     );
     String::from_utf8(out.stdout).unwrap().trim().to_string()
+}
+
+/// The CPython calls the runtime module made, in order.
+type Calls = Vec<(&'static str, i32)>;
+
+/// Instantiates the component's core module with recording stand-ins for
+/// its CPython imports (`PyGILState_Ensure` returns 42).
+fn instantiate(engine: &Engine, component: &Path) -> (Store<Calls>, Instance) {
+    let module = Module::new(engine, core_module(&std::fs::read(component).unwrap())).unwrap();
+    let mut store = Store::new(engine, Calls::new());
+    let record = |store: &mut Store<Calls>, name: &'static str| {
+        Func::wrap(&mut *store, move |mut c: Caller<'_, Calls>, arg: i32| {
+            c.data_mut().push((name, arg))
+        })
+    };
+    let decref = record(&mut store, "_Py_DecRef");
+    let incref = record(&mut store, "_Py_IncRef");
+    let release = record(&mut store, "PyGILState_Release");
+    let ensure = Func::wrap(&mut store, |mut c: Caller<'_, Calls>| {
+        c.data_mut().push(("PyGILState_Ensure", 0));
+        42
+    });
+    let instance = Instance::new(
+        &mut store,
+        &module,
+        &[decref.into(), incref.into(), release.into(), ensure.into()],
+    )
+    .unwrap();
+    (store, instance)
 }
 
 /// The component's one core module.
@@ -61,9 +93,7 @@ fn fast_path_buffers_are_freed_with_the_call_and_a_second_run_changes_nothing() 
 
     let engine = Engine::default();
     let run = |component: &Path| {
-        let module = Module::new(&engine, core_module(&std::fs::read(component).unwrap())).unwrap();
-        let mut store = Store::new(&engine, ());
-        let instance = Instance::new(&mut store, &module, &[]).unwrap();
+        let (mut store, instance) = instantiate(&engine, component);
         let pop = instance
             .get_typed_func::<(i32, i32, i32), i32>(&mut store, "wit_dylib_pop_list")
             .unwrap();
@@ -117,4 +147,32 @@ fn a_component_without_componentize_py_s_runtime_is_refused_unchanged() {
         String::from_utf8_lossy(&err.stderr)
     );
     assert!(!out.exists(), "nothing written");
+}
+
+#[test]
+fn the_resource_destructor_releases_the_exported_object() {
+    let dir = support::scratch();
+    let once = dir.join("once.wasm");
+    assert_eq!(patch(&fixture(), &once), "True");
+    let engine = Engine::default();
+    let dtor = |component: &Path| {
+        let (mut store, instance) = instantiate(&engine, component);
+        instance
+            .get_typed_func::<(i32, i32), ()>(&mut store, "wit_dylib_resource_dtor")
+            .unwrap()
+            .call(&mut store, (3, 0x1234))
+            .unwrap();
+        store.into_data()
+    };
+    // As componentize-py builds it: the reference is never released.
+    assert_eq!(dtor(&fixture()), Calls::new());
+    // Fixed: released once, holding the GIL.
+    assert_eq!(
+        dtor(&once),
+        vec![
+            ("PyGILState_Ensure", 0),
+            ("_Py_DecRef", 0x1234),
+            ("PyGILState_Release", 42)
+        ]
+    );
 }

@@ -201,6 +201,21 @@ class ProtocolTest(unittest.TestCase):
         with self.assertRaises(twill.StartTLSError):
             p.transport.start_tls()
 
+    def test_componentize_py_s_finalizer_is_detached(self):
+        # componentize-py sets weakref.finalize(obj, drop the handle) on an
+        # exported resource; the host owns a protocol's handle, so the SDK
+        # detaches it (twill-componentize's destructor fix frees the object).
+        import weakref
+
+        box, _, _ = self.connect()
+        dropped = []
+        f = weakref.finalize(box, dropped.append, "stale handle")
+        box.finalizer = f
+        self.assertFalse(f.alive)
+        self.assertIsNone(box.finalizer.detach())
+        del box
+        self.assertEqual(dropped, [])
+
     def test_done_reason(self):
         box, p, _ = self.connect()
         box.connection_lost(Reason_Done())

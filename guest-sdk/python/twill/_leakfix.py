@@ -1,5 +1,6 @@
-"""The fix for componentize-py's import-argument leak, applied to a built
-component (``twill-componentize`` runs it after componentize-py).
+"""The fixes for componentize-py's two leaks, applied to a built component
+(``twill-componentize`` runs them after componentize-py): the
+import-argument leak, and the exported-resource leak (at the end).
 
 The leak (componentize-py 0.19.0 to 0.25.1): a Python ``bytes`` passed to
 an imported function taking ``list<u8>`` (``transport.write``, each chunk
@@ -27,9 +28,28 @@ function is appended and the export points at it. A custom section marks
 the module, so a second run changes nothing. It must not be applied to a
 runtime that frees the buffer itself (it would free it twice), so
 :func:`needs_fix` gates it on componentize-py's version.
+
+The exported-resource leak (the same versions): ``exported_resource_to_canon``
+hands the resource a strong reference to the Python object (``into_ptr``),
+and the runtime's ``resource_dtor`` is a no-op ("nothing to do here"), so
+every object a guest exports as a resource (each connection's protocol)
+stays alive after the host drops it. The fix wraps the exported
+``wit_dylib_resource_dtor`` to release that reference::
+
+    wit_dylib_resource_dtor(ty, rep)             # the original
+    gil = PyGILState_Ensure()
+    _Py_DecRef(rep)
+    PyGILState_Release(gil)
+
+The runtime also registers ``weakref.finalize`` on the object, to drop the
+handle if the object dies while the guest owns it; once the host owns the
+handle that would drop a stale one, so the SDK's exported protocol
+detaches it (``twill._export.ProtocolExport.finalizer``). Each fix has its
+own marker section.
 """
 
 MARK = "twill-componentize-py-pop-list-fix"
+DTOR_MARK = "twill-componentize-py-resource-dtor-fix"
 
 # componentize-py releases whose runtime leaks (from "adopt wit-dylib",
 # v0.19.0, to the newest checked, 0.25.1).
@@ -90,38 +110,6 @@ def _name(b, i):
     return bytes(b[i : i + n]).decode(), i + n
 
 
-def _func_imports(m, s):
-    """How many of a module's imports are functions."""
-    n, i = _uleb(m, s)
-    funcs = 0
-    for _ in range(n):
-        _, i = _name(m, i)
-        _, i = _name(m, i)
-        kind = m[i]
-        i += 1
-        if kind == 0:  # func: type index
-            _, i = _uleb(m, i)
-            funcs += 1
-        elif kind == 1:  # table: reftype, limits
-            i += 1
-            flags = m[i]
-            _, i = _uleb(m, i + 1)
-            if flags & 1:
-                _, i = _uleb(m, i)
-        elif kind == 2:  # memory: limits
-            flags = m[i]
-            _, i = _uleb(m, i + 1)
-            if flags & 1:
-                _, i = _uleb(m, i)
-        elif kind == 3:  # global: valtype, mutability
-            i += 2
-        elif kind == 4:  # tag
-            _, i = _uleb(m, i + 1)
-        else:
-            raise PatchError(f"unknown import kind {kind}")
-    return funcs
-
-
 def _types(m, s):
     n, i = _uleb(m, s)
     types = []
@@ -148,40 +136,125 @@ def _exports(m, s):
     return out
 
 
-def _marked(m):
-    return any(sid == 0 and _name(m, s)[0] == MARK for sid, s, _, _ in _sections(m))
-
-
 I32 = 0x7F
 
 
-def _patch_module(m):
-    if _marked(m):
-        return None
-    secs = {sid: (s, e) for sid, s, e, _ in _sections(m) if sid != 0}
-    for needed in (1, 3, 7, 10):
-        if needed not in secs:
-            raise PatchError(f"the runtime module has no section {needed}")
-    types = _types(m, secs[1][0])
-    imported = _func_imports(m, secs[2][0]) if 2 in secs else 0
-    fs, _ = secs[3]
-    defined, i = _uleb(m, fs)
-    ftypes = []
-    for _ in range(defined):
-        t, i = _uleb(m, i)
-        ftypes.append(t)
-    exports = _exports(m, secs[7][0])
-    try:
-        _, pop, at, end = exports["wit_dylib_pop_list"]
-        _, dealloc, _, _ = exports["wit_dylib_dealloc_bytes"]
-    except KeyError as e:
-        raise PatchError(f"the runtime module does not export {e}") from None
-    pop_type = ftypes[pop - imported]
-    if types[pop_type] != (bytes([I32] * 3), bytes([I32])):
+def _func_import_indices(m, s):
+    """(module, name) -> function index, for a module's function imports."""
+    n, i = _uleb(m, s)
+    out = {}
+    funcs = 0
+    for _ in range(n):
+        mod, i = _name(m, i)
+        nm, i = _name(m, i)
+        kind = m[i]
+        if kind == 0:
+            out[(mod, nm)] = funcs
+            funcs += 1
+            _, i = _uleb(m, i + 1)
+        else:
+            i = _skip_import_desc(m, i)
+    return out
+
+
+def _skip_import_desc(m, i):
+    kind = m[i]
+    i += 1
+    if kind == 1:
+        i += 1
+        flags = m[i]
+        _, i = _uleb(m, i + 1)
+        if flags & 1:
+            _, i = _uleb(m, i)
+    elif kind == 2:
+        flags = m[i]
+        _, i = _uleb(m, i + 1)
+        if flags & 1:
+            _, i = _uleb(m, i)
+    elif kind == 3:
+        i += 2
+    elif kind == 4:
+        _, i = _uleb(m, i + 1)
+    else:
+        raise PatchError(f"unknown import kind {kind}")
+    return i
+
+
+class _Module:
+    """What the rewrites need to know of a core module."""
+
+    def __init__(self, m):
+        self.m = m
+        self.secs = {sid: (s, e) for sid, s, e, _ in _sections(m) if sid != 0}
+        for needed in (1, 3, 7, 10):
+            if needed not in self.secs:
+                raise PatchError(f"the runtime module has no section {needed}")
+        self.types = _types(m, self.secs[1][0])
+        self.imports = _func_import_indices(m, self.secs[2][0]) if 2 in self.secs else {}
+        self.imported = len(self.imports)
+        defined, i = _uleb(m, self.secs[3][0])
+        self.ftypes = []
+        for _ in range(defined):
+            t, i = _uleb(m, i)
+            self.ftypes.append(t)
+        self.exports = _exports(m, self.secs[7][0])
+
+    def export(self, name):
+        try:
+            return self.exports[name][1]
+        except KeyError:
+            raise PatchError(f"the runtime module does not export {name}") from None
+
+    def imported_func(self, name):
+        try:
+            return self.imports[("env", name)]
+        except KeyError:
+            raise PatchError(f"the runtime module does not import env.{name}") from None
+
+    def signature(self, index):
+        if index < self.imported:
+            raise PatchError("an export that is an import")
+        return self.types[self.ftypes[index - self.imported]]
+
+    def type_of(self, index):
+        return self.ftypes[index - self.imported]
+
+
+def _append(m, export, type_index, body, marker):
+    """``m`` with a function of ``type_index`` and ``body`` (locals and
+    code) appended, the export ``export`` pointing at it, and a custom
+    section ``marker``."""
+    mod = _Module(m)
+    _, _, at, end = mod.exports[export]
+    new = mod.imported + len(mod.ftypes)
+    body = _enc(len(body)) + body
+    out = bytearray(m[:8])
+    for sid, s, e, st in _sections(m):
+        if sid == 3:
+            n, after = _uleb(m, s)
+            payload = _enc(n + 1) + m[after:e] + _enc(type_index)
+        elif sid == 10:
+            n, after = _uleb(m, s)
+            payload = _enc(n + 1) + m[after:e] + body
+        elif sid == 7:
+            payload = m[s:at] + _enc(new) + m[end:e]
+        else:
+            out += m[st:e]
+            continue
+        out += bytes([sid]) + _enc(len(payload)) + payload
+    mark = _enc(len(marker)) + marker.encode()
+    out += b"\x00" + _enc(len(mark)) + mark
+    return bytes(out)
+
+
+def _fix_pop_list(m):
+    mod = _Module(m)
+    pop = mod.export("wit_dylib_pop_list")
+    dealloc = mod.export("wit_dylib_dealloc_bytes")
+    if mod.signature(pop) != (bytes([I32] * 3), bytes([I32])):
         raise PatchError("wit_dylib_pop_list is not (i32, i32, i32) -> i32")
-    if types[ftypes[dealloc - imported]] != (bytes([I32] * 5), b""):
+    if mod.signature(dealloc) != (bytes([I32] * 5), b""):
         raise PatchError("wit_dylib_dealloc_bytes is not (i32 x 5) -> ()")
-    wrapper = imported + defined
     # (param cx ty retptr) (local len ptr)
     code = (
         b"\x20\x00\x20\x01\x20\x02\x10" + _enc(pop) + b"\x21\x03"  # len = pop(cx, ty, retptr)
@@ -191,25 +264,42 @@ def _patch_module(m):
         b"\x0b"
         b"\x20\x03\x0b"  # return len
     )
-    body = b"\x01\x02\x7f" + code  # one local group: 2 x i32
-    body = _enc(len(body)) + body
-    out = bytearray(m[:8])
-    for sid, s, e, st in _sections(m):
-        if sid == 3:
-            _, after = _uleb(m, s)
-            payload = _enc(defined + 1) + m[after:e] + _enc(pop_type)
-        elif sid == 10:
-            n, after = _uleb(m, s)
-            payload = _enc(n + 1) + m[after:e] + body
-        elif sid == 7:
-            payload = m[s:at] + _enc(wrapper) + m[end:e]
-        else:
-            out += m[st:e]
-            continue
-        out += bytes([sid]) + _enc(len(payload)) + payload
-    mark = _enc(len(MARK)) + MARK.encode()
-    out += b"\x00" + _enc(len(mark)) + mark
-    return bytes(out)
+    return _append(m, "wit_dylib_pop_list", mod.type_of(pop), b"\x01\x02\x7f" + code, MARK)
+
+
+def _fix_dtor(m):
+    mod = _Module(m)
+    dtor = mod.export("wit_dylib_resource_dtor")
+    if mod.signature(dtor) != (bytes([I32] * 2), b""):
+        raise PatchError("wit_dylib_resource_dtor is not (i32, i32) -> ()")
+    decref = mod.imported_func("_Py_DecRef")
+    ensure = mod.imported_func("PyGILState_Ensure")
+    release = mod.imported_func("PyGILState_Release")
+    # (param ty rep) (local gil)
+    code = (
+        b"\x20\x00\x20\x01\x10" + _enc(dtor)  # the original (a no-op today)
+        + b"\x10" + _enc(ensure) + b"\x21\x02"  # gil = PyGILState_Ensure()
+        + b"\x20\x01\x10" + _enc(decref)  # _Py_DecRef(rep)
+        + b"\x20\x02\x10" + _enc(release)  # PyGILState_Release(gil)
+        + b"\x0b"
+    )
+    return _append(m, "wit_dylib_resource_dtor", mod.type_of(dtor), b"\x01\x01\x7f" + code, DTOR_MARK)
+
+
+def _marks(m):
+    return {_name(m, s)[0] for sid, s, _, _ in _sections(m) if sid == 0}
+
+
+def _patch_module(m):
+    """Both fixes, each unless its marker says it is there; None if neither
+    was needed."""
+    marks = _marks(m)
+    out = m
+    if MARK not in marks:
+        out = _fix_pop_list(out)
+    if DTOR_MARK not in marks:
+        out = _fix_dtor(out)
+    return None if out is m else out
 
 
 def patch(component):

@@ -1,9 +1,10 @@
 """``twill-componentize``: build a Python protocol into a Twill component.
 
 It runs componentize-py against the SDK's own copy of the contract
-(:data:`twill.WIT_DIR`, world ``peer``), then applies the fix for
-componentize-py's write leak (:mod:`twill._leakfix`) when the installed
-componentize-py is a version that leaks::
+(:data:`twill.WIT_DIR`, world ``peer``), then applies the fixes for
+componentize-py's two leaks (:mod:`twill._leakfix`: every written buffer,
+and every exported resource, such as each connection's protocol) when the
+installed componentize-py is a version that leaks::
 
     twill-componentize app -o app.wasm            # app.py in the current directory
     twill-componentize echo -p src -o echo.wasm   # more of the Python path with -p
@@ -54,7 +55,7 @@ def fix(path, version=None):
     except _leakfix.PatchError as e:
         raise SystemExit(f"twill-componentize: cannot apply the write-leak fix to {path}: {e}")
     what = "applied" if changed else "already applied"
-    print(f"twill-componentize: componentize-py {version} write-leak fix {what}: {path}", file=sys.stderr)
+    print(f"twill-componentize: componentize-py {version} leak fixes {what}: {path}", file=sys.stderr)
     return changed
 
 
@@ -65,7 +66,7 @@ def main(argv=None):
     ap.add_argument("-p", "--python-path", action="append", default=[], help="a directory of the Python path (repeatable; default: .)")
     ap.add_argument("-w", "--world", default="peer", help="the WIT world (default: peer)")
     ap.add_argument("-d", "--wit", default=WIT_DIR, help="the WIT directory (default: the SDK's)")
-    ap.add_argument("--fix-only", metavar="WASM", help="only apply the write-leak fix to an already built component")
+    ap.add_argument("--fix-only", metavar="WASM", help="only apply the leak fixes to an already built component")
     args = ap.parse_args(argv)
     if args.fix_only:
         fix(args.fix_only)
