@@ -220,11 +220,11 @@ class _Module:
         return self.ftypes[index - self.imported]
 
 
-def _append(m, export, type_index, body, marker):
-    """``m`` with a function of ``type_index`` and ``body`` (locals and
-    code) appended, the export ``export`` pointing at it, and a custom
-    section ``marker``."""
-    mod = _Module(m)
+def _append(mod, export, type_index, body, marker):
+    """``mod``'s bytes with a function of ``type_index`` and ``body``
+    (locals and code) appended, the export ``export`` pointing at it, and a
+    custom section ``marker``."""
+    m = mod.m
     _, _, at, end = mod.exports[export]
     new = mod.imported + len(mod.ftypes)
     body = _enc(len(body)) + body
@@ -264,7 +264,7 @@ def _fix_pop_list(m):
         b"\x0b"
         b"\x20\x03\x0b"  # return len
     )
-    return _append(m, "wit_dylib_pop_list", mod.type_of(pop), b"\x01\x02\x7f" + code, MARK)
+    return _append(mod, "wit_dylib_pop_list", mod.type_of(pop), b"\x01\x02\x7f" + code, MARK)
 
 
 def _fix_dtor(m):
@@ -283,7 +283,7 @@ def _fix_dtor(m):
         + b"\x20\x02\x10" + _enc(release)  # PyGILState_Release(gil)
         + b"\x0b"
     )
-    return _append(m, "wit_dylib_resource_dtor", mod.type_of(dtor), b"\x01\x01\x7f" + code, DTOR_MARK)
+    return _append(mod, "wit_dylib_resource_dtor", mod.type_of(dtor), b"\x01\x01\x7f" + code, DTOR_MARK)
 
 
 def _marks(m):
